@@ -1,0 +1,5 @@
+import sys
+
+from mulo.cli import main
+
+sys.exit(main())

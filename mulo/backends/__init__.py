@@ -1,0 +1,156 @@
+"""A small registry of μLO backends.
+
+Every backend implements one entry point with one signature::
+
+    backend.step(params, grads, states, lrs, weight_decays, weights)
+
+for a flat list of tensors on one device in one dtype (``weights`` is a :class:`mulo.lopt.MetaWeights`).
+The optimizer never knows which backend runs. Backends are loaded lazily, so a missing native
+extension or Triton never breaks ``import mulo``; asking for an unavailable backend by name raises
+:class:`BackendUnavailable` with the command that fixes it, while ``"auto"`` falls back and says so once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import warnings
+from typing import Protocol
+
+import torch
+
+from mulo.lopt.network import MetaWeights
+
+
+class Backend(Protocol):
+    name: str
+
+    def supports(self, device: torch.device) -> bool: ...
+
+    def step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, torch.Tensor]],
+        lrs: list[float],
+        weight_decays: list[float],
+        weights: MetaWeights,
+    ) -> None: ...
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says how to fix that."""
+
+
+class MuLOBackendNotice(UserWarning):
+    """Emitted once when ``backend="auto"`` settles on a backend for a device type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    # "module:attribute" of a zero-argument factory; imported only when the backend is first asked for.
+    factory: str
+    # Device types the backend runs on, in "auto" preference order position (lower is preferred).
+    device_types: tuple[str, ...]
+    priority: int
+    # What the user runs to make the backend available (shown when loading fails).
+    fix: str
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+_LOADED: dict[str, Backend] = {}
+_FAILED: dict[str, str] = {}
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def register_backend(spec: BackendSpec) -> None:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"a different backend named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+def known_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_backend(name: str) -> Backend:
+    """The backend called ``name``; raises :class:`BackendUnavailable` with the fix if it cannot load."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {known_backends()}")
+    if name in _LOADED:
+        return _LOADED[name]
+    spec = _REGISTRY[name]
+    if name not in _FAILED:
+        module, attr = spec.factory.split(":")
+        try:
+            _LOADED[name] = getattr(importlib.import_module(module), attr)()
+            return _LOADED[name]
+        except (ImportError, OSError, RuntimeError) as e:
+            _FAILED[name] = f"{type(e).__name__}: {e}"
+    raise BackendUnavailable(f"backend {name!r} is not available here ({_FAILED[name]}). Fix: {spec.fix}")
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Names of the backends that load here (and run on ``device`` if given), best first."""
+    dev = torch.device(device) if device is not None else None
+    out = []
+    for spec in sorted(_REGISTRY.values(), key=lambda s: s.priority):
+        if dev is not None and dev.type not in spec.device_types:
+            continue
+        try:
+            backend = load_backend(spec.name)
+        except BackendUnavailable:
+            continue
+        if dev is None or backend.supports(dev):
+            out.append(spec.name)
+    return out
+
+
+def resolve_backend(name: str, device: torch.device) -> Backend:
+    """The backend to run for ``device``: ``name`` itself, or for ``"auto"`` the best available one."""
+    if name != "auto":
+        backend = load_backend(name)
+        if device.type not in _REGISTRY[name].device_types or not backend.supports(device):
+            runs_on = ", ".join(_REGISTRY[name].device_types)
+            raise BackendUnavailable(
+                f"backend {name!r} runs on {runs_on}, not on {device}; use backend='auto' or one of "
+                f"{available_backends(device)}"
+            )
+        return backend
+    candidates = available_backends(device)
+    chosen = candidates[0]  # "reference" runs everywhere
+    key = (device.type, chosen)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        skipped = [
+            f"{s.name} ({_FAILED.get(s.name, 'unavailable')})"
+            for s in sorted(_REGISTRY.values(), key=lambda s: s.priority)
+            if device.type in s.device_types and s.name not in candidates
+        ]
+        note = f"; not available: {', '.join(skipped)}" if skipped else ""
+        warnings.warn(f"mulo: backend='auto' uses {chosen!r} on {device.type}{note}", MuLOBackendNotice, stacklevel=4)
+    return load_backend(chosen)
+
+
+register_backend(
+    BackendSpec(
+        name="reference",
+        factory="mulo.backends.reference:ReferenceBackend",
+        device_types=("cpu", "cuda", "mps", "xpu", "meta"),
+        priority=100,
+        fix="(always available)",
+    )
+)
+
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "BackendUnavailable",
+    "MuLOBackendNotice",
+    "available_backends",
+    "known_backends",
+    "load_backend",
+    "register_backend",
+    "resolve_backend",
+]

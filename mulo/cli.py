@@ -1,0 +1,28 @@
+"""Command line: ``mulo demo`` (and the subcommands later issues add)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mulo", description="μLO learned optimizer for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a small μP MLP on offline digits with MuLO and AdamW")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--width", type=int, default=128)
+    demo.add_argument("--depth", type=int, default=3)
+    demo.add_argument("--batch", type=int, default=128)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="demo_out")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from mulo import demo as demo_mod
+
+        demo_mod.main(args.steps, args.width, args.depth, args.batch, args.seed, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

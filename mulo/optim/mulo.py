@@ -1,0 +1,302 @@
+"""``MuLO``: the μLO learned optimizer as a drop-in ``torch.optim.Optimizer`` (ALGORITHM.md §1–4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from mulo.backends import Backend, resolve_backend
+from mulo.backends.reference import grad_is_finite
+from mulo.lopt.network import LOptNet, MetaWeights
+from mulo.lopt.shapes import accumulator_shapes, math_shape
+
+NONFINITE_POLICIES = ("skip", "raise")
+STATE_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class PlaceholderMetaWeightsWarning(UserWarning):
+    """The optimizer runs the package's placeholder meta-weights, not meta-trained μLO weights."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MuLOOptions:
+    backend: str = "auto"
+    nonfinite: str = "skip"
+    state_dtype: torch.dtype | None = None
+
+
+def resolve_meta_weights(meta_weights: LOptNet | str | os.PathLike | None, layout: str | None) -> LOptNet:
+    """An ``LOptNet`` from an ``LOptNet``, a directory, a Hub id, or ``None`` (the packaged default)."""
+    if isinstance(meta_weights, LOptNet):
+        net = meta_weights
+        if layout is not None and layout != net.config.layout:
+            net = LOptNet(dataclasses.replace(net.config, layout=layout))
+            net.load_state_dict(meta_weights.state_dict())
+        return net
+    overrides = {"layout": layout} if layout is not None else {}
+    if meta_weights is None:
+        from mulo.lopt.pretrained import default_weights_dir
+
+        return LOptNet.from_pretrained(default_weights_dir(), **overrides)
+    if isinstance(meta_weights, (str, os.PathLike)):
+        return LOptNet.from_pretrained(meta_weights, **overrides)
+    raise TypeError(
+        f"meta_weights must be an LOptNet, a directory, a Hub id or None, got {type(meta_weights).__name__}"
+    )
+
+
+class MuLO(Optimizer):
+    r"""The μLO learned optimizer (Thérien et al. 2024): small_fc_lopt under μP.
+
+    Each element of each parameter gets 39 features (gradient, parameter, three momenta, second moment,
+    factored Adafactor statistics, their combinations — each channel normalized by its RMS over the
+    tensor — and 11 time features) and a 39→32→32→2 MLP turns them into the step
+    ``d · exp(0.001 a) · 0.01``; then ``p ← p − lr_p · step`` and ``p ← p − wd · lr_p · p``.
+
+    μP: ``lr_p = lr · lr_scale`` where a param group's ``lr_scale`` is ``1/fan_in`` for hidden weights.
+    Build the groups with :func:`mulo.mup.param_groups`. Passing ``model.parameters()`` directly gives
+    every parameter ``lr_scale = 1``: that is the SP small_fc_lopt, not μLO.
+
+    Args:
+        params: parameters or param groups (groups may set ``lr``, ``weight_decay``, ``lr_scale``).
+        lr: multiplies the learned step (1.0 is the meta-trained setting).
+        weight_decay: decoupled weight decay (applied after the step, scaled by ``lr_p``).
+        meta_weights: an :class:`~mulo.LOptNet`, a directory in the μLO checkpoint layout, a Hugging Face Hub
+            id, or ``None`` for the weights shipped with mulo.
+        backend: ``"auto"`` (best available per device, announced once), ``"reference"``, or another
+            registered backend (:func:`mulo.backends.known_backends`).
+        nonfinite: what a non-finite gradient does. ``"skip"`` (default): that tensor's update is skipped
+            (parameter and every accumulator unchanged, its step counter not advanced) and counted in
+            ``state["nonfinite_skips"]``, without a host sync. ``"raise"``: ``step()`` checks every gradient
+            first (one host sync) and raises ``FloatingPointError`` naming the parameter, before anything changes.
+        layout: ``"torch"`` or ``"jax"`` axis convention for 2-d weights; ``None`` takes the meta-weights'.
+            Use ``"jax"`` for weights meta-trained in JAX (e.g. the published μLO_M).
+        state_dtype: ``None`` (float32, or float64 for float64 parameters) or ``"bfloat16"`` to halve state memory.
+
+    State per parameter (``self.state[p]``): ``step`` (float32 scalar on the parameter's device, the
+    0-based count of applied updates), ``momentum`` (3, *S), ``second_moment`` (S), ``row``/``col``
+    (rank ≥ 2) or ``full`` (rank < 2) Adafactor accumulators with a leading decay axis of 3, and
+    ``nonfinite_skips``. ``S`` is the math shape: 0-d parameters are treated as (1,), and the ``"jax"``
+    layout transposes 2-d tensors.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+        meta_weights: LOptNet | str | os.PathLike | None = None,
+        backend: str = "auto",
+        *,
+        nonfinite: str = "skip",
+        layout: str | None = None,
+        state_dtype: str | None = None,
+    ):
+        _check_hparam("lr", lr)
+        _check_hparam("weight_decay", weight_decay)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        if backend != "auto":
+            from mulo.backends import load_backend
+
+            load_backend(backend)  # unknown → ValueError, unavailable → BackendUnavailable with the fix
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+        if layout is not None and layout not in ("torch", "jax"):
+            raise ValueError(f"layout must be 'torch', 'jax' or None, got {layout!r}")
+        self.options = MuLOOptions(backend=backend, nonfinite=nonfinite, state_dtype=STATE_DTYPES[state_dtype])
+        self.net = resolve_meta_weights(meta_weights, layout)
+        if self.net.is_placeholder:
+            warnings.warn(
+                f"MuLO is using mulo's placeholder meta-weights {self.net.config.info.get('name')!r}: "
+                f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> "
+                "for meta-trained μLO weights.",
+                PlaceholderMetaWeightsWarning,
+                stacklevel=2,
+            )
+        self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
+        self._backends: dict[torch.device, Backend] = {}
+        defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
+        super().__init__(params, defaults)
+
+    # ---- param groups ------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        index = len(self.param_groups) - 1
+        for key in ("lr", "weight_decay"):
+            _check_hparam(f"param_groups[{index}]['{key}']", group[key])
+        scale = group["lr_scale"]
+        if not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"param_groups[{index}]['lr_scale'] must be a positive number, got {scale!r}")
+        for i, p in enumerate(group["params"]):
+            if p.is_complex() or not p.is_floating_point():
+                raise TypeError(
+                    f"param_groups[{index}]['params'][{i}] has dtype {p.dtype}; MuLO optimizes real floating "
+                    "tensors only (view complex parameters with torch.view_as_real)"
+                )
+
+    # ---- state ---------------------------------------------------------------------------------------
+    @property
+    def layout(self) -> str:
+        return self.net.config.layout
+
+    def _state_dtype(self, p: torch.Tensor) -> torch.dtype:
+        if self.options.state_dtype is not None:
+            return self.options.state_dtype
+        return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        shape = math_shape(p.shape, self.layout)
+        dt = self._state_dtype(p)
+        state = {
+            "step": torch.zeros((), dtype=torch.float32, device=p.device),
+            "momentum": torch.zeros((3, *shape), dtype=dt, device=p.device),
+            "second_moment": torch.zeros(shape, dtype=dt, device=p.device),
+            "nonfinite_skips": torch.zeros((), dtype=torch.float32, device=p.device),
+        }
+        for key, acc_shape in accumulator_shapes(shape).items():
+            state[key] = torch.zeros(acc_shape, dtype=dt, device=p.device)
+        return state
+
+    def _expected_shapes(self, p: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        shape = math_shape(p.shape, self.layout)
+        return {
+            "step": (),
+            "momentum": (3, *shape),
+            "second_moment": shape,
+            "nonfinite_skips": (),
+            **accumulator_shapes(shape),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Like ``Optimizer.load_state_dict`` but keeps every state tensor's saved dtype (fp32 state of
+        bf16 parameters stays fp32) and moves it to the parameter's device; checks state shapes."""
+        saved_groups = state_dict["param_groups"]
+        ids = [i for g in saved_groups for i in g["params"]]
+        saved_state = {k: dict(v) for k, v in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            if pid not in saved_state:
+                continue
+            expected = self._expected_shapes(p)
+            st = {}
+            for key, value in saved_state[pid].items():
+                if isinstance(value, torch.Tensor):
+                    if key in expected and tuple(value.shape) != expected[key]:
+                        raise ValueError(
+                            f"state_dict: state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
+                            f"expected {expected[key]} for a parameter of shape {tuple(p.shape)} in the "
+                            f"{self.layout!r} layout"
+                        )
+                    value = value.to(device=p.device, copy=True)
+                st[key] = value
+            missing = sorted(set(expected) - set(st))
+            if missing:
+                raise ValueError(f"state_dict: parameter {pid} is missing state {missing}")
+            self.state[p] = st
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def _meta_weights(self, device: torch.device, dtype: torch.dtype) -> MetaWeights:
+        key = (device, dtype)
+        version = self.net.version()
+        cached = self._weights_cache.get(key)
+        if cached is None or cached[0] != version:
+            cached = (version, self.net.meta_weights(device, dtype))
+            self._weights_cache[key] = cached
+        return cached[1]
+
+    def backend_for(self, device: torch.device | str) -> Backend:
+        """The backend this optimizer runs on ``device``."""
+        device = torch.device(device)
+        if device not in self._backends:
+            self._backends[device] = resolve_backend(self.options.backend, device)
+        return self._backends[device]
+
+    @staticmethod
+    def _raise_on_nonfinite(where: list[tuple[int, int, torch.Tensor]]) -> None:
+        """One host sync per device: find the first gradient the reference would skip, raise naming it."""
+        flags: list[bool] = []
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, _, g) in enumerate(where):
+            by_device.setdefault(g.device, []).append(i)
+        flags = [True] * len(where)
+        for idx in by_device.values():
+            ok = torch.stack([grad_is_finite(where[i][2]) for i in idx]).tolist()
+            for i, f in zip(idx, ok):
+                flags[i] = f
+        if all(flags):
+            return
+        gi, pi, g = where[flags.index(False)]
+        raise FloatingPointError(
+            f"param_groups[{gi}]['params'][{pi}] (shape {tuple(g.shape)}) has a non-finite gradient (or one "
+            "whose square overflows); nothing was updated. Use MuLO(nonfinite='skip') to skip such updates."
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list, list]] = {}
+        where: list[tuple[int, int, torch.Tensor]] = []
+        for gi, group in enumerate(self.param_groups):
+            lr = group["lr"] * group["lr_scale"]
+            wd = group["weight_decay"]
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError(
+                        f"param_groups[{gi}]['params'][{pi}] has a sparse gradient; MuLO needs dense gradients "
+                        "(use nn.Embedding(sparse=False))"
+                    )
+                if g.is_complex():
+                    raise TypeError(f"param_groups[{gi}]['params'][{pi}] has a complex gradient; MuLO is real-valued")
+                if g.shape != p.shape:
+                    raise RuntimeError(
+                        f"param_groups[{gi}]['params'][{pi}]: gradient shape {tuple(g.shape)} != parameter "
+                        f"shape {tuple(p.shape)}"
+                    )
+                state = self.state[p]
+                if not state:
+                    state.update(self._init_state(p))
+                b = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
+                b[0].append(p)
+                b[1].append(g)
+                b[2].append(state)
+                b[3].append(lr)
+                b[4].append(wd)
+                where.append((gi, pi, g))
+
+        if self.options.nonfinite == "raise" and where:
+            self._raise_on_nonfinite(where)
+
+        for (device, dtype), (params, grads, states, lrs, wds) in buckets.items():
+            compute = torch.float64 if dtype == torch.float64 else torch.float32
+            weights = self._meta_weights(device, compute)
+            self.backend_for(device).step(params, grads, states, lrs, wds, weights)
+        return loss
+
+
+def _check_hparam(name: str, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0.0 or value == float("inf"):
+        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")

@@ -1,0 +1,142 @@
+"""LOptNet weight files: round trip, the published μLO_M layout, and clear errors for bad files."""
+
+import json
+
+import pytest
+import torch
+
+from mulo import LOptConfig, LOptNet
+from mulo.lopt.pretrained import build_handset_adam, default_weights_dir
+
+PUBLISHED_KEYS = {
+    "network.input.weight": (32, 39),
+    "network.input.bias": (32,),
+    "network.linear_0.weight": (32, 32),
+    "network.linear_0.bias": (32,),
+    "network.output.weight": (2, 32),
+    "network.output.bias": (2,),
+}
+
+
+def write_published_layout(directory, tensors=None, config=None):
+    """A checkpoint written the way the published μLO_M one is: safetensors + the 3-key config."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = tensors or {k: torch.randn(s) for k, s in PUBLISHED_KEYS.items()}
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(
+        json.dumps(config or {"input_size": 39, "hidden_size": 32, "hidden_layers": 1})
+    )
+    return tensors
+
+
+def test_state_dict_has_published_keys():
+    assert {k: tuple(v.shape) for k, v in LOptNet().state_dict().items()} == PUBLISHED_KEYS
+
+
+def test_fresh_init_statistics():
+    net = LOptNet(generator=torch.Generator().manual_seed(0))
+    w = net.network["input"].weight
+    assert w.abs().max() <= 2 / 39**0.5 + 1e-7  # truncated at 2σ
+    assert 0.7 / 39**0.5 < w.std() < 1.0 / 39**0.5  # truncated normal std ≈ 0.88σ
+    assert all(layer.bias.abs().max() == 0 for layer in net.network.values())
+
+
+def test_save_load_round_trip(tmp_path):
+    net = LOptNet(LOptConfig(step_mult=0.001, momentum_offsets=(0.1, 0.0, -0.1), layout="jax"))
+    net.save_pretrained(tmp_path / "w")
+    back = LOptNet.from_pretrained(tmp_path / "w")
+    assert back.config == net.config
+    for k, v in net.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_load_published_layout(tmp_path):
+    tensors = write_published_layout(tmp_path / "mulo_m")
+    net = LOptNet.from_pretrained(tmp_path / "mulo_m")
+    for k, v in tensors.items():
+        assert torch.equal(net.state_dict()[k], v), k
+    assert net.config.momentum_decays == LOptConfig().momentum_decays  # constants of the algorithm
+    x = torch.randn(5, 39)
+    h = torch.relu(x @ tensors["network.input.weight"].T + tensors["network.input.bias"])
+    h = torch.relu(h @ tensors["network.linear_0.weight"].T + tensors["network.linear_0.bias"])
+    out = h @ tensors["network.output.weight"].T + tensors["network.output.bias"]
+    torch.testing.assert_close(net(x), out)
+    jax = LOptNet.from_pretrained(tmp_path / "mulo_m", layout="jax", adafactor_offsets=[0.0, 0.0, 0.0])
+    assert jax.config.layout == "jax" and jax.config.adafactor_decays == (0.9, 0.99, 0.999)
+
+
+def test_wrong_shape_names_key(tmp_path):
+    tensors = {k: torch.randn(s) for k, s in PUBLISHED_KEYS.items()}
+    tensors["network.linear_0.weight"] = torch.randn(32, 31)
+    write_published_layout(tmp_path / "bad", tensors)
+    with pytest.raises(ValueError, match=r"network\.linear_0\.weight.*\(32, 31\).*\(32, 32\)"):
+        LOptNet.from_pretrained(tmp_path / "bad")
+
+
+def test_missing_key_and_missing_files(tmp_path):
+    tensors = {k: torch.randn(s) for k, s in PUBLISHED_KEYS.items() if k != "network.output.bias"}
+    write_published_layout(tmp_path / "partial", tensors)
+    with pytest.raises(ValueError, match="missing.*network.output.bias"):
+        LOptNet.from_pretrained(tmp_path / "partial")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        LOptNet.from_pretrained(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="neither an existing directory nor a Hub id"):
+        LOptNet.from_pretrained(tmp_path / "does" / "not" / "exist")
+
+
+def test_bad_config(tmp_path):
+    write_published_layout(
+        tmp_path / "c", config={"input_size": 39, "hidden_size": 32, "hidden_layers": 1, "hiden_size": 3}
+    )
+    with pytest.raises(ValueError, match="unknown config keys.*hiden_size"):
+        LOptNet.from_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="input_size must be 39"):
+        LOptConfig(input_size=40)
+    with pytest.raises(ValueError, match="layout"):
+        LOptConfig(layout="tf")
+
+
+def test_non_finite_weights_rejected(tmp_path):
+    tensors = {k: torch.randn(s) for k, s in PUBLISHED_KEYS.items()}
+    tensors["network.output.bias"][0] = float("nan")
+    write_published_layout(tmp_path / "nan", tensors)
+    with pytest.raises(ValueError, match="non-finite"):
+        LOptNet.from_pretrained(tmp_path / "nan")
+
+
+def test_hub_id_offline_gives_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="could not fetch meta-weights 'someone/no-such-lopt'"):
+        LOptNet.from_pretrained("someone/no-such-lopt")
+
+
+def test_hub_id_resolves_through_snapshot_download(monkeypatch, tmp_path):
+    """The Hub path is real code: it calls huggingface_hub.snapshot_download and loads what it returns."""
+    import huggingface_hub
+
+    tensors = write_published_layout(tmp_path / "snap")
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    net = LOptNet.from_pretrained("btherien/mulo", revision="main")
+    assert calls == [("btherien/mulo", "main", ("model.safetensors", "config.json"))]
+    assert torch.equal(net.network["input"].weight, tensors["network.input.weight"])
+
+
+def test_shipped_placeholder_is_marked_and_matches_its_builder():
+    net = LOptNet.from_pretrained(default_weights_dir())
+    assert net.is_placeholder
+    built = build_handset_adam()
+    for k, v in built.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k

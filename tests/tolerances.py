@@ -1,0 +1,45 @@
+"""The one tolerance table of the suite: (what is compared, compute dtype) → (rtol, atol).
+
+A backend's result ``x`` matches the oracle ``y`` when ``|x − y| ≤ atol + rtol·|y|`` elementwise, and
+trajectories are compared relative to how far the oracle moved (``‖x − y‖ / ‖y − y₀‖``).
+"""
+
+import torch
+
+TOL = {
+    # reference (float64) vs the independent numpy oracle: same math, different code → rounding only
+    ("oracle", torch.float64): (1e-10, 1e-12),
+    # a fast backend in float32 against the float64 reference, one step
+    ("kernel", torch.float32): (2e-4, 2e-6),
+    # a fast backend with bf16 parameters (state fp32): parameters carry bf16 rounding
+    ("kernel", torch.bfloat16): (2e-2, 2e-3),
+    # reference float32 vs reference float64
+    ("reference", torch.float32): (1e-4, 1e-6),
+}
+# trajectory movement-relative errors (acceptance numbers of the issues)
+TRAJECTORY = {torch.float64: 1e-9, torch.float32: 1e-3}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, key: tuple, what: str = "") -> None:
+    """Elementwise check with a failure message saying how many elements differ, where and by how much."""
+    rtol, atol = TOL[key]
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
+    err = (a - e).abs()
+    bad = err > atol + rtol * e.abs()
+    if bad.any():
+        n = int(bad.sum())
+        worst = int(torch.argmax(torch.where(bad, err / (atol + rtol * e.abs()), torch.zeros_like(err))))
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape)) if a.dim() else ()
+        raise AssertionError(
+            f"{what}: {n}/{a.numel()} elements differ beyond rtol={rtol}, atol={atol}; worst at {idx}: "
+            f"got {a.reshape(-1)[worst].item():.10g}, expected {e.reshape(-1)[worst].item():.10g} "
+            f"(max abs err {err.max().item():.3g})"
+        )
+
+
+def movement_error(actual: torch.Tensor, expected: torch.Tensor, start: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected − start‖ (float64)."""
+    a, e, s = (t.detach().to("cpu", torch.float64) for t in (actual, expected, start))
+    return float((a - e).norm() / (e - s).norm().clamp_min(1e-300))
