@@ -25,7 +25,7 @@ from mulo.lopt.network import MetaWeights
 class Backend(Protocol):
     name: str
 
-    def supports(self, device: torch.device) -> bool: ...
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool: ...
 
     def step(
         self,
@@ -91,8 +91,9 @@ def load_backend(name: str) -> Backend:
     raise BackendUnavailable(f"backend {name!r} is not available here ({_FAILED[name]}). Fix: {spec.fix}")
 
 
-def available_backends(device: torch.device | str | None = None) -> list[str]:
-    """Names of the backends that load here (and run on ``device`` if given), best first."""
+def available_backends(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Names of the backends that load here (and run on ``device`` with parameters of ``dtype`` if a device
+    is given), best first."""
     dev = torch.device(device) if device is not None else None
     out = []
     for spec in sorted(_REGISTRY.values(), key=lambda s: s.priority):
@@ -102,25 +103,26 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
             backend = load_backend(spec.name)
         except BackendUnavailable:
             continue
-        if dev is None or backend.supports(dev):
+        if dev is None or backend.supports(dev, dtype):
             out.append(spec.name)
     return out
 
 
-def resolve_backend(name: str, device: torch.device) -> Backend:
-    """The backend to run for ``device``: ``name`` itself, or for ``"auto"`` the best available one."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Backend:
+    """The backend to run for parameters of ``dtype`` on ``device``: ``name`` itself, or for ``"auto"`` the
+    best available one."""
     if name != "auto":
         backend = load_backend(name)
-        if device.type not in _REGISTRY[name].device_types or not backend.supports(device):
+        if device.type not in _REGISTRY[name].device_types or not backend.supports(device, dtype):
             runs_on = ", ".join(_REGISTRY[name].device_types)
             raise BackendUnavailable(
-                f"backend {name!r} runs on {runs_on}, not on {device}; use backend='auto' or one of "
-                f"{available_backends(device)}"
+                f"backend {name!r} (runs on {runs_on}) does not run {dtype} parameters on {device}; use "
+                f"backend='auto' or one of {available_backends(device, dtype)}"
             )
         return backend
-    candidates = available_backends(device)
+    candidates = available_backends(device, dtype)
     chosen = candidates[0]  # "reference" runs everywhere
-    key = (device.type, chosen)
+    key = (device.type, chosen)  # announce once per device type and choice
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
         skipped = [

@@ -10,7 +10,7 @@ import torch
 
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
-from mulo.lopt.shapes import factored_dims, math_view
+from mulo.lopt.shapes import factored_dims, math_view, math_view_stacked
 
 # Elements per MLP evaluation; bounds the reference's peak memory (39 + 2·32 floats per element).
 MLP_CHUNK = 1 << 18
@@ -140,11 +140,16 @@ def step_one(
     """One μLO update of one tensor, in place. A non-finite gradient leaves everything unchanged but
     ``state["nonfinite_skips"]`` (no host sync: the choice is a device-side ``where``)."""
     cd = compute_dtype(param, state)
-    p_view = math_view(param, w.layout)
+    layout = w.layout
+    p_view = math_view(param, layout)
     p = p_view.to(cd)
-    g = math_view(grad, w.layout).to(cd)
+    g = math_view(grad, layout).to(cd)
+    # element-wise state is stored in the parameter's shape; the math sees it through the same view
+    views = {key: value for key, value in state.items() if key in ("row", "col", "full")}
+    views["momentum"] = math_view_stacked(state["momentum"], layout)
+    views["second_moment"] = math_view(state["second_moment"], layout)
 
-    feats, new = features_and_state(g, p, state, w)
+    feats, new = features_and_state(g, p, views, w)
     update = lopt_step(normalize(feats), time_features(state["step"], cd), w)
     p_new = p - lr * update
     if weight_decay != 0.0:
@@ -153,7 +158,7 @@ def step_one(
     finite = grad_is_finite(g)
     p_view.copy_(torch.where(finite, p_new, p))
     for key, value in new.items():
-        state[key].copy_(torch.where(finite, value, state[key].to(cd)))
+        views[key].copy_(torch.where(finite, value, views[key].to(cd)))
     state["step"].add_(finite.to(state["step"].dtype))
     state["nonfinite_skips"].add_((~finite).to(state["nonfinite_skips"].dtype))
 
@@ -163,7 +168,7 @@ class ReferenceBackend:
 
     name = "reference"
 
-    def supports(self, device: torch.device) -> bool:
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return True
 
     def step(

@@ -29,6 +29,31 @@ def math_view(t: torch.Tensor, layout: str = "torch") -> torch.Tensor:
     return t
 
 
+def math_view_stacked(t: torch.Tensor, layout: str = "torch") -> torch.Tensor:
+    """Math view of a (3, *P) state tensor stacked over the three decays (P: the parameter's shape)."""
+    if layout == "jax" and t.dim() == 3:
+        return t.transpose(1, 2)
+    return t
+
+
+def physical_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    """Shape of element-wise state (momentum, second moment): the parameter's own, 0-d as (1,)."""
+    return tuple(shape) if len(shape) else (1,)
+
+
+def physical_factored_dims(shape: tuple[int, ...] | torch.Size, layout: str = "torch") -> tuple[int, int] | None:
+    """``(d1, d0)`` of :func:`factored_dims` expressed as axes of the parameter's own (physical) shape.
+
+    Kernels index element-wise tensors in the parameter's memory order; the row accumulator is the mean
+    of s over physical axis d0 and is stored contiguous over the remaining axes in order (likewise the
+    column accumulator over d1). In the "jax" layout a 2-d tensor's math axes are its physical axes swapped.
+    """
+    dims = factored_dims(math_shape(shape, layout))
+    if dims is None or not (layout == "jax" and len(shape) == 2):
+        return dims
+    return 1 - dims[0], 1 - dims[1]
+
+
 def math_shape(shape: tuple[int, ...] | torch.Size, layout: str = "torch") -> tuple[int, ...]:
     shape = tuple(shape)
     if len(shape) == 0:

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from mulo.backends import Backend, resolve_backend
 from mulo.backends.reference import grad_is_finite
 from mulo.lopt.network import LOptNet, MetaWeights
-from mulo.lopt.shapes import accumulator_shapes, math_shape
+from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
 
 NONFINITE_POLICIES = ("skip", "raise")
 STATE_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -82,8 +82,8 @@ class MuLO(Optimizer):
     State per parameter (``self.state[p]``): ``step`` (float32 scalar on the parameter's device, the
     0-based count of applied updates), ``momentum`` (3, *S), ``second_moment`` (S), ``row``/``col``
     (rank ≥ 2) or ``full`` (rank < 2) Adafactor accumulators with a leading decay axis of 3, and
-    ``nonfinite_skips``. ``S`` is the math shape: 0-d parameters are treated as (1,), and the ``"jax"``
-    layout transposes 2-d tensors.
+    ``nonfinite_skips``. ``S`` is the parameter's shape (0-d treated as (1,)); the accumulators follow the
+    math shape, which in the ``"jax"`` layout is the transpose of a 2-d parameter.
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class MuLO(Optimizer):
                 stacklevel=2,
             )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
-        self._backends: dict[torch.device, Backend] = {}
+        self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
         defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
         super().__init__(params, defaults)
 
@@ -156,11 +156,12 @@ class MuLO(Optimizer):
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         shape = math_shape(p.shape, self.layout)
+        phys = physical_shape(p.shape)
         dt = self._state_dtype(p)
         state = {
             "step": torch.zeros((), dtype=torch.float32, device=p.device),
-            "momentum": torch.zeros((3, *shape), dtype=dt, device=p.device),
-            "second_moment": torch.zeros(shape, dtype=dt, device=p.device),
+            "momentum": torch.zeros((3, *phys), dtype=dt, device=p.device),
+            "second_moment": torch.zeros(phys, dtype=dt, device=p.device),
             "nonfinite_skips": torch.zeros((), dtype=torch.float32, device=p.device),
         }
         for key, acc_shape in accumulator_shapes(shape).items():
@@ -168,13 +169,13 @@ class MuLO(Optimizer):
         return state
 
     def _expected_shapes(self, p: torch.Tensor) -> dict[str, tuple[int, ...]]:
-        shape = math_shape(p.shape, self.layout)
+        phys = physical_shape(p.shape)
         return {
             "step": (),
-            "momentum": (3, *shape),
-            "second_moment": shape,
+            "momentum": (3, *phys),
+            "second_moment": phys,
             "nonfinite_skips": (),
-            **accumulator_shapes(shape),
+            **accumulator_shapes(math_shape(p.shape, self.layout)),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -215,12 +216,12 @@ class MuLO(Optimizer):
             self._weights_cache[key] = cached
         return cached[1]
 
-    def backend_for(self, device: torch.device | str) -> Backend:
-        """The backend this optimizer runs on ``device``."""
-        device = torch.device(device)
-        if device not in self._backends:
-            self._backends[device] = resolve_backend(self.options.backend, device)
-        return self._backends[device]
+    def backend_for(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backend:
+        """The backend this optimizer runs for parameters of ``dtype`` on ``device``."""
+        key = (torch.device(device), dtype)
+        if key not in self._backends:
+            self._backends[key] = resolve_backend(self.options.backend, *key)
+        return self._backends[key]
 
     @staticmethod
     def _raise_on_nonfinite(where: list[tuple[int, int, torch.Tensor]]) -> None:
@@ -287,7 +288,7 @@ class MuLO(Optimizer):
         for (device, dtype), (params, grads, states, lrs, wds) in buckets.items():
             compute = torch.float64 if dtype == torch.float64 else torch.float32
             weights = self._meta_weights(device, compute)
-            self.backend_for(device).step(params, grads, states, lrs, wds, weights)
+            self.backend_for(device, dtype).step(params, grads, states, lrs, wds, weights)
         return loss
 
 

@@ -16,14 +16,14 @@ from tests.tolerances import assert_close
 KEY = ("oracle", torch.float64)
 
 
-def torch_state(shape):
+def torch_state(shape, math_shape=None):
     st = {
         "step": torch.zeros((), dtype=torch.float32),
         "momentum": torch.zeros((3, *shape), dtype=torch.float64),
         "second_moment": torch.zeros(shape, dtype=torch.float64),
         "nonfinite_skips": torch.zeros((), dtype=torch.float32),
     }
-    for k, s in accumulator_shapes(shape).items():
+    for k, s in accumulator_shapes(math_shape or shape).items():
         st[k] = torch.zeros(s, dtype=torch.float64)
     return st
 
@@ -195,7 +195,7 @@ def test_jax_layout_is_transposed_torch_layout():
     jax_net.load_state_dict(net.state_dict())
     g, p = hetero_grad((4, 6)), torch.randn(4, 6, dtype=torch.float64)
     wj = jax_net.meta_weights("cpu", torch.float64)
-    st = torch_state((6, 4))
+    st = torch_state((4, 6), math_shape=(6, 4))
     pj = p.clone()
     ref.step_one(pj, g, st, 1.0, 0.0, wj)
     assert_close(p - pj, _one_step_update(g.t().contiguous(), p.t().contiguous(), net).t(), KEY, "jax layout")

@@ -319,3 +319,20 @@ def test_reference_on_cuda_matches_cpu():
     run(pg, og, grads)
     for a, b in zip(pg, pc):
         assert_close(a.cpu(), b, ("oracle", torch.float64), "cuda vs cpu")
+
+
+def test_jax_layout_option_transposes_2d_math():
+    net = random_net()
+    p_jax = torch.nn.Parameter(torch.randn(4, 6, dtype=torch.float64))
+    p_t = torch.nn.Parameter(p_jax.detach().t().contiguous())
+    oj = mulo.MuLO([p_jax], meta_weights=net, backend="reference", layout="jax")
+    ot = mulo.MuLO([p_t], meta_weights=net, backend="reference")
+    for _ in range(3):
+        g = hetero_grad((4, 6))
+        p_jax.grad, p_t.grad = g.clone(), g.t().contiguous()
+        oj.step()
+        ot.step()
+    assert_close(p_jax.detach().t(), p_t.detach(), ("oracle", torch.float64), "jax layout")
+    st = oj.state[p_jax]
+    assert st["momentum"].shape == (3, 4, 6) and st["row"].shape == (3, 4) and st["col"].shape == (3, 6)
+    assert_close(st["momentum"].transpose(1, 2), ot.state[p_t]["momentum"], ("oracle", torch.float64), "m")
