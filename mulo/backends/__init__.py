@@ -56,6 +56,12 @@ class BackendSpec:
     priority: int
     # What the user runs to make the backend available (shown when loading fails).
     fix: str
+    # Device types on which "auto" may pick it (None: all of device_types). E.g. Triton runs on CPU only
+    # through its slow interpreter: explicit backend="triton" may use it there, "auto" never does.
+    auto_device_types: tuple[str, ...] | None = None
+
+    def auto_on(self, device_type: str) -> bool:
+        return device_type in (self.auto_device_types if self.auto_device_types is not None else self.device_types)
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
@@ -91,13 +97,17 @@ def load_backend(name: str) -> Backend:
     raise BackendUnavailable(f"backend {name!r} is not available here ({_FAILED[name]}). Fix: {spec.fix}")
 
 
-def available_backends(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> list[str]:
+def available_backends(
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, *, auto: bool = False
+) -> list[str]:
     """Names of the backends that load here (and run on ``device`` with parameters of ``dtype`` if a device
-    is given), best first."""
+    is given; with ``auto``, only those "auto" may pick there), best first."""
     dev = torch.device(device) if device is not None else None
     out = []
     for spec in sorted(_REGISTRY.values(), key=lambda s: s.priority):
         if dev is not None and dev.type not in spec.device_types:
+            continue
+        if dev is not None and auto and not spec.auto_on(dev.type):
             continue
         try:
             backend = load_backend(spec.name)
@@ -120,7 +130,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
                 f"backend='auto' or one of {available_backends(device, dtype)}"
             )
         return backend
-    candidates = available_backends(device, dtype)
+    candidates = available_backends(device, dtype, auto=True)
     chosen = candidates[0]  # "reference" runs everywhere
     key = (device.type, chosen)  # announce once per device type and choice
     if key not in _ANNOUNCED:
@@ -128,7 +138,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
         skipped = [
             f"{s.name} ({_FAILED.get(s.name, 'unavailable')})"
             for s in sorted(_REGISTRY.values(), key=lambda s: s.priority)
-            if device.type in s.device_types and s.name not in candidates
+            if s.auto_on(device.type) and s.name not in candidates
         ]
         note = f"; not available: {', '.join(skipped)}" if skipped else ""
         warnings.warn(f"mulo: backend='auto' uses {chosen!r} on {device.type}{note}", MuLOBackendNotice, stacklevel=4)
