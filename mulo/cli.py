@@ -16,11 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--batch", type=int, default=128)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="demo_out")
+    ev = sub.add_parser(
+        "eval", help="generalization sweeps: MuLO vs AdamW/μAdam (and an SP LO) at larger width/depth/horizon"
+    )
+    ev.add_argument("--out", default="bench/results/generalization.jsonl", help="JSON lines file to append to")
+    ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (full sweep sized for 2 CPU cores)")
+    ev.add_argument("--meta-weights", default=None, help="μLO weights (directory or Hub id); default: shipped")
+    ev.add_argument("--sp-weights", default=None, help="SP learned-optimizer weights for the SP-LO baseline")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from mulo import demo as demo_mod
 
         demo_mod.main(args.steps, args.width, args.depth, args.batch, args.seed, args.out)
+    if args.command == "eval":
+        from mulo import evaluation
+
+        evaluation.run(args.out, args.preset, args.meta_weights, args.sp_weights)
     return 0
 
 

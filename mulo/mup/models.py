@@ -53,3 +53,62 @@ class MuMLP(nn.Module):
         for layer in self.layers:
             x = torch.relu(layer(x))
         return self.readout(x)
+
+
+class MuTransformerLM(nn.Module):
+    """A small pre-LN causal transformer language model in μP (ALGORITHM.md §8).
+
+    Attention logits use 1/d_head (not 1/√d_head); embeddings, LayerNorms and biases are ``input``/``other``;
+    Q/K/V/output projections and MLP weights are ``hidden`` (lr / fan_in: 1/d, and 1/(4d) for the MLP's
+    second matrix); the readout is a :class:`MuReadout`.
+    """
+
+    def __init__(self, vocab: int, width: int, depth: int, heads: int, context: int, *, generator=None):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.heads, self.context = heads, context
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(context, width)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(width),
+                    "qkv": nn.Linear(width, 3 * width),
+                    "proj": nn.Linear(width, width),
+                    "ln2": nn.LayerNorm(width),
+                    "fc": nn.Linear(width, 4 * width),
+                    "out": nn.Linear(4 * width, width),
+                }
+            )
+            self.blocks.append(block)
+        self.ln_f = nn.LayerNorm(width)
+        self.readout = MuReadout(width, vocab)
+        init_(self, self.roles(), generator=generator)
+
+    def roles(self) -> dict[str, ParamRole]:
+        out = {}
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                role = "other"
+            elif name.startswith(("tok", "pos")):
+                role = "input"
+            elif name.startswith("readout"):
+                role = "output"
+            else:
+                role = "hidden"
+            out[name] = ParamRole(role, fan_in(p))
+        return out
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        d = x.shape[-1] // self.heads
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](x)).split(x.shape[-1], dim=-1)
+            q, k, v = (z.view(b, t, self.heads, d).transpose(1, 2) for z in (q, k, v))
+            att = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / d)
+            x = x + blk["proj"](att.transpose(1, 2).reshape(b, t, -1))
+            x = x + blk["out"](torch.relu(blk["fc"](blk["ln2"](x))))
+        return self.readout(self.ln_f(x))

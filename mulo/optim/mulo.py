@@ -226,7 +226,6 @@ class MuLO(Optimizer):
     @staticmethod
     def _raise_on_nonfinite(where: list[tuple[int, int, torch.Tensor]]) -> None:
         """One host sync per device: find the first gradient the reference would skip, raise naming it."""
-        flags: list[bool] = []
         by_device: dict[torch.device, list[int]] = {}
         for i, (_, _, g) in enumerate(where):
             by_device.setdefault(g.device, []).append(i)

@@ -1,0 +1,272 @@
+"""``mulo eval``: what the learned optimizer buys — wider, deeper, longer than it was meta-trained on.
+
+Optimizers compared (ALGORITHM.md §8, the μLO paper's protocol at our scale):
+
+* ``mulo``  — MuLO with μP roles and the given (default: shipped) meta-weights;
+* ``sp_lo`` — MuLO with SP meta-weights and no roles (every lr_scale 1), when such weights are given;
+* ``adamw`` — AdamW with one learning rate for every parameter;
+* ``muadam`` — μP Adam: hidden weights get ``lr · base_width / width`` (the rest ``lr``).
+
+AdamW and μAdam learning rates are tuned by a grid on the base task (the meta-training width, depth and
+horizon) and transferred unchanged to the wider/deeper/longer tasks. The metric is the final training
+loss on the whole training set (digits) or on fixed held-in batches (language model); a run whose loss
+becomes non-finite is recorded as diverged with loss ``inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import mulo
+from mulo.data.offline import digits, python_source_text
+from mulo.mup.models import MuMLP, MuTransformerLM
+
+ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    kind: str  # "mlp" (digits) or "lm" (byte-level transformer on stdlib source)
+    width: int
+    depth: int
+    steps: int
+    batch: int = 128
+    context: int = 64
+    heads: int = 4
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-w{self.width}-d{self.depth}-T{self.steps}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptSpec:
+    name: str  # mulo | sp_lo | adamw | muadam
+    lr: float = 1.0
+    meta_weights: str | None = None
+    base_width: int | None = None
+
+
+def _build(task: Task, seed: int) -> tuple[torch.nn.Module, dict]:
+    gen = torch.Generator().manual_seed(seed)
+    if task.kind == "mlp":
+        return MuMLP(64, task.width, task.depth, 10, generator=gen), {}
+    if task.kind == "lm":
+        return MuTransformerLM(256, task.width, task.depth, task.heads, task.context, generator=gen), {}
+    raise ValueError(f"unknown task kind {task.kind!r}; use 'mlp' or 'lm'")
+
+
+def _optimizer(spec: OptSpec, model: torch.nn.Module, task: Task) -> torch.optim.Optimizer:
+    roles = model.roles()
+    if spec.name == "mulo":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mulo.PlaceholderMetaWeightsWarning)
+            return mulo.MuLO(mulo.mup.param_groups(model, roles), lr=spec.lr, meta_weights=spec.meta_weights)
+    if spec.name == "sp_lo":
+        if spec.meta_weights is None:
+            raise ValueError("sp_lo needs meta_weights (a directory of SP-trained LOptNet weights)")
+        return mulo.MuLO(model.parameters(), lr=spec.lr, meta_weights=spec.meta_weights)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+    if spec.name == "muadam":
+        base = spec.base_width or task.width
+        groups = mulo.mup.param_groups(model, roles)
+        for g in groups:
+            g["lr"] = spec.lr * (base / task.width if g["role"] == "hidden" else 1.0)
+        return torch.optim.AdamW(groups, lr=spec.lr, weight_decay=0.0)
+    raise ValueError(f"unknown optimizer {spec.name!r}; use mulo, sp_lo, adamw or muadam")
+
+
+def _batches(task: Task, seed: int) -> tuple[Iterator, callable]:
+    """An endless minibatch stream and a function computing the final training loss of a model."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    if task.kind == "mlp":
+        x, y = digits()
+
+        def stream():
+            while True:
+                idx = torch.randint(0, x.shape[0], (task.batch,), generator=gen)
+                yield x[idx], y[idx]
+
+        def final(model):
+            return F.cross_entropy(model(x), y).item()
+
+        return stream(), final
+    data = torch.frombuffer(bytearray(python_source_text()), dtype=torch.uint8).long()
+    n = data.numel() - task.context - 1
+
+    def sample(g, count):
+        idx = torch.randint(0, n, (count,), generator=g)
+        offs = torch.arange(task.context + 1)
+        seq = data[idx[:, None] + offs]
+        return seq[:, :-1], seq[:, 1:]
+
+    def stream():
+        while True:
+            yield sample(gen, task.batch)
+
+    held = sample(torch.Generator().manual_seed(1234), 256)
+
+    def final(model):
+        logits = model(held[0])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), held[1].reshape(-1)).item()
+
+    return stream(), final
+
+
+def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
+    torch.manual_seed(seed)
+    model, _ = _build(task, seed)
+    opt = _optimizer(spec, model, task)
+    stream, final = _batches(task, seed)
+    curve, t0, diverged = [], time.perf_counter(), False
+    for step in range(task.steps):
+        x, y = next(stream)
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            diverged = True
+            break
+        if record_every and (step % record_every == 0 or step == task.steps - 1):
+            curve.append((step, value))
+    with torch.no_grad():
+        final_loss = float("inf") if diverged else final(model)
+    if not math.isfinite(final_loss):
+        diverged, final_loss = True, float("inf")
+    return {
+        "task": task.name,
+        **dataclasses.asdict(task),
+        "optimizer": spec.name,
+        "lr": spec.lr,
+        "meta_weights": spec.meta_weights,
+        "seed": seed,
+        "final_loss": final_loss,
+        "diverged": diverged,
+        "seconds": time.perf_counter() - t0,
+        "curve": curve,
+    }
+
+
+def tune_lr(task: Task, spec: OptSpec, grid=ADAM_GRID, seeds=(0, 1)) -> tuple[float, list[dict]]:
+    """The grid learning rate with the lowest mean final loss on ``task``."""
+    rows = []
+    best, best_loss = grid[0], float("inf")
+    for lr in grid:
+        runs = [train(task, dataclasses.replace(spec, lr=lr), 1000 + s) for s in seeds]
+        rows.extend(runs)
+        loss = sum(r["final_loss"] for r in runs) / len(runs)
+        if loss < best_loss:
+            best, best_loss = lr, loss
+    return best, rows
+
+
+def provenance() -> dict:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    return {
+        "git_sha": sha,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+PRESETS = {
+    # smoke-sized, for tests
+    "quick": dict(
+        base_width=16,
+        base_depth=2,
+        base_steps=20,
+        widths=(1, 4),
+        depths=(1,),
+        horizons=(1,),
+        seeds=1,
+        lm=False,
+        grid=(1e-3, 1e-2),
+    ),
+    # what fits on a 2-core CPU in under an hour with the fast CPU backend
+    "cpu": dict(
+        base_width=64,
+        base_depth=2,
+        base_steps=300,
+        widths=(1, 4, 16),
+        depths=(1, 3),
+        horizons=(1, 5, 25),
+        seeds=5,
+        lm=True,
+        grid=ADAM_GRID,
+    ),
+}
+
+
+def run(
+    out: str | os.PathLike,
+    preset: str = "cpu",
+    meta_weights: str | None = None,
+    sp_weights: str | None = None,
+    log=print,
+) -> Path:
+    """Run the sweeps and append JSON lines to ``out`` (one row per run, provenance in every row)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[preset]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prov = provenance() | {"preset": preset}
+    base = Task("mlp", cfg["base_width"], cfg["base_depth"], cfg["base_steps"])
+
+    def emit(row: dict, sweep: str) -> None:
+        row = {**row, **prov, "sweep": sweep}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(
+            f"{sweep:8s} {row['task']:22s} {row['optimizer']:7s} lr={row['lr']:<7g} seed={row['seed']} "
+            f"final={row['final_loss']:.4f}{' DIVERGED' if row['diverged'] else ''}"
+        )
+
+    lrs = {}
+    for name in ("adamw", "muadam"):
+        spec = OptSpec(name, base_width=base.width)
+        lrs[name], rows = tune_lr(base, spec, cfg["grid"], seeds=tuple(range(min(2, cfg["seeds"]))))
+        for r in rows:
+            emit(r, "tune")
+        log(f"tuned {name}: lr={lrs[name]:g}")
+    specs = [
+        OptSpec("mulo", meta_weights=meta_weights),
+        OptSpec("adamw", lrs["adamw"]),
+        OptSpec("muadam", lrs["muadam"], base_width=base.width),
+    ]
+    if sp_weights:
+        specs.append(OptSpec("sp_lo", meta_weights=sp_weights))
+    tasks = [("width", dataclasses.replace(base, width=base.width * m)) for m in cfg["widths"]]
+    tasks += [("depth", dataclasses.replace(base, depth=base.depth * m)) for m in cfg["depths"] if m != 1]
+    tasks += [("horizon", dataclasses.replace(base, steps=base.steps * m)) for m in cfg["horizons"] if m != 1]
+    if cfg["lm"]:
+        tasks += [("ood_lm", Task("lm", 64, 2, base.steps, batch=32, context=64))]
+    for sweep, task in tasks:
+        for spec in specs:
+            for seed in range(cfg["seeds"]):
+                emit(train(task, spec, seed, record_every=max(1, task.steps // 50)), sweep)
+    return out

@@ -1,0 +1,56 @@
+"""The generalization harness: rows, tuning, μAdam's hidden-lr transfer, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from mulo import evaluation as ev
+from mulo.mup.models import MuMLP, MuTransformerLM
+
+
+def test_quick_preset_writes_complete_rows(tmp_path):
+    out = ev.run(tmp_path / "g.jsonl", "quick", log=lambda *_: None)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    sweeps = {r["sweep"] for r in rows}
+    assert sweeps == {"tune", "width"}
+    for r in rows:
+        for key in ("task", "optimizer", "lr", "seed", "final_loss", "diverged", "git_sha", "torch_version", "date"):
+            assert key in r, key
+    widths = {r["width"] for r in rows if r["sweep"] == "width"}
+    assert widths == {16, 64}
+    # the tuned AdamW lr is the grid point with the lowest mean tuning loss
+    tune = [r for r in rows if r["sweep"] == "tune" and r["optimizer"] == "adamw"]
+    by_lr = {}
+    for r in tune:
+        by_lr.setdefault(r["lr"], []).append(r["final_loss"])
+    best = min(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+    assert {r["lr"] for r in rows if r["sweep"] == "width" and r["optimizer"] == "adamw"} == {best}
+
+
+def test_muadam_scales_hidden_lr_by_base_over_width():
+    task = ev.Task("mlp", 64, 3, 1)
+    model = MuMLP(64, 64, 3, 10)
+    opt = ev._optimizer(ev.OptSpec("muadam", lr=0.01, base_width=16), model, task)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+    assert lrs["hidden"] == pytest.approx(0.01 * 16 / 64) and lrs["input"] == 0.01 and lrs["output"] == 0.01
+
+
+def test_lm_task_trains_and_bad_names_raise():
+    row = ev.train(ev.Task("lm", 16, 1, 3, batch=4, context=8, heads=2), ev.OptSpec("adamw", 1e-3), 0)
+    assert row["final_loss"] < 6.0 and not row["diverged"]  # ln 256 ≈ 5.55 at init
+    with pytest.raises(ValueError, match="unknown preset"):
+        ev.run("x.jsonl", "huge")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        ev._optimizer(ev.OptSpec("sgdx"), MuMLP(4, 8, 1, 2), ev.Task("mlp", 8, 1, 1))
+    with pytest.raises(ValueError, match="sp_lo needs meta_weights"):
+        ev._optimizer(ev.OptSpec("sp_lo"), MuMLP(4, 8, 1, 2), ev.Task("mlp", 8, 1, 1))
+
+
+def test_transformer_roles_follow_mup():
+    m = MuTransformerLM(256, 32, 1, 4, 16)
+    roles = m.roles()
+    assert roles["tok.weight"].role == "input" and roles["readout.weight"].role == "output"
+    assert roles["blocks.0.qkv.weight"].lr_scale == 1 / 32 and roles["blocks.0.out.weight"].lr_scale == 1 / 128
+    assert roles["blocks.0.ln1.weight"].role == "other"
+    assert torch.all(m(torch.randint(0, 256, (2, 16))) == 0)  # zero readout at init
