@@ -1,0 +1,338 @@
+"""What does a μLO step cost compared with AdamW, on my model, on my device — and how close is it to what
+the hardware allows?
+
+    python bench/step_time.py --quick                       # CPU-sized subset, well under a minute
+    python bench/step_time.py --device cuda                 # model-shaped sets + synthetic 1M.. largest
+    python bench/step_time.py --sets gpt2-124m,vit-b16 --sizes 1048576,16777216 --backends reference
+
+Every available mulo backend (``mulo.backends.available_backends(device, auto=True)``, or ``--backends``)
+runs against torch AdamW (for-loop, foreach, fused) on the same parameters in the same run. Timing:
+CUDA events with an L2 flush on a GPU, ``perf_counter`` on CPU; warm-up steps (the first allocates the
+state) are not timed; each timed step sees the next of several rotating gradient sets, so caches don't
+flatter small sizes. Each row: median and p20/p80, the ratio to fused AdamW measured in the same run,
+bytes and FLOPs by ALGORITHM.md §5's model, the fraction of the floor set by the copy bandwidth and matmul
+peak measured in the same run, peak memory (GPU), optimizer-state bytes per element, and provenance.
+Rows are APPENDED as JSON lines to bench/results/step_time.jsonl (``--out``, repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench import common
+
+ADAMW_VARIANTS = {
+    "adamw_fused": {"fused": True},
+    "adamw_foreach": {"foreach": True},
+    "adamw_forloop": {"foreach": False},
+}
+BASELINE = "adamw_fused"
+QUICK_SETS = ["gpt2-tiny", "vit-tiny", "llama-tiny"]
+QUICK_SIZES = [1 << 16, 1 << 18, 1 << 20]
+FULL_SETS = ["gpt2-124m", "vit-b16", "gpt2-355m", "gpt3-xl-1.3b", "llama-1b"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Bytes per element a synthetic run needs besides backend scratch: params + 2 gradient sets + μLO state.
+SYNTHETIC_BYTES_PER_ELEMENT = 48
+
+
+def fused_adamw_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch has fused AdamW for ``device``/``dtype`` (CPU since torch 2.4): one tiny step."""
+    p = torch.nn.Parameter(torch.zeros(4, device=device, dtype=dtype))
+    p.grad = torch.ones_like(p)
+    try:
+        torch.optim.AdamW([p], fused=True).step()
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def synthetic_sizes(device: torch.device, spec: str) -> list[int]:
+    """``--sizes``: a comma list of element counts, or ``auto`` = 1M, 4M, 16M, … up to the largest whose
+    parameters, two gradient sets and μLO state fit in 90% of free memory (CPU: up to 16M)."""
+    if spec != "auto":
+        return [int(float(s)) for s in spec.split(",") if s]
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        limit = 0.9 * free / SYNTHETIC_BYTES_PER_ELEMENT
+    else:
+        limit = 1 << 24
+    sizes, n = [], 1 << 20
+    while n <= limit:
+        sizes.append(n)
+        n *= 4
+    return sizes
+
+
+def optimizers(
+    setup: common.Setup, device: torch.device, dtype: torch.dtype, backends: list[str], state_dtype: str | None
+) -> list[tuple[str, str, Callable[[], torch.optim.Optimizer]]]:
+    """(optimizer, backend, factory) in measuring order: the AdamW baseline first."""
+    import mulo
+
+    out = []
+    for name, kw in ADAMW_VARIANTS.items():
+        if name == "adamw_fused" and not fused_adamw_supported(device, dtype):
+            continue
+        out.append((name, "torch", lambda kw=kw: torch.optim.AdamW(setup.groups(1e-3, scale_lr=True), **kw)))
+    for b in backends:
+        out.append(("mulo", b, lambda b=b: mulo.MuLO(setup.groups(1.0), backend=b, state_dtype=state_dtype)))
+    return out
+
+
+def state_nbytes(opt: torch.optim.Optimizer) -> int:
+    return sum(
+        t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)
+    )
+
+
+def measure(
+    factory: Callable[[], torch.optim.Optimizer],
+    setup: common.Setup,
+    timer: common.Timer,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    min_iters: int,
+    max_seconds: float,
+) -> dict:
+    """Warm up (the first step allocates the state), then time up to ``iters`` steps within ``max_seconds``."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    opt = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = factory()
+            t0 = time.perf_counter()
+            for i in range(warmup):
+                setup.use_grads(i)
+                opt.step()
+            common.sync(device)
+            per_step = (time.perf_counter() - t0) / max(warmup, 1)
+            n = max(min_iters, min(iters, int(max_seconds / max(per_step, 1e-9))))
+            times = timer.time(lambda i, o=opt: o.step(), setup.use_grads, n, start=warmup)
+        out = {"status": "ok", **common.summarize(times)}
+        state = state_nbytes(opt)
+        out.update(state_bytes=state, state_bytes_per_element=state / setup.pset.numel)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+            out.update(peak_mem_bytes=peak, peak_extra_bytes=peak - base)
+        else:
+            out.update(peak_mem_bytes=None, peak_extra_bytes=None)
+        return out
+    except torch.OutOfMemoryError as e:
+        return {"status": "oom", "error": str(e).splitlines()[0][:300]}
+    except Exception as e:  # one failing backend must not lose the other rows; reported, exit code 1
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
+    finally:
+        opt = None  # free the state before the next measurement
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_set(
+    pset: common.ParamSet, args: argparse.Namespace, device: torch.device, ctx: dict, deadline: float
+) -> list[dict]:
+    dtype = DTYPES[args.dtype]
+    grad_dtype = DTYPES[args.grad_dtype] if args.grad_dtype else dtype
+    itemsize = torch.tensor([], dtype=grad_dtype).element_size()
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    k = common.grad_sets_for(pset, itemsize, common.cache_bytes(device), free)
+    try:
+        setup = common.make_setup(pset, device, dtype, grad_dtype, n_grad_sets=k, seed=args.seed)
+    except torch.OutOfMemoryError as e:
+        print(f"  {pset.name}: parameters and gradients do not fit ({str(e).splitlines()[0][:120]})", file=sys.stderr)
+        return []
+    timer = common.Timer(device)
+    p_bytes = torch.tensor([], dtype=dtype).element_size()
+    s_bytes = 2 if args.state_dtype == "bfloat16" else (8 if dtype == torch.float64 else 4)
+    rows = []
+    for optimizer, backend, factory in optimizers(setup, device, dtype, ctx["backends"], args.state_dtype):
+        if time.monotonic() > deadline:
+            print(f"  budget spent: skipping {optimizer}/{backend} on {pset.name}", file=sys.stderr)
+            continue
+        limit = ctx["max_n"].get(backend)
+        if limit is not None and pset.numel > limit:
+            print(f"  {backend}: {pset.name} is above --max-n {backend}={limit:g}; skipped", file=sys.stderr)
+            continue
+        res = measure(factory, setup, timer, device, args.warmup, args.iters, args.min_iters, args.max_seconds)
+        opt_kind = "mulo" if optimizer == "mulo" else "adamw"
+        cost = common.model_cost(pset, opt_kind, p_bytes, itemsize, s_bytes if opt_kind == "mulo" else p_bytes)
+        median = res.get("median_ms")
+        row = {
+            "schema": common.SCHEMA,
+            "run_id": ctx["run_id"],
+            **ctx["provenance"],
+            **ctx["floors"],
+            "set": pset.name,
+            "n_elements": pset.numel,
+            "n_tensors": len(pset.specs),
+            "shapes": pset.shape_summary(),
+            "param_dtype": args.dtype,
+            "grad_dtype": str(grad_dtype).removeprefix("torch."),
+            "state_dtype": (args.state_dtype or "float32") if opt_kind == "mulo" else args.dtype,
+            "optimizer": optimizer,
+            "backend": backend,
+            "timer": timer.kind,
+            "warmup": args.warmup,
+            "grad_sets": k,
+            **res,
+            "ns_per_element": median * 1e6 / pset.numel if median else None,
+            **cost,
+            "bytes_per_element_model": cost["bytes_model"] / pset.numel,
+            "achieved_GBps": cost["bytes_model"] / (median * 1e-3) / 1e9 if median else None,
+            **common.floor_fields(cost, ctx["floors"], median),
+        }
+        rows.append(row)
+    base = next((r for r in rows if r["optimizer"] == BASELINE and r["status"] == "ok"), None)
+    for r in rows:
+        r["baseline"] = BASELINE if base else None
+        ok = base is not None and r.get("median_ms")
+        r["ratio_to_adamw_fused"] = r["median_ms"] / base["median_ms"] if ok else None
+    setup.release()
+    del setup, timer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"  {r['optimizer']:14s} {r['backend']:10s} {r['status']}: {r.get('error', '')[:100]}")
+            continue
+        ratio = f"{r['ratio_to_adamw_fused']:8.2f}x" if r["ratio_to_adamw_fused"] is not None else "       -"
+        print(
+            f"  {r['optimizer']:14s} {r['backend']:10s} {r['median_ms']:10.3f} ms [{r['p20_ms']:.3f}, "
+            f"{r['p80_ms']:.3f}] {ratio}  {r['ns_per_element']:8.2f} ns/elem  floor {r['frac_of_floor']:6.1%}  "
+            f"state {r['state_bytes_per_element']:5.1f} B/elem"
+        )
+
+
+def parse_max_n(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--max-n takes BACKEND=N (e.g. reference=3e8), got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CPU-sized subset: tiny model sets and 64K..1M synthetic")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available, else cpu)")
+    ap.add_argument("--sets", default=None, help=f"comma list of {sorted(common.MODEL_SETS)} ('' for none)")
+    ap.add_argument("--sizes", default=None, help="synthetic sizes: comma list of element counts, 'auto', or ''")
+    ap.add_argument("--backends", default=None, help="comma list of mulo backends (default: all available here)")
+    ap.add_argument("--max-n", action="append", default=[], help="BACKEND=N: skip sets above N elements")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--grad-dtype", default=None, choices=sorted(DTYPES))
+    ap.add_argument("--state-dtype", default=None, choices=["bfloat16"], help="μLO state dtype (default float32)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None, help="most timed steps per measurement")
+    ap.add_argument("--min-iters", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=None, help="time budget per measurement")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", action="append", default=None, help="JSONL file(s) to append rows to")
+    return ap
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    """Parse ``argv``, measure, append rows to every ``--out``; returns the rows."""
+    args = build_parser().parse_args(argv)
+    from mulo.backends import available_backends, known_backends
+
+    if args.quick and args.device is None:
+        args.device = "cpu"
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    gpu = device.type == "cuda"
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.iters = args.iters if args.iters is not None else (20 if gpu else 5)
+    args.max_seconds = args.max_seconds if args.max_seconds is not None else (10.0 if gpu else 3.0)
+    if args.sets is None:
+        args.sets = ",".join(QUICK_SETS if args.quick else FULL_SETS)
+    if args.sizes is None:
+        args.sizes = ",".join(map(str, QUICK_SIZES)) if args.quick else "auto"
+    dtype = DTYPES[args.dtype]
+    if args.backends is None:
+        backends = available_backends(device, dtype, auto=True)
+    else:
+        backends = [b for b in args.backends.split(",") if b]
+        unknown = sorted(set(backends) - set(known_backends()))
+        if unknown:
+            raise SystemExit(f"--backends: unknown {unknown}; known: {known_backends()}")
+        here = available_backends(device, dtype)
+        missing = [b for b in backends if b not in here]
+        if missing:
+            print(f"not available on {device} ({dtype}): {missing}; measuring {[b for b in backends if b in here]}")
+        backends = [b for b in backends if b in here]
+    not_here = sorted(set(known_backends()) - set(backends))
+    print(f"mulo backends measured on {device}: {backends}" + (f" (not measured: {not_here})" if not_here else ""))
+
+    psets = [common.param_set(s) for s in args.sets.split(",") if s]
+    psets += [common.synthetic(n) for n in synthetic_sizes(device, args.sizes)]
+    outs = [Path(p) for p in (args.out or [str(common.RESULTS_DIR / "step_time.jsonl")])]
+    ctx = {
+        "run_id": uuid.uuid4().hex[:12],
+        "provenance": common.provenance(device),
+        "floors": common.device_floors(device),
+        "backends": backends,
+        "max_n": parse_max_n(args.max_n),
+    }
+    f = ctx["floors"]
+    print(
+        f"{ctx['provenance']['device']}: copy {f['copy_bandwidth_GBps']:.1f} GB/s, fp32 matmul "
+        f"{f['matmul_fp32_TFLOPs']:.2f} TFLOP/s" + (f", tf32 {f['matmul_tf32_TFLOPs']:.1f}" if gpu else "")
+    )
+    deadline = time.monotonic() + (args.budget_s if args.budget_s is not None else math.inf)
+    all_rows = []
+    for pset in psets:
+        if time.monotonic() > deadline:
+            print(f"budget spent: skipping {pset.name}", file=sys.stderr)
+            continue
+        print(f"{pset.name}: {pset.numel:,} elements in {len(pset.specs)} tensors")
+        rows = run_set(pset, args, device, ctx, deadline)
+        print_rows(rows)
+        for path in outs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r) + "\n")
+        all_rows += rows
+    return all_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    rows = run(argv)
+    failed = [r for r in rows if r["status"] == "error"]
+    for r in failed:
+        print(f"ERROR {r['set']} {r['optimizer']}/{r['backend']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
