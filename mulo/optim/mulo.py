@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from mulo.backends import Backend, resolve_backend
 from mulo.backends.reference import grad_is_finite
+from mulo.distributed import is_dtensor
 from mulo.lopt.network import LOptNet, MetaWeights
 from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
 
@@ -158,6 +159,10 @@ class MuLO(Optimizer):
         shape = math_shape(p.shape, self.layout)
         phys = physical_shape(p.shape)
         dt = self._state_dtype(p)
+        if is_dtensor(p):  # FSDP2 / DTensor: state as DTensors on the parameter's mesh
+            from mulo.distributed.sharded import init_state
+
+            return init_state(p, self.layout, dt)
         state = {
             "step": torch.zeros((), dtype=torch.float32, device=p.device),
             "momentum": torch.zeros((3, *phys), dtype=dt, device=p.device),
@@ -200,6 +205,10 @@ class MuLO(Optimizer):
                             f"{self.layout!r} layout"
                         )
                     value = value.to(device=p.device, copy=True)
+                    if is_dtensor(p):  # a whole (e.g. single-process) state is split like the parameter
+                        from mulo.distributed.sharded import shard_state_value
+
+                        value = shard_state_value(p, key, value, self.layout)
                 st[key] = value
             missing = sorted(set(expected) - set(st))
             if missing:
@@ -251,6 +260,7 @@ class MuLO(Optimizer):
 
         buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list, list]] = {}
         where: list[tuple[int, int, torch.Tensor]] = []
+        sharded: list[tuple] = []
         for gi, group in enumerate(self.param_groups):
             lr = group["lr"] * group["lr_scale"]
             wd = group["weight_decay"]
@@ -273,6 +283,9 @@ class MuLO(Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(self._init_state(p))
+                if is_dtensor(p):  # stepped by mulo.distributed (statistics all-reduced over the mesh)
+                    sharded.append((gi, pi, p, g, state, lr, wd))
+                    continue
                 b = buckets.setdefault((p.device, p.dtype), ([], [], [], [], []))
                 b[0].append(p)
                 b[1].append(g)
@@ -283,6 +296,10 @@ class MuLO(Optimizer):
 
         if self.options.nonfinite == "raise" and where:
             self._raise_on_nonfinite(where)
+        if sharded:
+            from mulo.distributed.sharded import sharded_step
+
+            sharded_step(self, sharded)
 
         for (device, dtype), (params, grads, states, lrs, wds) in buckets.items():
             compute = torch.float64 if dtype == torch.float64 else torch.float32

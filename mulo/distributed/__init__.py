@@ -1,0 +1,27 @@
+"""μLO across processes with ``torch.distributed`` (no communication layer of its own).
+
+- DDP: nothing to do. ``DistributedDataParallel`` all-reduces gradients before ``step()``, every rank
+  holds the whole parameters and steps them identically.
+- FSDP2 (``fully_shard``) and other DTensor parameters: :class:`mulo.MuLO` detects DTensor parameters and
+  steps them with :func:`sharded_step` — the exact update of the unsharded tensor, at the price of two
+  bucketed ``all_reduce`` calls per step (pass A statistics, then the 28 channel sums of squares).
+  :mod:`mulo.distributed.passes` says what a backend exposes to take part.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mulo.distributed.passes import ShardGeometry, summed_elements, summed_stats
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """``t`` is a ``torch.distributed.tensor.DTensor`` (False where torch.distributed is not built)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+__all__ = ["ShardGeometry", "is_dtensor", "summed_elements", "summed_stats"]
