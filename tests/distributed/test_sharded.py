@@ -50,6 +50,7 @@ VARIANTS = {
     "torch-f64": ("torch", torch.float64),
     "jax-f64": ("jax", torch.float64),
     "torch-f32": ("torch", torch.float32),
+    "hsdp-f64": ("torch", torch.float64),  # mesh (1 replica group × 2 shards), placements (Replicate, Shard)
 }
 
 
@@ -127,6 +128,7 @@ def _jobs():
         backend, variant = case.split("-", 1)
         layout, dtype = VARIANTS[variant]
         jobs[case] = _tensor_job(layout, dtype, backend=backend, bad=2 if variant == "torch-f64" else None)
+        jobs[case]["mesh"] = "hsdp" if variant.startswith("hsdp") else "flat"
     jobs["reference-raise"] = _tensor_job(nonfinite="raise", bad=1)
     g = torch.Generator().manual_seed(SEED + 1)
     from mulo.mup.models import MuMLP
@@ -217,6 +219,7 @@ def test_sharded_steps_equal_whole_tensor_steps(runs, name):
     got, (steps, raised, _) = _result(runs, name), runs[1][name]
     dtype = runs[0][name]["params"][0].dtype
     assert got["raised"] == raised == [None] * STEPS
+    assert got["all_reduces"] == [2] * STEPS, "one bucketed all_reduce per pass (A, B) for all tensors"
     for t in range(STEPS):
         _compare_snapshot(got["steps"][t], steps[t], dtype, f"{name} step {t}")
     _compare_snapshot(got["resumed"], steps[-1], dtype, f"{name} resumed from the sharded state_dict")
@@ -231,6 +234,7 @@ def test_nonfinite_raise_is_collective(runs):
     got, (steps, raised, _) = _result(runs, "reference-raise"), runs[1]["reference-raise"]
     assert raised[1] is not None and got["raised"][1] is not None
     assert "param_groups[0]['params'][0]" in got["raised"][1]
+    assert got["all_reduces"][1] == 1, "raises after pass A's all_reduce, before pass B"
     _compare_snapshot(got["steps"][1], steps[1], torch.float64, "raise policy, after the raising step")
     _compare_snapshot(got["steps"][1], steps[0], torch.float64, "raise policy, unchanged by the raising step")
 

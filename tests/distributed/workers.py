@@ -50,7 +50,10 @@ def _sharded(case, mesh, backend):
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     def place(t, dim):
-        return distribute_tensor(t.clone(), mesh, [Replicate() if dim is None else Shard(dim)])
+        split = Replicate() if dim is None else Shard(dim)
+        # HSDP-style 2-d mesh (replicas × shards): replicated over the first mesh dim, split over the second
+        placements = [Replicate(), split] if mesh.ndim == 2 else [split]
+        return distribute_tensor(t.clone(), mesh, placements)
 
     params = [torch.nn.Parameter(place(p, d)) for p, d in zip(case["params"], case["dims"])]
     groups = [
@@ -64,16 +67,22 @@ def run_tensors(case, mesh, backend) -> dict:
     """MuLO on DTensor parameters (Shard(k) or Replicate per tensor); whole tensors after every step;
     and a run resumed from the mid-run state_dict (sharded → sharded, and whole → sharded)."""
     params, opt, place = _sharded(case, mesh, backend)
-    out = {"steps": [], "raised": []}
+    out = {"steps": [], "raised": [], "all_reduces": []}
     mid = None
+    all_reduce = dist.all_reduce
     for t, grads in enumerate(case["grads"]):
         for p, g, d in zip(params, grads, case["dims"]):
             p.grad = place(g, d)
+        calls = []
+        dist.all_reduce = lambda *a, calls=calls, **k: (calls.append(1), all_reduce(*a, **k))[1]
         try:
             opt.step()
             out["raised"].append(None)
         except FloatingPointError as e:
             out["raised"].append(str(e))
+        finally:
+            dist.all_reduce = all_reduce
+        out["all_reduces"].append(len(calls))
         out["steps"].append(_snapshot(params, opt))
         if t == case["resume_at"]:
             mid = (copy.deepcopy(opt.state_dict()), [_full(p) for p in params])
@@ -126,12 +135,14 @@ def main(rank: int, world: int, port: int, in_path: str, out_path: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cpu", (world,))
+    hsdp_mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
     jobs = torch.load(in_path, weights_only=False)
     results = {}
     for name, job in jobs.items():
         try:
             if job["kind"] == "tensors":
-                results[name] = run_tensors(job, mesh, job["backend"])
+                hsdp = job.get("mesh") == "hsdp"
+                results[name] = run_tensors(job, hsdp_mesh if hsdp else mesh, job["backend"])
             else:
                 results[name] = run_model(job, mesh, job["kind"])
         except Exception:  # reported by the parent test of this job, the others still run
