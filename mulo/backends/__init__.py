@@ -154,6 +154,16 @@ register_backend(
         fix="(always available)",
     )
 )
+register_backend(
+    BackendSpec(
+        name="triton",
+        factory="mulo.backends.triton_backend:TritonBackend",
+        device_types=("cuda", "cpu"),
+        priority=20,
+        fix="pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)",
+        auto_device_types=("cuda",),
+    )
+)
 
 __all__ = [
     "Backend",

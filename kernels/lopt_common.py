@@ -1,0 +1,109 @@
+"""Triton helpers shared by the three μLO passes (ALGORITHM.md §1–2): tile coordinates from the chunk and
+meta tables of :mod:`mulo.kernels.lopt_plan` and the Adafactor factors of one decay. All math in float32
+whatever the storage dtypes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# Set before the first @triton.jit import: True runs every kernel on the CPU through Triton's interpreter.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+EPS_GRAD_SQ = tl.constexpr(1e-30)
+EPS_SAFE_RSQRT = tl.constexpr(1e-9)
+EPS_RMS = tl.constexpr(1e-6)
+EPS_ACC_FEATURE = tl.constexpr(1e-8)
+EPS_NORMALIZE = tl.constexpr(1e-5)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+NMETA = tl.constexpr(24)
+WS_BATCH = tl.constexpr(34)
+
+
+@triton.jit
+def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr):
+    """Where this program's tile lies: element offsets and mask ([BX, BY]), accX/accY indices ([BX]/[BY]),
+    and the tensor's meta row (see lopt_plan's module docstring)."""
+    pid = tl.program_id(0)
+    t = tl.load(chunks + pid * 4)
+    bidx = tl.load(chunks + pid * 4 + 1)
+    xt = tl.load(chunks + pid * 4 + 2)
+    yt = tl.load(chunks + pid * 4 + 3)
+    row = meta + t.to(tl.int64) * NMETA
+    n = tl.load(row + 0).to(IDX)
+    nx = tl.load(row + 1).to(IDX)
+    ny = tl.load(row + 2).to(IDX)
+    nbatch = tl.load(row + 3).to(IDX)
+    nb = tl.load(row + 4).to(IDX)
+    nc = tl.load(row + 5).to(IDX)
+    bidx = bidx.to(IDX)
+    xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
+    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
+    c_ = bidx % nc
+    ab = bidx // nc
+    b_ = ab % nb
+    a_ = ab // nb
+    base = a_ * tl.load(row + 6).to(IDX) + b_ * tl.load(row + 8).to(IDX) + c_
+    off = base + xs[:, None] * tl.load(row + 7).to(IDX) + ys[None, :] * tl.load(row + 9).to(IDX)
+    mx = xs < nx
+    my = ys < ny
+    mask = mx[:, None] & my[None, :] & (off < n)
+    ix = a_ * tl.load(row + 10).to(IDX) + xs * tl.load(row + 11).to(IDX) + b_ * tl.load(row + 12).to(IDX) + c_
+    iy = a_ * tl.load(row + 13).to(IDX) + b_ * tl.load(row + 14).to(IDX) + ys * tl.load(row + 15).to(IDX) + c_
+    lx = tl.load(row + 16).to(IDX)
+    ly = tl.load(row + 17).to(IDX)
+    flags = tl.load(row + 18).to(tl.int32)
+    ws_sx = tl.load(row + 19).to(IDX)
+    ws_sy = tl.load(row + 20).to(IDX)
+    ws_nx = tl.load(row + 21).to(IDX)
+    ws_ny = tl.load(row + 22).to(IDX)
+    ws_t = tl.load(row + 23).to(IDX)
+    return (
+        t,
+        bidx,
+        xt,
+        yt,
+        n,
+        nx,
+        ny,
+        nbatch,
+        flags,
+        off,
+        mask,
+        mx,
+        my,
+        ix,
+        iy,
+        lx,
+        ly,
+        ws_sx,
+        ws_sy,
+        ws_nx,
+        ws_ny,
+        ws_t,
+    )
+
+
+@triton.jit
+def safe_rsqrt(x):
+    return tl.rsqrt(tl.maximum(x, EPS_SAFE_RSQRT))
+
+
+@triton.jit
+def factor_vectors(ax, ay, wsT, bidx, nbatch, k: tl.constexpr, bf, nx, ny, d0x):
+    """Row factor safe_rsqrt(r/(mean r + 1e-9)) and column factor safe_rsqrt(c) on the tile's NEW accX
+    ([BX]) and accY ([BY]) vectors: the row accumulator is accY when d0 is the X axis, else accX. The mean
+    of the new row accumulator over its d1 axis (for this tile's batch) comes from the sums pass A left:
+    β·Σ r_old/n_d1 + (1−β)·Σ s/(n_d0·n_d1)."""
+    nd0 = tl.where(d0x, nx, ny).to(tl.float32)
+    nd1 = tl.where(d0x, ny, nx).to(tl.float32)
+    plane = tl.load(wsT + WS_BATCH + bidx)
+    r_old = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
+    rm = bf * r_old / nd1 + (1.0 - bf) * plane / (nd0 * nd1)
+    # (device-function calls are expensive in the interpreter: safe_rsqrt is written out)
+    fx = tl.where(d0x, tl.maximum(ax, EPS_SAFE_RSQRT), tl.maximum(ax / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT))
+    fy = tl.where(d0x, tl.maximum(ay / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT), tl.maximum(ay, EPS_SAFE_RSQRT))
+    return tl.rsqrt(fx), tl.rsqrt(fy)

@@ -1,0 +1,299 @@
+"""The ``triton`` backend: the exact μLO step (ALGORITHM.md §1–3) for all tensors of a group in three
+launches — (A) :mod:`mulo.kernels.lopt_reduce`, (B) :mod:`mulo.kernels.lopt_sumsq`, (C)
+:mod:`mulo.kernels.lopt_apply` — driven by the segment/chunk tables of :mod:`mulo.kernels.lopt_plan`.
+
+The step is the ``torch.library`` custom op ``mulo::triton_lopt_step_`` (mutates parameters and state,
+fake implementation for ``torch.compile``). Launches go to the current stream; nothing syncs with the host;
+the step counter stays on the device. Tables are cached per group signature, pointer and lr tables per
+pointer / value set, so steady-state steps with static tensors (e.g. under CUDA-graph capture) copy nothing.
+
+Imported only when the registry is asked for ``"triton"``: importing :mod:`mulo` never imports Triton.
+On CPU the kernels run only through Triton's interpreter (``TRITON_INTERPRET=1`` before the first import).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton  # noqa: F401  (ImportError here tells the registry the backend is unavailable)
+import triton.language as tl
+
+from mulo.kernels import lopt_common, lopt_plan
+from mulo.kernels.lopt_apply import DOT_MODES, lopt_apply
+from mulo.kernels.lopt_reduce import lopt_reduce
+from mulo.kernels.lopt_sumsq import lopt_sumsq
+from mulo.lopt import constants as C
+from mulo.lopt.network import MetaWeights
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_STATE_KEYS = ("momentum", "second_moment")
+
+
+class Workspace:
+    """What the three passes share for one group: tables, the float32 workspace, meta-weights."""
+
+    def __init__(self, plan, ptrs, hyper, ws, decays, taus, perm, layers, exp_mult, step_mult, dtypes, tiles, dot):
+        self.plan, self.ptrs, self.hyper, self.ws = plan, ptrs, hyper, ws
+        self.decays, self.taus, self.perm, self.layers = decays, taus, perm, layers
+        self.exp_mult, self.step_mult = exp_mult, step_mult
+        self.p_dt, self.g_dt, self.s_dt = dtypes
+        self.block_x, self.block_y, self.block_xc = tiles
+        self.dot = dot
+
+
+class TritonBackend:
+    """Fused μLO in Triton. ``block_x × block_y`` tiles for passes A/B, ``block_xc × block_y`` for pass C
+    (block_xc·block_y ≥ 16 for ``tl.dot``; default 2 on GPU for register pressure, 8 in the interpreter,
+    which pays per program rather than per element); ``dot`` is the MLP operand precision: "tf32"
+    (default), "ieee" or "bf16" (``MULO_TRITON_DOT`` overrides the default)."""
+
+    name = "triton"
+
+    def __init__(
+        self,
+        block_x: int = 32,
+        block_y: int = 64,
+        block_xc: int | None = None,
+        dot: str | None = None,
+        index64: bool = False,
+    ):
+        block_xc = block_xc or (8 if lopt_common.INTERPRET else 2)
+        for label, b in (("block_x", block_x), ("block_y", block_y), ("block_xc", block_xc)):
+            if b < 1 or b & (b - 1):
+                raise ValueError(f"TritonBackend: {label} must be a power of two, got {b}")
+        if block_xc * block_y < 16:
+            raise ValueError(f"TritonBackend: block_xc·block_y must be ≥ 16 (tl.dot), got {block_xc * block_y}")
+        dot = dot or os.environ.get("MULO_TRITON_DOT", "tf32")
+        if dot not in DOT_MODES:
+            raise ValueError(f"TritonBackend: dot must be one of {DOT_MODES}, got {dot!r}")
+        self.tiles = (block_x, block_y, block_xc)
+        self.dot = dot
+        self.index64 = index64  # 64-bit offsets even where 32 bits suffice (tests the large-tensor path)
+        self._plans: dict = {}
+        self._tables: dict = {}
+        self._consts: dict = {}
+
+    # ---- registry interface ------------------------------------------------------------------------
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
+        if dtype not in _TL_DTYPES:
+            return False  # float64 parameters: the reference backend
+        if device.type == "cuda":
+            return torch.cuda.is_available()
+        return device.type == "cpu" and lopt_common.INTERPRET
+
+    def step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, torch.Tensor]],
+        lrs: list[float],
+        weight_decays: list[float],
+        weights: MetaWeights,
+    ) -> None:
+        _check_weights(weights)
+        groups: dict[tuple, list[int]] = {}
+        for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
+            _check_tensor(i, p, g, st)
+            if p.numel() == 0:
+                st["step"].add_(1.0)  # nothing to update; the reference counts the step
+                continue
+            groups.setdefault((g.dtype, st["momentum"].dtype), []).append(i)
+        flat = [t for layer in weights.layers for t in layer]
+        decays = [*weights.momentum_decays, weights.rms_decay, *weights.adafactor_decays, 1.0 - weights.rms_decay]
+        for idx in groups.values():
+            accs = []
+            for i in idx:
+                st = states[i]
+                accs.extend([st["row"], st["col"]] if "row" in st else [st["full"]])
+            torch.ops.mulo.triton_lopt_step_(
+                [params[i] for i in idx],
+                [grads[i].contiguous() for i in idx],
+                [states[i]["momentum"] for i in idx],
+                [states[i]["second_moment"] for i in idx],
+                accs,
+                [states[i]["step"] for i in idx],
+                [states[i]["nonfinite_skips"] for i in idx],
+                [float(lrs[i]) for i in idx],
+                [float(weight_decays[i]) for i in idx],
+                flat,
+                decays,
+                float(weights.exp_mult),
+                float(weights.step_mult),
+                weights.layout,
+                self.dot,
+                [*self.tiles, int(self.index64)],
+            )
+
+    # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
+    def prepare(self, params, grads, momentum, second_moment, accs, steps, skips, lrs, wds, flat, decays, exp_mult,
+                step_mult, layout) -> Workspace:  # fmt: skip
+        """Tables and a zeroed workspace for one group (no kernel runs)."""
+        device = params[0].device
+        bx, by, bxc = self.tiles
+        shapes = tuple(tuple(p.shape) for p in params)
+        key = (shapes, layout, device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = lopt_plan.build_plan(shapes, layout, bx, by, bxc, device)
+            plan.use_int64 = plan.use_int64 or self.index64
+        rows, a = [], 0
+        for i, (p, lay) in enumerate(zip(params, plan.layouts)):
+            if lay.factored:
+                row, col = accs[a], accs[a + 1]
+                a += 2
+                acc_x, acc_y = (col, row) if lay.d0_is_x else (row, col)
+                ax, ay = acc_x.data_ptr(), acc_y.data_ptr()
+            else:
+                ax, ay = accs[a].data_ptr(), 0
+                a += 1
+            rows.append(
+                [
+                    p.data_ptr(),
+                    grads[i].data_ptr(),
+                    momentum[i].data_ptr(),
+                    second_moment[i].data_ptr(),
+                    ax,
+                    ay,
+                    steps[i].data_ptr(),
+                    skips[i].data_ptr(),
+                ]
+            )
+        ptrs = self._table(("ptrs", key), rows, torch.int64, device)
+        hyper = self._table(("hyper", key), [[lr, wd] for lr, wd in zip(lrs, wds)], torch.float32, device)
+        decay_t = self._const(("decays", device, tuple(decays)), list(decays), torch.float32, device)
+        taus = self._const(("taus", device), list(C.TIMESCALES), torch.float32, device)
+        perm = self._const(("perm", device), lopt_plan.join_tree_order(), torch.int32, device)
+        ws = torch.zeros(max(plan.ws_size, 1), dtype=torch.float32, device=device)
+        layers = ((flat[0], flat[1]), (flat[2], flat[3]), (flat[4], flat[5]))
+        dtypes = (_TL_DTYPES[params[0].dtype], _TL_DTYPES[grads[0].dtype], _TL_DTYPES[momentum[0].dtype])
+        dot = self.dot
+        if lopt_common.INTERPRET and dot == "bf16":
+            dot = "bf16_emulated"  # the interpreter mishandles bf16 tl.dot; same rounding through fp32
+        return Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, dtypes, self.tiles,
+                         dot)  # fmt: skip
+
+    @staticmethod
+    def reduce(w: Workspace) -> None:
+        """Pass A: row/column sums of s and the finite flags into ``w.ws``."""
+        lopt_reduce(w.plan, w.ptrs, w.ws, w.g_dt, w.s_dt, w.block_x, w.block_y)
+
+    @staticmethod
+    def sumsq(w: Workspace) -> None:
+        """Pass B: the 28 per-channel sums of squares and the new accumulator vectors into ``w.ws``."""
+        lopt_sumsq(w.plan, w.ptrs, w.ws, w.decays, w.p_dt, w.g_dt, w.s_dt, w.block_x, w.block_y)
+
+    @staticmethod
+    def apply(w: Workspace) -> None:
+        """Pass C: features, MLP, update; writes parameters and state."""
+        lopt_apply(
+            w.plan, w.ptrs, w.ws, w.hyper, w.decays, w.taus, w.perm, w.layers, w.exp_mult, w.step_mult,
+            w.p_dt, w.g_dt, w.s_dt, w.block_xc, w.block_y, w.dot,
+        )  # fmt: skip
+
+    # ---- small device tables, cached --------------------------------------------------------------
+    def _table(self, key, rows, dtype, device) -> torch.Tensor:
+        """Host rows → device tensor, re-copied only when the values change (pinned, non-blocking)."""
+        values = tuple(tuple(r) for r in rows)
+        cached = self._tables.get(key)
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        host = torch.tensor(rows, dtype=dtype)
+        if device.type == "cuda":
+            dev = host.pin_memory().to(device, non_blocking=True)
+        else:
+            dev = host
+        self._tables[key] = (values, dev)
+        return dev
+
+    def _const(self, key, values, dtype, device) -> torch.Tensor:
+        if key not in self._consts:
+            self._consts[key] = torch.tensor(values, dtype=dtype).to(device)
+        return self._consts[key]
+
+
+def _check_weights(w: MetaWeights) -> None:
+    shapes = [tuple(t.shape) for layer in w.layers for t in layer]
+    hid = shapes[0][0] if shapes else 0
+    ok = (
+        len(w.layers) == 3
+        and shapes == [(hid, C.INPUT_SIZE), (hid,), (hid, hid), (hid,), (2, hid), (2,)]
+        and hid >= 16
+        and hid & (hid - 1) == 0
+    )
+    if not ok:
+        raise ValueError(
+            f"the triton backend runs the 39→H→H→2 network with one hidden layer and H a power of two ≥ 16; "
+            f"these meta-weights have layers {shapes}. Use backend='reference' for them."
+        )
+    if any(t.dtype != torch.float32 for layer in w.layers for t in layer):
+        raise ValueError("the triton backend needs float32 meta-weights (MetaWeights from LOptNet.meta_weights)")
+
+
+def _check_tensor(i: int, p: torch.Tensor, g: torch.Tensor, st: dict[str, torch.Tensor]) -> None:
+    if p.dtype not in _TL_DTYPES:
+        raise ValueError(f"params[{i}] has dtype {p.dtype}; the triton backend runs float32/bfloat16/float16 "
+                         "(use backend='reference' for float64)")  # fmt: skip
+    if not p.is_contiguous():
+        raise ValueError(
+            f"params[{i}] (shape {tuple(p.shape)}) is not contiguous (e.g. channels_last); the triton backend "
+            "indexes state in the parameter's memory order: make it contiguous or use backend='reference'"
+        )
+    if g.dtype not in _TL_DTYPES:
+        raise ValueError(f"grads[{i}] has dtype {g.dtype}; expected float32, bfloat16 or float16")
+    for key in (*_STATE_KEYS, "row", "col", "full"):
+        if key in st and not st[key].is_contiguous():
+            raise ValueError(f"state[{i}]['{key}'] is not contiguous; the backend contract requires it")
+    if st["momentum"].dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(
+            f"state[{i}] has dtype {st['momentum'].dtype}; the triton backend keeps float32 or bfloat16 state"
+        )
+
+
+_BACKEND_FOR_OP: dict[tuple, TritonBackend] = {}
+
+
+@torch.library.custom_op(
+    "mulo::triton_lopt_step_",
+    mutates_args=("params", "momentum", "second_moment", "accumulators", "steps", "skips"),
+)
+def triton_lopt_step_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum: list[torch.Tensor],
+    second_moment: list[torch.Tensor],
+    accumulators: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    skips: list[torch.Tensor],
+    lrs: list[float],
+    weight_decays: list[float],
+    net: list[torch.Tensor],
+    decays: list[float],
+    exp_mult: float,
+    step_mult: float,
+    layout: str,
+    dot: str,
+    tiles: list[int],
+) -> None:
+    """One μLO step of a group (same device, parameter dtype, gradient dtype and state dtype): passes A, B, C.
+
+    ``accumulators`` holds ``row, col`` for each rank ≥ 2 parameter and ``full`` for each other one, in order;
+    ``net`` the six meta-weight tensors (W, b per layer); ``decays`` β_m (3), β_v, β_f (3), 1 − β_v;
+    ``tiles`` = (block_x, block_y, block_xc, index64).
+    """
+    key = (dot, *tiles)
+    backend = _BACKEND_FOR_OP.get(key)
+    if backend is None:
+        *blocks, index64 = tiles
+        backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64))
+    w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net,
+                        decays, exp_mult, step_mult, layout)  # fmt: skip
+    backend.reduce(w)
+    backend.sumsq(w)
+    backend.apply(w)
+
+
+@triton_lopt_step_.register_fake
+def _(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net, decays, exp_mult,
+      step_mult, layout, dot, tiles) -> None:  # fmt: skip
+    return None

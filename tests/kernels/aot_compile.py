@@ -1,0 +1,78 @@
+"""Compile every μLO Triton kernel ahead of time for GPU targets: ``python -m tests.kernels.aot_compile
+[--all] 90 80``. Needs no GPU, only Triton's bundled compilers; run with TRITON_INTERPRET unset. Without
+``--all``, each kernel is compiled in the variants that differ in code shape (float32/int32 and
+bf16/int64 storage, every dot mode); ``--all`` compiles the full dtype × index × dot matrix (~1 min per
+target). Prints one line per variant and exits non-zero on the first failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise SystemExit("aot_compile: unset TRITON_INTERPRET (the interpreter does not compile)")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from mulo.kernels.lopt_apply import lopt_apply_kernel  # noqa: E402
+from mulo.kernels.lopt_reduce import lopt_reduce_kernel  # noqa: E402
+from mulo.kernels.lopt_sumsq import lopt_sumsq_kernel  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+TABLES = {"chunks": "*i32", "meta": "*i64", "ptrs": "*i64", "ws": "*fp32"}
+BLOCKS = {"BX": 32, "BY": 64}
+
+
+def variants():
+    """(name, kernel, signature, constexprs) for every kernel × storage dtypes × index width × dot mode."""
+    for p_dt, g_dt, s_dt in ((tl.float32, tl.float32, tl.float32), (tl.bfloat16, tl.bfloat16, tl.bfloat16),
+                             (tl.float16, tl.float32, tl.float32)):  # fmt: skip
+        for idx in (tl.int32, tl.int64):
+            tag = f"p={p_dt} g={g_dt} s={s_dt} idx={idx}"
+            yield (
+                f"lopt_reduce {tag}",
+                lopt_reduce_kernel,
+                {**TABLES, "G_DT": "constexpr", "S_DT": "constexpr", "BX": "constexpr", "BY": "constexpr",
+                 "IDX": "constexpr"},
+                {"G_DT": g_dt, "S_DT": s_dt, **BLOCKS, "IDX": idx},
+            )  # fmt: skip
+            consts = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": s_dt, "IDX": idx}
+            yield (
+                f"lopt_sumsq {tag}",
+                lopt_sumsq_kernel,
+                {**TABLES, "decays": "*fp32", **{k: "constexpr" for k in (*consts, *BLOCKS)}},
+                {**consts, **BLOCKS},
+            )
+            for dot in ("tf32", "ieee", "bf16"):
+                sig = {**TABLES, "hyper": "*fp32", "decays": "*fp32", "taus": "*fp32", "perm": "*i32"}
+                sig.update({k: "*fp32" for k in ("w1", "b1", "w2", "b2", "w3", "b3")})
+                sig.update({"exp_mult": "fp32", "step_mult": "fp32"})
+                c = {**consts, "BX": 2, "BY": 64, "HID": 32, "DOT": dot}
+                sig.update({k: "constexpr" for k in c})
+                yield f"lopt_apply {tag} dot={dot}", lopt_apply_kernel, sig, c
+
+
+REPRESENTATIVE = (
+    "lopt_reduce p=fp32 g=fp32 s=fp32 idx=int32",
+    "lopt_reduce p=bf16 g=bf16 s=bf16 idx=int64",
+    "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
+    "lopt_sumsq p=bf16 g=bf16 s=bf16 idx=int64",
+    "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32",
+    "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=ieee",
+    "lopt_apply p=bf16 g=bf16 s=bf16 idx=int64 dot=bf16",
+)
+
+
+def main(archs: list[int], everything: bool = False) -> None:
+    for arch in archs:
+        target = GPUTarget("cuda", arch, 32)
+        for name, fn, sig, consts in variants():
+            if not everything and name not in REPRESENTATIVE:
+                continue
+            compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target)
+            print(f"sm_{arch} {name}: {len(compiled.asm['cubin'])} B cubin, {compiled.metadata.shared} B smem")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main([int(a) for a in args if a != "--all"] or [90, 80], everything="--all" in args)

@@ -1,0 +1,235 @@
+"""The triton backend (passes A/B/C of kernels/lopt_*.py) against the reference backend, on fresh random
+inputs: the shape zoo in one group, several steps, μP lr scales and weight decay, multi-tile tensors,
+bf16/fp16 parameters, bf16 state, the JAX layout, non-finite skipping, a 40-step trajectory, and tracing
+the custom op with torch.compile. On CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
+
+import pytest
+import torch
+
+from mulo.backends.reference import ReferenceBackend
+from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
+from tests.helpers import SHAPES, hetero_grad, random_net, shape_id
+from tests.tolerances import TRAJECTORY, assert_close, movement_error
+
+triton_backend = pytest.importorskip("mulo.backends.triton_backend", reason="needs triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# exact float32 MLP operands so the tolerance table's float32 row applies (tf32 is the GPU default)
+IEEE = dict(dot="ieee")
+
+
+def new_state(p: torch.Tensor, dtype: torch.dtype, layout: str = "torch") -> dict[str, torch.Tensor]:
+    phys = physical_shape(p.shape)
+    st = {
+        "step": torch.zeros((), dtype=torch.float32, device=p.device),
+        "momentum": torch.zeros((3, *phys), dtype=dtype, device=p.device),
+        "second_moment": torch.zeros(phys, dtype=dtype, device=p.device),
+        "nonfinite_skips": torch.zeros((), dtype=torch.float32, device=p.device),
+    }
+    for key, shape in accumulator_shapes(math_shape(p.shape, layout)).items():
+        st[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+    return st
+
+
+def run_pair(shapes, steps, *, dtype=torch.float32, ref_dtype=torch.float64, state_dtype=None, layout="torch",
+             lrs=None, wds=None, backend=None, grad_hook=None):  # fmt: skip
+    """Step the triton backend (params in ``dtype``) and the reference (params in ``ref_dtype``) from the
+    same start with the same gradients; return both (params, states)."""
+    net = random_net()
+    if layout == "jax":
+        from mulo.lopt.network import LOptConfig, LOptNet
+
+        jax_net = LOptNet(LOptConfig(layout="jax"))
+        jax_net.load_state_dict(net.state_dict())
+        net = jax_net
+    backend = backend or triton_backend.TritonBackend(**IEEE)
+    w_tri = net.meta_weights(DEVICE, torch.float32)
+    ref_compute = torch.float64 if ref_dtype == torch.float64 else torch.float32
+    w_ref = net.meta_weights("cpu", ref_compute)
+    p0 = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    tri_p = [p.to(DEVICE, dtype) for p in p0]
+    ref_p = [p.to(ref_dtype) for p in p0]
+    s_tri = state_dtype or torch.float32
+    s_ref = state_dtype or (torch.float64 if ref_dtype == torch.float64 else torch.float32)
+    tri_s = [new_state(p, s_tri, layout) for p in tri_p]
+    ref_s = [new_state(p, s_ref, layout) for p in ref_p]
+    lrs = lrs or [0.7] * len(shapes)
+    wds = wds or [0.0] * len(shapes)
+    for t in range(steps):
+        grads = [hetero_grad(s) for s in shapes]
+        if grad_hook is not None:
+            grads = grad_hook(t, grads)
+        backend.step(tri_p, [g.to(DEVICE, dtype) for g in grads], tri_s, lrs, wds, w_tri)
+        ReferenceBackend().step(ref_p, [g.to(ref_dtype) for g in grads], ref_s, lrs, wds, w_ref)
+    return (tri_p, tri_s), (ref_p, ref_s)
+
+
+def compare(tri, ref, key, shapes):
+    (tri_p, tri_s), (ref_p, ref_s) = tri, ref
+    for i, s in enumerate(shapes):
+        name = shape_id(s)
+        assert_close(tri_p[i], ref_p[i], key, f"param {name}")
+        assert set(tri_s[i]) == set(ref_s[i])
+        for k in ref_s[i]:
+            assert_close(tri_s[i][k], ref_s[i][k], key, f"state[{k!r}] of {name}")
+
+
+def test_shape_zoo_in_one_group_over_steps_with_mup_lrs_and_weight_decay():
+    shapes = [*SHAPES, (33, 70)]
+    lrs = [0.7 / max(1, s[-1]) if len(s) >= 2 else 0.7 for s in shapes]  # μP: hidden weights get lr/fan_in
+    wds = [0.1 if len(s) >= 2 else 0.0 for s in shapes]
+    tri, ref = run_pair(shapes, 3, lrs=lrs, wds=wds)
+    compare(tri, ref, ("kernel", torch.float32), shapes)
+
+
+def test_many_tiles_per_tensor():
+    """Tiny tiles: every tensor spans several tiles in both plane axes and several batches, so the
+    atomics of passes A/B and the per-vector duties of the first tiles are all exercised."""
+    shapes = [(9, 17), (2, 6, 5), (19,), (3, 2, 2, 2)]
+    backend = triton_backend.TritonBackend(block_x=4, block_y=8, block_xc=2, dot="ieee")
+    tri, ref = run_pair(shapes, 2, backend=backend, wds=[0.05] * 4)
+    compare(tri, ref, ("kernel", torch.float32), shapes)
+
+
+SMALL = [(), (7,), (5, 3), (2, 3, 4)]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["bf16_params", "fp16_params", "bf16_state", "jax_layout", "bf16_dot", "int64_offsets"],
+)
+def test_variants(variant):
+    if variant == "bf16_params":
+        tri, ref = run_pair(SMALL, 2, dtype=torch.bfloat16, ref_dtype=torch.bfloat16)
+        key = ("kernel", torch.bfloat16)
+    elif variant == "fp16_params":
+        tri, ref = run_pair(SMALL, 2, dtype=torch.float16, ref_dtype=torch.float16)
+        key = ("kernel", torch.bfloat16)  # fp16 rounding is finer than bf16's: the same row bounds it
+    elif variant == "bf16_state":
+        tri, ref = run_pair(SMALL, 2, ref_dtype=torch.float32, state_dtype=torch.bfloat16)
+        key = ("kernel", torch.bfloat16)
+    elif variant == "jax_layout":
+        shapes = [(4, 6), (6, 4), (5, 5), (2, 3, 4)]
+        tri, ref = run_pair(shapes, 2, layout="jax")
+        compare(tri, ref, ("kernel", torch.float32), shapes)
+        return
+    elif variant == "int64_offsets":  # the path of tensors above 2³¹/3 elements, on small ones
+        backend = triton_backend.TritonBackend(index64=True, **IEEE)
+        tri, ref = run_pair(SMALL, 2, backend=backend)
+        key = ("kernel", torch.float32)
+    else:  # bf16 MLP operands with float32 accumulation: the bf16 row of the table
+        backend = triton_backend.TritonBackend(dot="bf16")
+        tri, ref = run_pair(SMALL, 2, backend=backend)
+        key = ("kernel", torch.bfloat16)
+    compare(tri, ref, key, SMALL)
+
+
+def test_nonfinite_gradient_skips_only_that_tensor():
+    shapes = [(4, 5), (6,), (3, 2, 2)]
+
+    def poison(t, grads):
+        if t == 1:
+            grads[0][2, 3] = float("nan")
+        if t == 2:
+            grads[2][1, 0, 1] = float("inf")
+            grads[1][0] = 1e30  # finite, but g² overflows float32: skipped
+        return grads
+
+    tri, ref = run_pair(shapes, 3, ref_dtype=torch.float32, grad_hook=poison)
+    compare(tri, ref, ("kernel", torch.float32), shapes)
+    _, tri_s = tri
+    assert [s["nonfinite_skips"].item() for s in tri_s] == [1.0, 1.0, 1.0]
+    assert [s["step"].item() for s in tri_s] == [2.0, 2.0, 2.0]
+
+
+def test_optimizer_runs_triton_backend_with_param_groups():
+    import mulo
+    from mulo.mup.models import MuMLP
+
+    torch.manual_seed(0)
+    model = MuMLP(in_features=6, width=16, depth=2, out_features=3).to(DEVICE)
+    ref_model = MuMLP(in_features=6, width=16, depth=2, out_features=3).double()
+    ref_model.load_state_dict(model.state_dict())
+    groups = mulo.mup.param_groups(model, model.roles())
+    ref_groups = mulo.mup.param_groups(ref_model, ref_model.roles())
+    for g in (*groups, *ref_groups):
+        g["weight_decay"] = 0.01
+    net = random_net()
+    opt = mulo.MuLO(groups, meta_weights=net, backend="triton")
+    ref_opt = mulo.MuLO(ref_groups, meta_weights=net, backend="reference")
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for _ in range(2):
+        for m, o, xx in ((model, opt, x.to(DEVICE, torch.float32)), (ref_model, ref_opt, x)):
+            o.zero_grad()
+            m(xx).square().mean().backward()
+            o.step()
+    assert type(opt.backend_for(DEVICE, torch.float32)).__name__ == "TritonBackend"
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert_close(p, q, ("kernel", torch.float32), name)
+        for k, v in ref_opt.state[q].items():
+            assert_close(opt.state[p][k], v, ("kernel", torch.float32), f"state[{k!r}] of {name}")
+
+
+def test_trajectory_follows_reference_within_movement_tolerance():
+    """float32, 40 steps, heterogeneous scales, conv shapes: ‖triton − ref‖ ≤ 1e-3 · ‖ref − start‖,
+    with gradients that depend on the parameters (a quadratic), so errors feed back."""
+    shapes = [(6, 4, 3, 3), (12, 6), (12,)]
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    scales = [hetero_grad(s, generator=gen).abs() + 0.01 for s in shapes]
+    targets = [torch.randn(s, dtype=torch.float64, generator=gen) for s in shapes]
+    net = random_net()
+    w_tri, w_ref = net.meta_weights(DEVICE, torch.float32), net.meta_weights("cpu", torch.float64)
+    start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in shapes]
+    tri_p = [p.to(DEVICE, torch.float32) for p in start]
+    ref_p = [p.clone() for p in start]
+    tri_s = [new_state(p, torch.float32) for p in tri_p]
+    ref_s = [new_state(p, torch.float64) for p in ref_p]
+    backend = triton_backend.TritonBackend(**IEEE)
+    lrs, wds = [0.5, 0.5, 1.0], [0.01, 0.01, 0.0]
+    for _ in range(40):
+        tri_g = [(s * (p.double().cpu() - c)).to(DEVICE, torch.float32) for s, p, c in zip(scales, tri_p, targets)]
+        ref_g = [s * (p - c) for s, p, c in zip(scales, ref_p, targets)]
+        backend.step(tri_p, tri_g, tri_s, lrs, wds, w_tri)
+        ReferenceBackend().step(ref_p, ref_g, ref_s, lrs, wds, w_ref)
+    for s, a, e, p0 in zip(shapes, tri_p, ref_p, start):
+        err = movement_error(a, e, p0)
+        assert err <= TRAJECTORY[torch.float32], f"{shape_id(s)}: movement-relative error {err:.3g}"
+
+
+def test_custom_op_traces_under_torch_compile():
+    """The fake implementation lets torch.compile trace the mutating op into one graph (no graph break)."""
+    shapes = [(5, 3), (4,)]
+    net = random_net()
+    w = net.meta_weights(DEVICE, torch.float32)
+    params = [torch.randn(s, device=DEVICE) for s in shapes]
+    states = [new_state(p, torch.float32) for p in params]
+    grads = [hetero_grad(s).float().to(DEVICE) for s in shapes]
+    eager_p = [p.clone() for p in params]
+    eager_s = [{k: v.clone() for k, v in st.items()} for st in states]
+    backend = triton_backend.TritonBackend(**IEEE)
+    backend.step(eager_p, grads, eager_s, [1.0, 1.0], [0.0, 0.0], w)
+
+    def step(ps, gs, sts):
+        backend.step(ps, gs, sts, [1.0, 1.0], [0.0, 0.0], w)
+
+    torch._dynamo.reset()
+    torch.compile(step, backend="aot_eager", fullgraph=True)(params, grads, states)
+    for p, q in zip(params, eager_p):
+        assert_close(p, q, ("kernel", torch.float32), "compiled vs eager param")
+    for st, est in zip(states, eager_s):
+        for k in st:
+            assert_close(st[k], est[k], ("kernel", torch.float32), f"compiled vs eager state[{k!r}]")
+
+
+def test_bad_inputs_name_the_parameter():
+    backend = triton_backend.TritonBackend()
+    net = random_net()
+    w = net.meta_weights(DEVICE, torch.float32)
+    p = torch.randn(6, 4, device=DEVICE).t()  # not contiguous
+    with pytest.raises(ValueError, match=r"params\[0\].*not contiguous"):
+        backend.step([p], [torch.randn_like(p)], [new_state(p, torch.float32)], [1.0], [0.0], w)
+    p64 = torch.randn(3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"params\[0\].*float64.*reference"):
+        backend.step([p64], [p64.clone()], [new_state(p64, torch.float64)], [1.0], [0.0], w)
+    assert not backend.supports(torch.device(DEVICE), torch.float64)
+    with pytest.raises(ValueError, match="power of two"):
+        triton_backend.TritonBackend(block_x=3)
