@@ -164,6 +164,24 @@ register_backend(
         auto_device_types=("cuda",),
     )
 )
+register_backend(
+    BackendSpec(
+        name="cpu",
+        factory="mulo.backends.native:CpuBackend",
+        device_types=("cpu",),
+        priority=10,
+        fix="build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
+    )
+)
+register_backend(
+    BackendSpec(
+        name="cuda",
+        factory="mulo.backends.native:CudaBackend",
+        device_types=("cuda",),
+        priority=10,
+        fix="set CUDA_HOME and build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
+    )
+)
 
 __all__ = [
     "Backend",

@@ -1,0 +1,79 @@
+// Plain-C++ interface between the CPU dispatcher (lopt_cpu.cpp, which sees torch) and the per-ISA kernel
+// translation units (lopt_cpu_{avx512,avx2,base}.cpp, which must not include torch headers: they are
+// compiled with `#pragma GCC target`, and an inline torch function instantiated there could be merged by
+// the linker into code that runs on CPUs without that instruction set).
+#pragma once
+
+#include <cstdint>
+
+namespace mulo_cpu {
+
+enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+constexpr int kFeatures = 28;  // normalized channels (ALGORITHM.md §2)
+constexpr int kHidden = 32;    // hidden width of the meta-network
+constexpr int kRowVals = 9;    // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k (k = 0..2)
+constexpr int kPerElement = 16;  // channels that vary per element of a factored tensor (0-12, 25-27)
+
+// Kernels keep the channels in this order of rows: the 16 per-element channels first (0-12, 25-27), then the
+// 12 row/column channels (13-24), so that layer 1 can stop after 16 inputs when the row/column part is folded.
+constexpr int row_of_channel(int c) { return c < 13 ? c : (c >= 25 ? c - 12 : c + 3); }
+constexpr int channel_of_row(int r) { return r < 13 ? r : (r < 16 ? r + 12 : r - 3); }
+
+// One parameter tensor as the kernels see it. Element-wise tensors are contiguous in the parameter's
+// memory order. A factored tensor (rank >= 2) is viewed as [A, Da, B, Db, C] with Da, Db the two factored
+// axes (a < b); the row accumulator reduces the largest axis d0, the column accumulator the axis d1.
+struct TensorJob {
+  void* p = nullptr;          // parameter, dtype pdt
+  const void* g = nullptr;    // gradient, dtype gdt
+  void* m = nullptr;          // momentum (3, n), dtype sdt
+  void* v = nullptr;          // second moment (n), dtype sdt
+  void* full = nullptr;       // rank < 2: Adafactor accumulator (3, n), dtype sdt
+  int pdt = kF32, gdt = kF32, sdt = kF32;
+  int64_t n = 0;
+  bool factored = false;
+  bool d0_is_a = false;       // the largest axis d0 is the lower of the two factored axes
+  int64_t A = 1, Da = 1, B = 1, Db = 1, C = 1;
+  int64_t nrow = 0, ncol = 0;
+  const float* rowv = nullptr;  // [kRowVals][nrow] (structure of arrays)
+  const float* colv = nullptr;  // [kRowVals][ncol]
+  const float* rowt = nullptr;  // [kHidden][nrow]: layer-1 contribution of the row channels (13-15, 19-21)
+  const float* colt = nullptr;  // [kHidden][ncol]: layer-1 contribution of the column channels (16-18, 22-24)
+  float lr = 0.f;             // lr_p
+  float wdlr = 0.f;           // weight_decay * lr_p
+  const float* w1 = nullptr;  // layer 1 with normalization folded in: [kHidden][kFeatures], rows order above
+  const float* b1 = nullptr;  // layer 1 bias with the time features folded in: [kHidden]
+};
+
+struct Hyper {
+  float bm[3], om[3];  // momentum decays and 1 - decay
+  float bv, ov;        // second-moment decay and 1 - decay
+  float bf[3], of[3];  // Adafactor decays and 1 - decay
+  float exp_mult, step_mult;
+};
+
+struct Net {  // layers 2 and 3 of the meta-network (PyTorch (out, in) row-major)
+  const float* w2;  // [kHidden][kHidden]
+  const float* b2;  // [kHidden]
+  const float* w3;  // [2][kHidden]
+  const float* b3;  // [2]
+};
+
+// Pass B on elements [start, end) of one tensor: adds the per-element channels' sums of squares into
+// out[kFeatures] (channels 13-24 of factored tensors are left to the caller: they are O(rows + cols)).
+using SumsqFn = void (*)(const TensorJob&, const Hyper&, int64_t start, int64_t end, double* out);
+// Pass C on elements [start, end): features, MLP, update of p, m, v (and full).
+using ApplyFn = void (*)(const TensorJob&, const Hyper&, const Net&, int64_t start, int64_t end);
+
+struct Kernels {
+  const char* isa;
+  SumsqFn sumsq;
+  ApplyFn apply;
+};
+
+// Defined by the ISA translation units; the avx512/avx2 ones return {nullptr,...} where not compiled.
+Kernels kernels_base();
+Kernels kernels_avx2();
+Kernels kernels_avx512();
+
+}  // namespace mulo_cpu

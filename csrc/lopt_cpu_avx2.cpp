@@ -1,0 +1,30 @@
+// AVX2 + FMA CPU kernels (8 fp32 lanes, 16 registers: 4 outputs × 3 vectors of accumulators).
+#include <cstdint>
+#include <cstring>
+
+#include "lopt_cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define MULO_VW 8
+#define MULO_NV 3
+#define MULO_OB 4
+#include "lopt_cpu_kernels.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+namespace mulo_cpu {
+Kernels kernels_avx2() { return {"avx2", &sumsq_entry, &apply_entry}; }
+}  // namespace mulo_cpu
+#else
+namespace mulo_cpu {
+Kernels kernels_avx2() { return {"avx2", nullptr, nullptr}; }
+}  // namespace mulo_cpu
+#endif

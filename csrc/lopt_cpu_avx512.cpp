@@ -1,0 +1,30 @@
+// AVX-512 CPU kernels (16 fp32 lanes, 32 registers: 8 outputs × 3 vectors of accumulators).
+#include <cstdint>
+#include <cstring>
+
+#include "lopt_cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")
+#endif
+#define MULO_VW 16
+#define MULO_NV 3
+#define MULO_OB 8
+#include "lopt_cpu_kernels.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+namespace mulo_cpu {
+Kernels kernels_avx512() { return {"avx512", &sumsq_entry, &apply_entry}; }
+}  // namespace mulo_cpu
+#else
+namespace mulo_cpu {
+Kernels kernels_avx512() { return {"avx512", nullptr, nullptr}; }
+}  // namespace mulo_cpu
+#endif

@@ -1,0 +1,502 @@
+// The μLO CPU kernels (passes B and C of ALGORITHM.md §5), written once and compiled per instruction set.
+//
+// Included by lopt_cpu_{base,avx2,avx512}.cpp after they set MULO_VW (fp32 lanes per vector), MULO_NV
+// (vectors per tile of elements), MULO_OB (outputs per register block of the micro-GEMM) and, for x86
+// SIMD, a `#pragma GCC target`. Everything here has internal linkage (anonymous namespace) and uses no
+// torch or standard-library templates, so nothing compiled for one ISA can leak into another.
+//
+// Layout: a tile holds T = VW·NV consecutive elements of one tensor, elements along vector lanes
+// ("structure of arrays"). Features are computed into X[28][T]; the MLP is three register-blocked
+// micro-GEMMs: for each block of OB outputs, OB×NV accumulators live in registers while the K inputs
+// stream through, each input row loaded once per block and each weight broadcast once per block.
+//
+// Math (fp32, whatever the storage dtype), per element with s = g² + 1e-30:
+//   m_k' = β_m,k m_k + (1-β_m,k) g;  v' = β_v v + (1-β_v) g²
+//   factored: prod_k = row_factor_k · col_factor_k (precomputed per row/col entry)
+//   rank < 2: u_k' = β_f,k u_k + (1-β_f,k) s
+//   x = [g, p, m', v', m'·rsqrt(v'+1e-6), rsqrt(v'+1e-6), g·prod, row, col, rsqrt(row+1e-8),
+//        rsqrt(col+1e-8), m'·prod]      (normalization and time features are folded into layer 1)
+//   (d, a) = W3 relu(W2 relu(W1' x + b1') + b2) + b3
+//   p' = p − lr·d·exp(a·exp_mult)·step_mult;  p' −= wd·lr·p'
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "lopt_cpu.h"
+
+namespace {
+
+constexpr int VW = MULO_VW;
+constexpr int NV = MULO_NV;
+constexpr int OB = MULO_OB;
+constexpr int T = VW * NV;
+constexpr int F = mulo_cpu::kFeatures;
+constexpr int H = mulo_cpu::kHidden;
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+
+inline vf vload(const float* p) {
+  vf r;
+  std::memcpy(&r, p, sizeof(vf));
+  return r;
+}
+inline void vstore(float* p, vf x) { std::memcpy(p, &x, sizeof(vf)); }
+inline vf vbcast(float x) {
+  vf r = {};
+  return r + x;
+}
+
+// ---- storage types ---------------------------------------------------------------------------------
+struct bf16 {
+  uint16_t x;
+};
+struct f16 {
+  uint16_t x;
+};
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+inline float to_f(float x) { return x; }
+inline float to_f(bf16 x) { return bits_to_float(static_cast<uint32_t>(x.x) << 16); }
+inline float to_f(f16 h) {
+  const uint32_t sign = static_cast<uint32_t>(h.x & 0x8000u) << 16;
+  const uint32_t em = h.x & 0x7fffu;
+  uint32_t o;
+  if (em >= 0x7c00u) {
+    o = (em << 13) | 0x7f800000u;  // inf / nan
+  } else if (em >= 0x0400u) {
+    o = (em << 13) + (112u << 23);  // normal: rebias 15 → 127
+  } else {
+    o = float_to_bits(static_cast<float>(em) * 5.9604644775390625e-8f);  // subnormal: em · 2^-24
+  }
+  return bits_to_float(o | sign);
+}
+
+template <class S>
+inline S from_f(float x);
+template <>
+inline float from_f<float>(float x) {
+  return x;
+}
+template <>
+inline bf16 from_f<bf16>(float f) {  // round to nearest even, as c10::BFloat16
+  const uint32_t u = float_to_bits(f);
+  if (f != f) return bf16{0x7fc0};
+  return bf16{static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+template <>
+inline f16 from_f<f16>(float f) {  // round to nearest even, as c10::Half
+  const uint32_t x = float_to_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  uint32_t r;
+  if (ax >= 0x7f800000u) {
+    r = ax > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (ax >= 0x477ff000u) {  // ≥ 65520 rounds to inf
+    r = 0x7c00u;
+  } else if (ax < 0x38800000u) {  // below 2^-14: subnormal half; adding 0.5 rounds to multiples of 2^-24
+    r = float_to_bits(bits_to_float(ax) + 0.5f) - 0x3f000000u;
+  } else {
+    ax += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + ((ax >> 13) & 1u);
+    r = ax >> 13;
+  }
+  return f16{static_cast<uint16_t>(r | sign)};
+}
+
+inline float rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
+inline float fmax0(float a, float b) { return a > b ? a : b; }
+
+// exp for the magnitude output: Cody-Waite reduction + degree-6 polynomial (≈1 ulp on the clamped range).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_rintf(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float q = 1.0f / 720.0f;
+  q = q * r + 1.0f / 120.0f;
+  q = q * r + 1.0f / 24.0f;
+  q = q * r + 1.0f / 6.0f;
+  q = q * r + 0.5f;
+  q = q * r + 1.0f;
+  q = q * r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  return q * bits_to_float(bits);
+}
+
+// ---- micro-GEMM ---------------------------------------------------------------------------------------
+// out[O][T] = act(W[O][0:K] · in[K][T] + init); W row-major with leading dimension LDW.
+// init: bias b[o] broadcast, plus (VEC) a contiguous vector vec[o·vstride + lane] per output.
+template <int K, int O, int BLOCK, bool RELU, int LDW, bool VEC>
+inline void dense(const float* __restrict W, const float* __restrict b, const float* __restrict vec, int64_t vstride,
+                  const float* __restrict in, float* __restrict out) {
+  static_assert(O % BLOCK == 0, "output block must divide the layer width");
+  for (int o0 = 0; o0 < O; o0 += BLOCK) {
+    vf acc[BLOCK][NV];
+#pragma GCC unroll 16
+    for (int ob = 0; ob < BLOCK; ++ob) {
+      const vf bias = vbcast(b[o0 + ob]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[ob][v] = VEC ? bias + vload(vec + (o0 + ob) * vstride + v * VW) : bias;
+    }
+    for (int k = 0; k < K; ++k) {
+      vf xv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) xv[v] = vload(in + k * T + v * VW);
+#pragma GCC unroll 16
+      for (int ob = 0; ob < BLOCK; ++ob) {
+        const float w = W[(o0 + ob) * LDW + k];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[ob][v] += xv[v] * w;
+      }
+    }
+    const vf zero = {};
+#pragma GCC unroll 16
+    for (int ob = 0; ob < BLOCK; ++ob) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        vf a = acc[ob][v];
+        if (RELU) a = a > zero ? a : zero;
+        vstore(out + (o0 + ob) * T + v * VW, a);
+      }
+    }
+  }
+}
+
+// ---- features ------------------------------------------------------------------------------------------
+// Position of a tile in the [A, Da, B, Db, C] view of a factored tensor.
+struct TilePos {
+  // fast: the tile lies in one line of a C == 1 view, so one accumulator index is constant over the tile
+  // and the other runs contiguously (2-d weights: always but at line ends).
+  bool fast = false;
+  bool row_const = false;  // fast: the row index is constant (else the column index is)
+  int64_t r0 = 0, c0 = 0;  // fast: row/col index of the first element
+  alignas(64) int64_t ridx[T];
+  alignas(64) int64_t cidx[T];
+};
+
+inline void locate(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, TilePos& tp) {
+  int64_t e = e0;
+  int64_t z = e % J.C;
+  e /= J.C;
+  int64_t j = e % J.Db;
+  e /= J.Db;
+  int64_t y = e % J.B;
+  e /= J.B;
+  int64_t i = e % J.Da, x = e / J.Da;
+  const int64_t without_a = ((x * J.B + y) * J.Db + j) * J.C + z;
+  const int64_t without_b = ((x * J.Da + i) * J.B + y) * J.C + z;
+  tp.fast = J.C == 1 && cnt == T && j + T <= J.Db;
+  if (tp.fast) {
+    tp.row_const = !J.d0_is_a;  // the index without axis b is constant along the line
+    tp.r0 = J.d0_is_a ? without_a : without_b;
+    tp.c0 = J.d0_is_a ? without_b : without_a;
+    return;
+  }
+  for (int l = 0; l < T; ++l) {
+    if (l < cnt) {
+      const int64_t wa = ((x * J.B + y) * J.Db + j) * J.C + z;
+      const int64_t wb = ((x * J.Da + i) * J.B + y) * J.C + z;
+      tp.ridx[l] = J.d0_is_a ? wa : wb;
+      tp.cidx[l] = J.d0_is_a ? wb : wa;
+      if (++z == J.C) {
+        z = 0;
+        if (++j == J.Db) {
+          j = 0;
+          if (++y == J.B) {
+            y = 0;
+            if (++i == J.Da) {
+              i = 0;
+              ++x;
+            }
+          }
+        }
+      }
+    } else {  // padding lanes of the last tile read entry 0
+      tp.ridx[l] = 0;
+      tp.cidx[l] = 0;
+    }
+  }
+}
+
+// One tile's inputs and new state (fp32).
+struct Tile {
+  alignas(64) float g[T];
+  alignas(64) float p[T];
+  alignas(64) float m[3][T];
+  alignas(64) float v[T];
+  alignas(64) float u[3][T];  // rank < 2 only
+  alignas(64) float X[F][T];  // channels in the row order of mulo_cpu::row_of_channel
+};
+
+template <class PT, class GT, class ST, bool FACT>
+inline void load_tile(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, Tile& t) {
+  const PT* P = static_cast<const PT*>(J.p);
+  const GT* G = static_cast<const GT*>(J.g);
+  const ST* M = static_cast<const ST*>(J.m);
+  const ST* V = static_cast<const ST*>(J.v);
+  const ST* U = static_cast<const ST*>(J.full);
+  const int64_t n = J.n;
+  if (cnt == T) {
+    for (int e = 0; e < T; ++e) t.g[e] = to_f(G[e0 + e]);
+    for (int e = 0; e < T; ++e) t.p[e] = to_f(P[e0 + e]);
+    for (int k = 0; k < 3; ++k)
+      for (int e = 0; e < T; ++e) t.m[k][e] = to_f(M[k * n + e0 + e]);
+    for (int e = 0; e < T; ++e) t.v[e] = to_f(V[e0 + e]);
+    if (!FACT)
+      for (int k = 0; k < 3; ++k)
+        for (int e = 0; e < T; ++e) t.u[k][e] = to_f(U[k * n + e0 + e]);
+    return;
+  }
+  for (int e = 0; e < T; ++e) {
+    const bool in = e < cnt;
+    t.g[e] = in ? to_f(G[e0 + e]) : 0.f;
+    t.p[e] = in ? to_f(P[e0 + e]) : 0.f;
+    for (int k = 0; k < 3; ++k) t.m[k][e] = in ? to_f(M[k * n + e0 + e]) : 0.f;
+    t.v[e] = in ? to_f(V[e0 + e]) : 0.f;
+    if (!FACT)
+      for (int k = 0; k < 3; ++k) t.u[k][e] = in ? to_f(U[k * n + e0 + e]) : 0.f;
+  }
+}
+
+constexpr int R(int channel) { return mulo_cpu::row_of_channel(channel); }
+
+// The new state into t.m/t.v/t.u and the channels into t.X. For factored tensors the row/column channels
+// (13-24) are written only with `rowcol` (otherwise pass B sums them per row/column, and pass C folds them
+// into layer 1's initial value).
+template <bool FACT>
+inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const TilePos& tp, bool rowcol,
+                     Tile& t) {
+  float(&X)[F][T] = t.X;
+  for (int e = 0; e < T; ++e) {
+    const float g = t.g[e];
+    X[R(0)][e] = g;
+    X[R(1)][e] = t.p[e];
+    const float v = Hp.bv * t.v[e] + Hp.ov * g * g;
+    t.v[e] = v;
+    X[R(5)][e] = v;
+    const float rv = rsqrt(v + 1e-6f);
+    X[R(9)][e] = rv;
+    for (int k = 0; k < 3; ++k) {
+      const float m = Hp.bm[k] * t.m[k][e] + Hp.om[k] * g;
+      t.m[k][e] = m;
+      X[R(2 + k)][e] = m;
+      X[R(6 + k)][e] = m * rv;
+    }
+  }
+  if (FACT) {
+    const int64_t nr = J.nrow, nc = J.ncol;
+    alignas(64) float prod[3][T];
+    if (tp.fast) {
+      for (int k = 0; k < 3; ++k) {
+        if (tp.row_const) {
+          const float rf = J.rowv[(6 + k) * nr + tp.r0];
+          const float* cf = J.colv + (6 + k) * nc + tp.c0;
+          for (int e = 0; e < T; ++e) prod[k][e] = rf * cf[e];
+        } else {
+          const float cf = J.colv[(6 + k) * nc + tp.c0];
+          const float* rf = J.rowv + (6 + k) * nr + tp.r0;
+          for (int e = 0; e < T; ++e) prod[k][e] = rf[e] * cf;
+        }
+      }
+    } else {
+      for (int k = 0; k < 3; ++k)
+        for (int e = 0; e < T; ++e) prod[k][e] = J.rowv[(6 + k) * nr + tp.ridx[e]] * J.colv[(6 + k) * nc + tp.cidx[e]];
+    }
+    if (rowcol) {  // only on the generic (not fast) path
+      for (int k = 0; k < 3; ++k)
+        for (int e = 0; e < T; ++e) {
+          X[R(13 + k)][e] = J.rowv[k * nr + tp.ridx[e]];
+          X[R(16 + k)][e] = J.colv[k * nc + tp.cidx[e]];
+          X[R(19 + k)][e] = J.rowv[(3 + k) * nr + tp.ridx[e]];
+          X[R(22 + k)][e] = J.colv[(3 + k) * nc + tp.cidx[e]];
+        }
+    }
+    for (int k = 0; k < 3; ++k)
+      for (int e = 0; e < T; ++e) {
+        X[R(10 + k)][e] = t.g[e] * prod[k][e];
+        X[R(25 + k)][e] = t.m[k][e] * prod[k][e];
+      }
+  } else {
+    for (int k = 0; k < 3; ++k)
+      for (int e = 0; e < T; ++e) {
+        const float g = t.g[e];
+        const float u = Hp.bf[k] * t.u[k][e] + Hp.of[k] * (g * g + 1e-30f);
+        t.u[k][e] = u;
+        X[R(10 + k)][e] = g * rsqrt(fmax0(u + 1e-9f, 1e-9f));
+        X[R(13 + k)][e] = u;
+        X[R(16 + k)][e] = u;
+        const float ru = rsqrt(u + 1e-8f);
+        X[R(19 + k)][e] = ru;
+        X[R(22 + k)][e] = ru;
+        X[R(25 + k)][e] = t.m[k][e] * rsqrt(u + 1e-6f);
+      }
+  }
+}
+
+template <class PT, class GT, class ST, bool FACT>
+void sumsq_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, int64_t start, int64_t end, double* out) {
+  Tile t;
+  TilePos tp;
+  constexpr int NR = FACT ? mulo_cpu::kPerElement : F;  // rows summed per element
+  alignas(64) float acc[F][T];
+  for (int c = 0; c < F; ++c)
+    for (int e = 0; e < T; ++e) acc[c][e] = 0.f;
+  int tiles = 0;
+  for (int64_t e0 = start; e0 < end; e0 += T) {
+    const int cnt = static_cast<int>(end - e0 < T ? end - e0 : T);
+    load_tile<PT, GT, ST, FACT>(J, e0, cnt, t);
+    if (FACT) locate(J, e0, cnt, tp);
+    features<FACT>(J, Hp, tp, false, t);
+    if (cnt == T) {
+      for (int r = 0; r < NR; ++r)
+        for (int e = 0; e < T; ++e) acc[r][e] += t.X[r][e] * t.X[r][e];
+    } else {
+      for (int r = 0; r < NR; ++r)
+        for (int e = 0; e < cnt; ++e) acc[r][e] += t.X[r][e] * t.X[r][e];
+    }
+    // flush fp32 partials into fp64 every 64 tiles to bound rounding error on long ranges
+    if (++tiles == 64 || e0 + T >= end) {
+      tiles = 0;
+      for (int r = 0; r < NR; ++r) {
+        double s = 0.0;
+        for (int e = 0; e < T; ++e) {
+          s += acc[r][e];
+          acc[r][e] = 0.f;
+        }
+        out[mulo_cpu::channel_of_row(r)] += s;
+      }
+    }
+  }
+}
+
+template <class PT, class GT, class ST, bool FACT>
+void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const mulo_cpu::Net& N, int64_t start,
+                 int64_t end) {
+  Tile t;
+  TilePos tp;
+  alignas(64) float H1[H][T];
+  alignas(64) float H2[H][T];
+  alignas(64) float out[2][T];
+  PT* P = static_cast<PT*>(J.p);
+  ST* M = static_cast<ST*>(J.m);
+  ST* V = static_cast<ST*>(J.v);
+  ST* U = static_cast<ST*>(J.full);
+  const int64_t n = J.n;
+  const float lr = J.lr, wdlr = J.wdlr, em = Hp.exp_mult, sm = Hp.step_mult;
+  alignas(64) float b1tile[H];
+  for (int64_t e0 = start; e0 < end; e0 += T) {
+    const int cnt = static_cast<int>(end - e0 < T ? end - e0 : T);
+    load_tile<PT, GT, ST, FACT>(J, e0, cnt, t);
+    if (FACT) locate(J, e0, cnt, tp);
+    const bool folded = FACT && tp.fast;
+    features<FACT>(J, Hp, tp, FACT && !folded, t);
+    if (folded) {
+      // layer 1 = W1[:, per-element] x + b1 + (row part at the constant index) + (column part, contiguous)
+      const float* cst = tp.row_const ? J.rowt + tp.r0 : J.colt + tp.c0;
+      const int64_t cst_stride = tp.row_const ? J.nrow : J.ncol;
+      const float* vec = tp.row_const ? J.colt + tp.c0 : J.rowt + tp.r0;
+      const int64_t vec_stride = tp.row_const ? J.ncol : J.nrow;
+      for (int o = 0; o < H; ++o) b1tile[o] = J.b1[o] + cst[o * cst_stride];
+      dense<mulo_cpu::kPerElement, H, OB, true, F, true>(J.w1, b1tile, vec, vec_stride, &t.X[0][0], &H1[0][0]);
+    } else {
+      dense<F, H, OB, true, F, false>(J.w1, J.b1, nullptr, 0, &t.X[0][0], &H1[0][0]);
+    }
+    dense<H, H, OB, true, H, false>(N.w2, N.b2, nullptr, 0, &H1[0][0], &H2[0][0]);
+    dense<H, 2, 2, false, H, false>(N.w3, N.b3, nullptr, 0, &H2[0][0], &out[0][0]);
+    alignas(64) float pn[T];
+    for (int e = 0; e < T; ++e) {
+      const float step = out[0][e] * exp_approx(out[1][e] * em) * sm;
+      float q = t.p[e] - lr * step;
+      q = q - wdlr * q;
+      pn[e] = q;
+    }
+    if (cnt == T) {
+      for (int e = 0; e < T; ++e) P[e0 + e] = from_f<PT>(pn[e]);
+      for (int k = 0; k < 3; ++k)
+        for (int e = 0; e < T; ++e) M[k * n + e0 + e] = from_f<ST>(t.m[k][e]);
+      for (int e = 0; e < T; ++e) V[e0 + e] = from_f<ST>(t.v[e]);
+      if (!FACT)
+        for (int k = 0; k < 3; ++k)
+          for (int e = 0; e < T; ++e) U[k * n + e0 + e] = from_f<ST>(t.u[k][e]);
+    } else {
+      for (int e = 0; e < cnt; ++e) {
+        P[e0 + e] = from_f<PT>(pn[e]);
+        for (int k = 0; k < 3; ++k) M[k * n + e0 + e] = from_f<ST>(t.m[k][e]);
+        V[e0 + e] = from_f<ST>(t.v[e]);
+        if (!FACT)
+          for (int k = 0; k < 3; ++k) U[k * n + e0 + e] = from_f<ST>(t.u[k][e]);
+      }
+    }
+  }
+}
+
+// ---- dtype dispatch (storage types are template parameters; one switch here, no copied branches) ----
+template <class PT, class GT, class ST>
+inline void sumsq_typed(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, int64_t s, int64_t e, double* o) {
+  if (J.factored)
+    sumsq_range<PT, GT, ST, true>(J, Hp, s, e, o);
+  else
+    sumsq_range<PT, GT, ST, false>(J, Hp, s, e, o);
+}
+
+template <class PT, class GT, class ST>
+inline void apply_typed(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const mulo_cpu::Net& N, int64_t s,
+                        int64_t e) {
+  if (J.factored)
+    apply_range<PT, GT, ST, true>(J, Hp, N, s, e);
+  else
+    apply_range<PT, GT, ST, false>(J, Hp, N, s, e);
+}
+
+// Supported (param, grad) pairs: grad in the param's dtype or fp32; state fp32 or bf16.
+template <class F3>
+inline void with_types(const mulo_cpu::TensorJob& J, F3&& f) {
+  using namespace mulo_cpu;
+  auto by_state = [&](auto pt, auto gt) {
+    if (J.sdt == kBF16)
+      f(pt, gt, bf16{});
+    else
+      f(pt, gt, 0.f);
+  };
+  switch (J.pdt) {
+    case kF32:
+      by_state(0.f, 0.f);
+      break;
+    case kBF16:
+      if (J.gdt == kF32)
+        by_state(bf16{}, 0.f);
+      else
+        by_state(bf16{}, bf16{});
+      break;
+    default:
+      if (J.gdt == kF32)
+        by_state(f16{}, 0.f);
+      else
+        by_state(f16{}, f16{});
+      break;
+  }
+}
+
+void sumsq_entry(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, int64_t s, int64_t e, double* o) {
+  with_types(J, [&](auto pt, auto gt, auto st) {
+    sumsq_typed<decltype(pt), decltype(gt), decltype(st)>(J, Hp, s, e, o);
+  });
+}
+
+void apply_entry(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const mulo_cpu::Net& N, int64_t s,
+                 int64_t e) {
+  with_types(J, [&](auto pt, auto gt, auto st) {
+    apply_typed<decltype(pt), decltype(gt), decltype(st)>(J, Hp, N, s, e);
+  });
+}
+
+}  // namespace
