@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         losses.append(float(total) / world)
         if rank == 0 and (step % max(1, args.steps // 10) == 0 or step == args.steps - 1):
             print(f"{args.wrap} world {world} step {step:5d} loss {losses[-1]:.4f}", flush=True)
+    dist.barrier()  # no rank tears the process group down while another still uses it
     dist.destroy_process_group()
     return losses
 
