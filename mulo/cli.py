@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (full sweep sized for 2 CPU cores)")
     ev.add_argument("--meta-weights", default=None, help="μLO weights (directory or Hub id); default: shipped")
     ev.add_argument("--sp-weights", default=None, help="SP learned-optimizer weights for the SP-LO baseline")
+    from mulo.meta import cli as meta_cli
+
+    meta_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "meta-train":
+        return meta_cli.run(args)
     if args.command == "demo":
         from mulo import demo as demo_mod
 

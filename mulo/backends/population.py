@@ -1,0 +1,282 @@
+"""The batched population entry point: M optimizees, each with its own meta-weights, in one call.
+
+PES meta-training (ALGORITHM.md §7) trains the 2N perturbed optimizees of an estimator at once. Member
+``j`` of the population has its own meta-weights θ_j (θ ± ε_i), its own accumulators and step counter, and
+its own per-tensor normalization statistics. This module defines what that call means, in plain PyTorch:
+
+    population_step(params, grads, states, lrs, weight_decays, weights)    # in place, no host sync
+
+- ``params[i]``, ``grads[i]``: shape ``(M, *S_i)`` — tensor ``i`` of every member, stacked on a leading
+  population axis (one device, one dtype).
+- ``states[i]``: :func:`init_population_state`'s dict, every entry with the leading axis ``M``:
+  ``step`` (M,), ``nonfinite_skips`` (M,), ``momentum`` (M, 3, *P), ``second_moment`` (M, *P),
+  ``row``/``col`` (M, 3, …) or ``full`` (M, 3, *P) — member ``j``'s slice ``[j]`` is exactly the single
+  optimizer's state of :mod:`mulo.backends.reference` (the backend contract in ARCHITECTURE.md).
+- ``lrs[i]``, ``weight_decays[i]``: Python floats shared by the members (μP lr_scale already applied).
+- ``weights``: :class:`PopulationMetaWeights`, the meta-network layers with a leading axis ``M``.
+
+Semantics: identical to calling ``mulo.backends.reference.step_one`` on each member alone with
+``weights.member(j)`` — every reduction (Adafactor row/col means, the 28 per-channel second moments, the
+non-finite check) is per member and per tensor, never across members. The implementation below is
+vectorized over the population axis (batched matmuls for the meta-network), which is what makes it usable
+for meta-training; fused kernels implement the same contract with segment tables that carry a
+meta-weight index per segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from mulo.backends.reference import MLP_CHUNK, safe_rsqrt
+from mulo.lopt import constants as C
+from mulo.lopt.network import MetaWeights
+from mulo.lopt.shapes import accumulator_shapes, factored_dims, math_shape, physical_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationMetaWeights:
+    """Meta-weights of M members: ``layers`` = ((W (M, out, in), b (M, out)), ...); scalars shared."""
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    momentum_decays: tuple[float, float, float]
+    rms_decay: float
+    adafactor_decays: tuple[float, float, float]
+    exp_mult: float
+    step_mult: float
+    layout: str
+
+    @property
+    def size(self) -> int:
+        return self.layers[0][0].shape[0]
+
+    def member(self, j: int) -> MetaWeights:
+        """Member ``j``'s meta-weights as the single-optimizer backends take them."""
+        return MetaWeights(
+            layers=tuple((w[j], b[j]) for w, b in self.layers),
+            momentum_decays=self.momentum_decays,
+            rms_decay=self.rms_decay,
+            adafactor_decays=self.adafactor_decays,
+            exp_mult=self.exp_mult,
+            step_mult=self.step_mult,
+            layout=self.layout,
+        )
+
+    @classmethod
+    def stack(cls, members: Sequence[MetaWeights]) -> PopulationMetaWeights:
+        """Stack single meta-weights that share every scalar (decays, multipliers, layout)."""
+        if not members:
+            raise ValueError("PopulationMetaWeights.stack needs at least one member")
+        first = members[0]
+        for j, w in enumerate(members):
+            for f in ("momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout"):
+                if getattr(w, f) != getattr(first, f):
+                    raise ValueError(f"member {j} has {f}={getattr(w, f)!r}, member 0 has {getattr(first, f)!r}")
+        layers = tuple(
+            (torch.stack([w.layers[k][0] for w in members]), torch.stack([w.layers[k][1] for w in members]))
+            for k in range(len(first.layers))
+        )
+        return dataclasses.replace(_scalars_of(first), layers=layers)
+
+
+def _scalars_of(w: MetaWeights) -> PopulationMetaWeights:
+    return PopulationMetaWeights(
+        layers=(),
+        momentum_decays=w.momentum_decays,
+        rms_decay=w.rms_decay,
+        adafactor_decays=w.adafactor_decays,
+        exp_mult=w.exp_mult,
+        step_mult=w.step_mult,
+        layout=w.layout,
+    )
+
+
+def init_population_state(
+    param: torch.Tensor, layout: str = "torch", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Zero state for a population parameter ``param`` of shape (M, *S) (fresh optimizers)."""
+    m = param.shape[0]
+    shape = tuple(param.shape[1:])
+    dt = dtype or (torch.float64 if param.dtype == torch.float64 else torch.float32)
+    dev = param.device
+    state = {
+        "step": torch.zeros(m, dtype=torch.float32, device=dev),
+        "momentum": torch.zeros((m, 3, *physical_shape(shape)), dtype=dt, device=dev),
+        "second_moment": torch.zeros((m, *physical_shape(shape)), dtype=dt, device=dev),
+        "nonfinite_skips": torch.zeros(m, dtype=torch.float32, device=dev),
+    }
+    for key, acc in accumulator_shapes(math_shape(shape, layout)).items():
+        state[key] = torch.zeros((m, *acc), dtype=dt, device=dev)
+    return state
+
+
+def _math_view(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """Per-member math view of a (M, *S) tensor: 0-d members as (M, 1), JAX layout transposes 2-d."""
+    if t.dim() == 1:
+        return t.view(t.shape[0], 1)
+    if layout == "jax" and t.dim() == 3:
+        return t.transpose(1, 2)
+    return t
+
+
+def _math_view_stacked(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """Per-member math view of a (M, 3, *P) tensor."""
+    if layout == "jax" and t.dim() == 4:
+        return t.transpose(2, 3)
+    return t
+
+
+def features_and_state(
+    g: torch.Tensor, p: torch.Tensor, state: dict[str, torch.Tensor], w: PopulationMetaWeights
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The 28 un-normalized channels per member, shape (M, 28, *S), and the new accumulators.
+
+    ``g``, ``p``: (M, *S) in the math view and the compute dtype. Each member's math is
+    :func:`mulo.backends.reference.features_and_state`; every mean is taken inside one member.
+    """
+    cd = g.dtype
+    n_members, shape = g.shape[0], tuple(g.shape[1:])
+    rank = len(shape)
+
+    def decays(values, ndim):
+        return torch.tensor(values, dtype=cd, device=g.device).view(1, 3, *([1] * ndim))
+
+    beta_m = decays(w.momentum_decays, rank)
+    beta_v = w.rms_decay
+    gs = g.unsqueeze(1)  # (M, 1, *S): broadcasts against the 3 decays
+
+    m = beta_m * state["momentum"].to(cd) + (1 - beta_m) * gs
+    v = beta_v * state["second_moment"].to(cd) + (1 - beta_v) * g * g
+    s = g * g + C.EPS_GRAD_SQ
+    new = {"momentum": m, "second_moment": v}
+
+    dims = factored_dims(shape)
+    if dims is not None:
+        d1, d0 = dims
+        beta_f = decays(w.adafactor_decays, rank - 1)
+        r = beta_f * state["row"].to(cd) + (1 - beta_f) * s.mean(dim=1 + d0).unsqueeze(1)
+        c = beta_f * state["col"].to(cd) + (1 - beta_f) * s.mean(dim=1 + d1).unsqueeze(1)
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_mean = r.mean(dim=2 + reduced_d1, keepdim=True)
+        row_factor = safe_rsqrt(r / (row_mean + C.EPS_SAFE_RSQRT)).unsqueeze(2 + d0)
+        col_factor = safe_rsqrt(c).unsqueeze(2 + d1)
+        fac_g = gs * row_factor * col_factor
+        row_feat = r.unsqueeze(2 + d0).expand(n_members, 3, *shape)
+        col_feat = c.unsqueeze(2 + d1).expand(n_members, 3, *shape)
+        fac_m = m * row_factor * col_factor
+        new.update(row=r, col=c)
+    else:
+        beta_f = decays(w.adafactor_decays, rank)
+        u = beta_f * state["full"].to(cd) + (1 - beta_f) * s.unsqueeze(1)
+        fac_g = gs * safe_rsqrt(u + C.EPS_SAFE_RSQRT)
+        row_feat = col_feat = u
+        fac_m = m * torch.pow(u + C.EPS_RMS, -0.5)
+        new.update(full=u)
+
+    rsqrt_v = torch.rsqrt(v + C.EPS_RMS).unsqueeze(1)
+    channels = [
+        gs,  # 0
+        p.unsqueeze(1),  # 1
+        m,  # 2–4
+        v.unsqueeze(1),  # 5
+        m * rsqrt_v,  # 6–8
+        rsqrt_v,  # 9
+        fac_g,  # 10–12
+        row_feat,  # 13–15
+        col_feat,  # 16–18
+        torch.rsqrt(row_feat + C.EPS_ACC_FEATURE),  # 19–21
+        torch.rsqrt(col_feat + C.EPS_ACC_FEATURE),  # 22–24
+        fac_m,  # 25–27
+    ]
+    return torch.cat(channels, dim=1), new
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(M, 28, *S): each member's channel times rsqrt(1e-5 + its mean over the tensor's elements of x²)."""
+    dims = tuple(range(2, x.dim()))
+    return x * torch.rsqrt(C.EPS_NORMALIZE + x.square().mean(dim=dims, keepdim=True))
+
+
+def time_features(step: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(M,) step counts → (M, 11) tanh(t/τ − 1)."""
+    tau = torch.tensor(C.TIMESCALES, dtype=dtype, device=step.device)
+    return torch.tanh(step.to(dtype).unsqueeze(1) / tau - 1.0)
+
+
+def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeights) -> torch.Tensor:
+    """(M, 28, *S) normalized features and (M, 11) time features → each member's step, (M, *S)."""
+    n_members, shape = feats.shape[0], feats.shape[2:]
+    flat = feats.reshape(n_members, feats.shape[1], -1).transpose(1, 2)  # (M, n, 28)
+    n = flat.shape[1]
+    out = torch.empty(n_members, n, dtype=feats.dtype, device=feats.device)
+    chunk = max(1, MLP_CHUNK // n_members)
+    for start in range(0, n, chunk):
+        part = flat[:, start : start + chunk]
+        x = torch.cat([part, t_feats.unsqueeze(1).expand(-1, part.shape[1], -1)], dim=2)  # (M, c, 39)
+        for i, (weight, bias) in enumerate(w.layers):
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if i < len(w.layers) - 1:
+                x = torch.relu(x)
+        d, a = x.unbind(dim=2)
+        out[:, start : start + chunk] = d * torch.exp(a * w.exp_mult) * w.step_mult
+    return out.view(n_members, *shape)
+
+
+@torch.no_grad()
+def step_tensor(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    lr: float,
+    weight_decay: float,
+    w: PopulationMetaWeights,
+) -> None:
+    """One μLO update of tensor ``param`` (M, *S) of every member, in place."""
+    if param.shape[0] != w.size or grad.shape != param.shape:
+        raise ValueError(
+            f"population_step: param {tuple(param.shape)} and grad {tuple(grad.shape)} must share the "
+            f"leading population axis of the meta-weights (M = {w.size})"
+        )
+    cd = torch.float64 if param.dtype == torch.float64 or state["momentum"].dtype == torch.float64 else torch.float32
+    layout = w.layout
+    p_view = _math_view(param, layout)
+    p = p_view.to(cd)
+    g = _math_view(grad, layout).to(cd)
+    views = {key: value for key, value in state.items() if key in ("row", "col", "full")}
+    views["momentum"] = _math_view_stacked(state["momentum"], layout)
+    views["second_moment"] = _math_view(state["second_moment"], layout)
+
+    feats, new = features_and_state(g, p, views, w)
+    update = lopt_step(normalize(feats), time_features(state["step"], cd), w)
+    p_new = p - lr * update
+    if weight_decay != 0.0:
+        p_new = p_new - weight_decay * lr * p_new
+
+    finite = torch.isfinite(g * g + C.EPS_GRAD_SQ).flatten(1).all(dim=1)  # (M,): per member
+
+    def per_member(t: torch.Tensor) -> torch.Tensor:
+        return finite.view(-1, *([1] * (t.dim() - 1)))
+
+    p_view.copy_(torch.where(per_member(p_new), p_new, p))
+    for key, value in new.items():
+        views[key].copy_(torch.where(per_member(value), value, views[key].to(cd)))
+    state["step"].add_(finite.to(state["step"].dtype))
+    state["nonfinite_skips"].add_((~finite).to(state["nonfinite_skips"].dtype))
+
+
+def population_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, torch.Tensor]],
+    lrs: list[float],
+    weight_decays: list[float],
+    weights: PopulationMetaWeights,
+) -> None:
+    """One μLO step of every member of a population (see the module docstring), in place."""
+    for p, g, st, lr, wd in zip(params, grads, states, lrs, weight_decays, strict=True):
+        step_tensor(p, g, st, lr, wd, weights)
+
+
+__all__ = ["PopulationMetaWeights", "init_population_state", "population_step"]

@@ -1,0 +1,55 @@
+"""``mulo meta-train``: the command line of :mod:`mulo.meta.trainer`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mulo.meta.presets import PRESETS
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "meta-train",
+        help="meta-train μLO meta-weights with PES (resumes when --out holds a checkpoint)",
+        description="Meta-train μLO with PES (ALGORITHM.md §7). Rerunning with the same --out resumes exactly; "
+        "the meta-weights land in OUT/meta_weights (use them with MuLO(meta_weights=OUT/meta_weights)).",
+    )
+    p.add_argument("--out", required=True, help="output directory: checkpoint.pt, log.jsonl, meta_weights/")
+    p.add_argument("--outer-steps", type=int, default=None, help="total outer steps (default: the preset's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="tiny (CI, CPU), small, mulo_m (GPU)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dataset", default=None, help="'digits', 'hf:NAME[:SPLIT]' or a save_to_disk directory")
+    p.add_argument("--parameterization", choices=("mup", "sp"), default=None, help="μP (μLO) or SP (SP LO)")
+    p.add_argument("--estimator", choices=("pes", "es"), default=None)
+    p.add_argument("--num-pairs", type=int, default=None, help="antithetic pairs per estimator (N)")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init-weights", default=None, help="LOptNet directory to start from (default: fresh init)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mulo.meta.presets import preset
+    from mulo.meta.trainer import CheckpointError, meta_train
+
+    try:
+        config = preset(
+            args.preset,
+            outer_steps=args.outer_steps,
+            dataset=args.dataset,
+            parameterization=args.parameterization,
+            estimator=args.estimator,
+            num_pairs=args.num_pairs,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+        weights = meta_train(
+            config, args.out, device=args.device, init_weights=args.init_weights, progress=not args.no_progress
+        )
+    except (ValueError, CheckpointError, OSError, ImportError, RuntimeError) as e:
+        print(f"mulo meta-train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"meta-weights: {weights}  (MuLO(meta_weights={str(weights)!r}))")
+    return 0

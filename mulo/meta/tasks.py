@@ -1,0 +1,157 @@
+"""Inner problems for meta-training (learned_optimization style): a ``Task`` has ``init``, ``loss`` and
+``batches``; a ``TaskFamily`` samples tasks.
+
+Two families (ALGORITHM.md §8): a μP ReLU MLP classifying images (the model is :class:`mulo.mup.models.MuMLP`
+with its declared roles: hidden weights get lr/fan_in, readout zero-initialized with a 1/width output
+multiplier) and its SP twin (same architecture, plain Linear readout initialized like every other weight,
+every lr_scale 1 — the SP small_fc_lopt baseline). Biases start N(0, 1) as in the reference ``mu_mlp``.
+
+Everything a population needs is functional: ``loss(params, batch)`` runs the module through
+``torch.func.functional_call`` so that ``torch.func.vmap`` trains all members in one batched pass.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mulo.data.datasets import ImageClassificationData, load_image_classification
+from mulo.mup import ParamRole, fan_in, init_
+from mulo.mup.models import MuMLP
+
+PARAMETERIZATIONS = ("mup", "sp")
+
+
+class Task(abc.ABC):
+    """One inner problem. ``params`` are a dict name → tensor; ``batch`` is whatever ``loss`` takes."""
+
+    #: μP role of each parameter (gives its lr_scale).
+    roles: dict[str, ParamRole]
+    #: upper clip of the normalized loss (ALGORITHM.md §7: 1.5·ln C for C classes).
+    loss_clip: float
+
+    @abc.abstractmethod
+    def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Fresh parameters."""
+
+    @abc.abstractmethod
+    def loss(self, params: dict[str, torch.Tensor], batch) -> torch.Tensor:
+        """Scalar training loss of ``params`` on one batch (functional: vmap-able)."""
+
+    @abc.abstractmethod
+    def batches(self, generator: torch.Generator, n: int):
+        """``n`` independent batches stacked on a leading axis."""
+
+    def normalized_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """clip(ℓ, 0, loss_clip) with NaN → loss_clip (what PES differences)."""
+        return torch.nan_to_num(loss, nan=self.loss_clip).clamp(0.0, self.loss_clip)
+
+
+class TaskFamily(abc.ABC):
+    """Samples tasks. Tasks of one family share parameter shapes, so one population trains them together;
+    shape-changing settings (width, depth) are separate families, one gradient estimator each."""
+
+    name: str
+
+    @abc.abstractmethod
+    def sample(self, generator: torch.Generator) -> Task: ...
+
+
+class SPMLP(nn.Module):
+    """The SP twin of :class:`MuMLP`: the same layers, a plain Linear readout (no 1/width multiplier)."""
+
+    def __init__(self, in_features: int, width: int, depth: int, out_features: int):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(in_features, width)])
+        self.layers.extend(nn.Linear(width, width) for _ in range(depth - 1))
+        self.readout = nn.Linear(width, out_features)
+
+    def roles(self) -> dict[str, ParamRole]:
+        # every weight initialized N(0, 1/fan_in) like an input layer; every lr_scale 1
+        return {n: ParamRole("other" if p.dim() < 2 else "input", fan_in(p)) for n, p in self.named_parameters()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.readout(x)
+
+
+class ImageMLPTask(Task):
+    """Cross-entropy of a ReLU MLP (``depth`` hidden layers of ``width``) on an image data set."""
+
+    def __init__(
+        self,
+        data: ImageClassificationData,
+        width: int,
+        depth: int,
+        batch_size: int,
+        parameterization: str = "mup",
+        bias_std: float = 1.0,
+    ):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        for name, value in (("width", width), ("depth", depth), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.data, self.batch_size, self.bias_std = data, batch_size, bias_std
+        self.parameterization = parameterization
+        args = (data.num_features, width, depth, data.num_classes)
+        # a CPU template: init_ draws into it; in loss() functional_call supplies every parameter
+        self.module = MuMLP(*args) if parameterization == "mup" else SPMLP(*args)
+        self.roles = self.module.roles()
+        self.loss_clip = 1.5 * math.log(data.num_classes)
+
+    @torch.no_grad()
+    def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        init_(self.module, self.roles, bias_std=self.bias_std, generator=generator)
+        return {n: p.detach().clone().to(self.data.x.device) for n, p in self.module.named_parameters()}
+
+    def loss(self, params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        logits = torch.func.functional_call(self.module, params, (x,))
+        return F.cross_entropy(logits, y)
+
+    def batches(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.data.x.shape[0], (n, self.batch_size), generator=generator)
+        idx = idx.to(self.data.x.device)
+        return self.data.x[idx], self.data.y[idx]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMLPSpec:
+    """What a family of image-MLP tasks is: data set, width, depth, batch and parameterization."""
+
+    dataset: str = "digits"
+    width: int = 128
+    depth: int = 3
+    batch_size: int = 128
+    parameterization: str = "mup"
+
+
+@functools.lru_cache(maxsize=8)
+def _load(dataset: str, device: str) -> ImageClassificationData:
+    return load_image_classification(dataset, device)
+
+
+class ImageMLPFamily(TaskFamily):
+    """All tasks of the family share the architecture; what a sample varies is the initialization and
+    the data order, both drawn from the generator the estimator passes (so ± members stay paired)."""
+
+    def __init__(self, spec: ImageMLPSpec, device: torch.device | str = "cpu"):
+        self.spec = spec
+        self.name = f"{spec.parameterization}_mlp_w{spec.width}_d{spec.depth}_{spec.dataset}"
+        data = _load(spec.dataset, str(torch.device(device)))
+        self._task = ImageMLPTask(data, spec.width, spec.depth, spec.batch_size, spec.parameterization)
+
+    def sample(self, generator: torch.Generator) -> ImageMLPTask:
+        return self._task
+
+
+__all__ = ["ImageMLPFamily", "ImageMLPSpec", "ImageMLPTask", "SPMLP", "Task", "TaskFamily"]

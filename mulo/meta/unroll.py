@@ -1,0 +1,214 @@
+"""Truncated unrolls of a population of inner problems (ALGORITHM.md §7, step 2).
+
+A :class:`TruncatedStep` owns N particles, each with a "+" and a "−" member (2N members in all, "+" first);
+``unroll(state, thetas, T, generator)`` advances every member T inner steps, member j using meta-parameters
+``thetas[j]``. The two members of a pair always get the same batch, the same fresh initialization and the
+same schedule, so they differ only through θ⁺ − θ⁻.
+
+One inner step of a member: if its particle's ``done`` was set on the previous step it is reset (fresh
+task init, optimizer state zeroed, inner step 0) and emits loss 0 with mask 0; otherwise it emits the
+normalized loss at its current parameters (measured before the update), takes one optimizer step,
+advances its inner step and sets ``done`` once the step reaches its length L (a new L is drawn at once).
+
+:class:`PopulationUnroll` trains μLO on a task family with one batched forward/backward
+(``torch.func.vmap`` over the task's functional loss) and ONE population optimizer call
+(:func:`mulo.backends.population.population_step`) per inner step. :class:`QuadraticUnroll` is a linear
+system with a quadratic loss whose exact meta-gradient is known: it tests the estimators.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from mulo.backends.population import init_population_state, population_step
+from mulo.lopt.network import LOptConfig
+from mulo.meta.tasks import Task, TaskFamily
+from mulo.meta.theta import population_weights, theta_size
+from mulo.meta.truncation import LogUniformTruncation
+
+
+@dataclasses.dataclass
+class UnrollOutput:
+    """``losses`` (T, 2N) normalized ("+" members first), ``masks`` (T, N) 0/1, ``dones`` (T, N) bool."""
+
+    losses: torch.Tensor
+    masks: torch.Tensor
+    dones: torch.Tensor
+
+
+class TruncatedStep(abc.ABC):
+    num_particles: int
+    theta_size: int
+
+    @abc.abstractmethod
+    def init_state(self, generator: torch.Generator) -> dict:
+        """Fresh particles ("+" and "−" members identical), with random initial inner-step offsets."""
+
+    @abc.abstractmethod
+    def unroll(self, state: dict, thetas: torch.Tensor, steps: int, generator: torch.Generator) -> UnrollOutput:
+        """Advance ``state`` in place by ``steps`` inner steps; ``thetas`` is (2N, theta_size)."""
+
+
+def _schedule_state(truncation: LogUniformTruncation, n: int, generator: torch.Generator) -> dict:
+    return {
+        "inner_step": truncation.initial_offsets(n, generator),
+        "length": truncation.sample_lengths(n, generator),
+        "done": torch.zeros(n, dtype=torch.bool),
+    }
+
+
+def _advance_schedule(state: dict, reset: torch.Tensor, truncation: LogUniformTruncation, generator) -> torch.Tensor:
+    """Bookkeeping after one step; returns the new ``done`` flags (CPU, shape (N,))."""
+    step = state["inner_step"]
+    step[reset] = 0
+    step[~reset] += 1
+    done = ~reset & (step >= state["length"])
+    fresh_lengths = truncation.sample_lengths(step.shape[0], generator)  # drawn every step: fixed RNG use
+    state["length"] = torch.where(done, fresh_lengths, state["length"])
+    state["done"] = done
+    return done
+
+
+class PopulationUnroll(TruncatedStep):
+    """μLO (meta-weights θ per member) training a population of tasks from one family.
+
+    Args:
+        family: the task family (one sampled task; members share its parameter shapes).
+        truncation: inner-problem lengths and initial offsets.
+        num_pairs: N (2N members).
+        lopt_config: the learned optimizer's non-θ settings (decays, step_mult, layout).
+        dtype: parameter/meta-weight dtype of the inner problems.
+        step_fn: the population optimizer entry point (the reference semantics by default).
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        truncation: LogUniformTruncation,
+        num_pairs: int,
+        lopt_config: LOptConfig,
+        *,
+        dtype: torch.dtype = torch.float32,
+        step_fn: Callable = population_step,
+    ):
+        if num_pairs < 1:
+            raise ValueError(f"num_pairs must be ≥ 1, got {num_pairs}")
+        self.family, self.truncation, self.num_particles = family, truncation, num_pairs
+        self.config, self.dtype, self.step_fn = lopt_config, dtype, step_fn
+        self.theta_size = theta_size(lopt_config)
+        self.task: Task = family.sample(torch.Generator().manual_seed(0))
+        self._grad_fn = torch.func.vmap(torch.func.grad_and_value(self.task.loss))
+
+    def _fresh_params(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inits = [self.task.init(generator) for _ in range(n)]
+        return {k: torch.stack([p[k] for p in inits]).to(self.dtype) for k in inits[0]}
+
+    def init_state(self, generator: torch.Generator) -> dict:
+        fresh = self._fresh_params(self.num_particles, generator)
+        params = {k: torch.cat([v, v]) for k, v in fresh.items()}
+        opt = {k: init_population_state(v, self.config.layout) for k, v in params.items()}
+        return {"params": params, "opt": opt, **_schedule_state(self.truncation, self.num_particles, generator)}
+
+    @torch.no_grad()
+    def unroll(self, state: dict, thetas: torch.Tensor, steps: int, generator: torch.Generator) -> UnrollOutput:
+        n = self.num_particles
+        params, opt = state["params"], state["opt"]
+        names = list(params)
+        device = params[names[0]].device
+        if thetas.shape != (2 * n, self.theta_size):
+            raise ValueError(f"thetas has shape {tuple(thetas.shape)}, expected ({2 * n}, {self.theta_size})")
+        weights = population_weights(thetas.to(device, self.dtype), self.config)
+        lrs = [self.task.roles[k].lr_scale for k in names]
+        wds = [0.0] * len(names)
+        losses = torch.zeros(steps, 2 * n, device=device, dtype=self.dtype)
+        masks = torch.zeros(steps, n)
+        dones = torch.zeros(steps, n, dtype=torch.bool)
+        for t in range(steps):
+            reset = state["done"].clone()
+            x, y = self.task.batches(generator, n)
+            grads, loss = self._grad_fn(params, (torch.cat([x, x]), torch.cat([y, y])))
+            self.step_fn(
+                [params[k] for k in names], [grads[k] for k in names], [opt[k] for k in names], lrs, wds, weights
+            )
+            if reset.any():
+                idx = reset.nonzero().flatten()
+                fresh = self._fresh_params(len(idx), generator)
+                members = torch.cat([idx, idx + n]).to(device)
+                for k in names:
+                    params[k][members] = torch.cat([fresh[k], fresh[k]]).to(device)
+                    for value in opt[k].values():
+                        value[members] = 0
+            done = _advance_schedule(state, reset, self.truncation, generator)
+            keep = (~reset).to(device).repeat(2)
+            losses[t] = torch.where(keep, self.task.normalized_loss(loss.to(self.dtype)), 0.0)
+            masks[t] = (~reset).to(masks.dtype)
+            dones[t] = done
+        return UnrollOutput(losses, masks.to(device), dones.to(device))
+
+
+class QuadraticUnroll(TruncatedStep):
+    """A test problem with an exact meta-gradient: x ← ρ ⊙ x + θ, loss ½ Σ_j a_j (x_j − c_j − ξ_j)².
+
+    The loss of step t (before the update) is quadratic in θ, so Gaussian smoothing does not move its
+    gradient and ES/PES must be unbiased for it. ξ ~ N(0, noise²) is drawn per step and particle and shared
+    by the pair (the "same batch"). Resets return x to ``x0``.
+    """
+
+    def __init__(
+        self,
+        rho: torch.Tensor,
+        a: torch.Tensor,
+        c: torch.Tensor,
+        num_pairs: int,
+        truncation: LogUniformTruncation,
+        *,
+        noise: float = 0.0,
+        x0: torch.Tensor | None = None,
+    ):
+        self.rho, self.a, self.c = rho.double(), a.double(), c.double()
+        self.x0 = torch.zeros_like(self.c) if x0 is None else x0.double()
+        self.num_particles, self.truncation, self.noise = num_pairs, truncation, noise
+        self.theta_size = self.c.numel()
+
+    def loss(self, x: torch.Tensor, xi: torch.Tensor | float = 0.0) -> torch.Tensor:
+        return 0.5 * (self.a * (x - self.c - xi) ** 2).sum(-1)
+
+    def init_state(self, generator: torch.Generator) -> dict:
+        x = self.x0.expand(2 * self.num_particles, -1).clone()
+        return {"x": x, **_schedule_state(self.truncation, self.num_particles, generator)}
+
+    def unroll(self, state: dict, thetas: torch.Tensor, steps: int, generator: torch.Generator) -> UnrollOutput:
+        n = self.num_particles
+        losses = torch.zeros(steps, 2 * n, dtype=torch.float64)
+        masks = torch.zeros(steps, n, dtype=torch.float64)
+        dones = torch.zeros(steps, n, dtype=torch.bool)
+        thetas = thetas.double()
+        for t in range(steps):
+            reset = state["done"].clone()
+            xi = self.noise * torch.randn(n, self.theta_size, generator=generator, dtype=torch.float64)
+            loss = self.loss(state["x"], torch.cat([xi, xi]))
+            x = self.rho * state["x"] + thetas
+            state["x"] = torch.where(reset.repeat(2)[:, None], self.x0, x)
+            done = _advance_schedule(state, reset, self.truncation, generator)
+            losses[t] = torch.where(reset.repeat(2), 0.0, loss)
+            masks[t] = (~reset).double()
+            dones[t] = done
+        return UnrollOutput(losses, masks, dones)
+
+    def window_loss(self, theta: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+        """Mean loss of steps [start, start + steps) of an unperturbed trajectory from x0 with no reset
+        (ξ = 0): the objective whose gradient PES estimates for that window."""
+        x = self.x0
+        total = theta.new_zeros(())
+        for t in range(start + steps):
+            if t >= start:
+                total = total + self.loss(x)
+            x = self.rho * x + theta
+        return total / steps
+
+
+__all__ = ["PopulationUnroll", "QuadraticUnroll", "TruncatedStep", "UnrollOutput"]
