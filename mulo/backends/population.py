@@ -30,10 +30,14 @@ from collections.abc import Sequence
 
 import torch
 
-from mulo.backends.reference import MLP_CHUNK, safe_rsqrt
+from mulo.backends.reference import safe_rsqrt
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import accumulator_shapes, factored_dims, math_shape, physical_shape
+
+# Rows (elements × members) per batched MLP evaluation: small enough that the hidden activations stay in
+# cache (measured on CPU: 2^14 rows is ~2× faster than 2^18). Changes no value, only the chunking.
+POPULATION_MLP_CHUNK = 1 << 14
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,14 +215,18 @@ def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeigh
     flat = feats.reshape(n_members, feats.shape[1], -1).transpose(1, 2)  # (M, n, 28)
     n = flat.shape[1]
     out = torch.empty(n_members, n, dtype=feats.dtype, device=feats.device)
-    chunk = max(1, MLP_CHUNK // n_members)
+    chunk = max(1, POPULATION_MLP_CHUNK // n_members)
+    n_feat = feats.shape[1]
+    inp = torch.empty(n_members, min(chunk, n), n_feat + t_feats.shape[1], dtype=feats.dtype, device=feats.device)
+    inp[:, :, n_feat:] = t_feats.unsqueeze(1)  # the time features are the same for every element
     for start in range(0, n, chunk):
         part = flat[:, start : start + chunk]
-        x = torch.cat([part, t_feats.unsqueeze(1).expand(-1, part.shape[1], -1)], dim=2)  # (M, c, 39)
+        x = inp[:, : part.shape[1]]
+        x[:, :, :n_feat] = part  # (M, c, 39): the reference's concatenation, written in place
         for i, (weight, bias) in enumerate(w.layers):
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             if i < len(w.layers) - 1:
-                x = torch.relu(x)
+                x = x.relu_()
         d, a = x.unbind(dim=2)
         out[:, start : start + chunk] = d * torch.exp(a * w.exp_mult) * w.step_mult
     return out.view(n_members, *shape)

@@ -75,3 +75,25 @@ def test_bad_population_shapes_raise():
     other = dataclasses.replace(random_net().meta_weights("cpu", torch.float64), layout="jax")
     with pytest.raises(ValueError, match="layout"):
         PopulationMetaWeights.stack([member_weights(torch.float64, "torch")[0], other])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_population_step_across_mlp_chunks(dtype):
+    """A tensor larger than one batched-MLP chunk per member (the chunk boundary falls inside it)."""
+    from mulo.backends import population
+
+    shape = (80, 70)
+    assert shape[0] * shape[1] > population.POPULATION_MLP_CHUNK // MEMBERS
+    weights = member_weights(dtype, "torch")
+    p = torch.randn(MEMBERS, *shape, dtype=dtype)
+    st = init_population_state(p)
+    alone = [(p[j].clone(), {k: v[j].clone() for k, v in st.items()}) for j in range(MEMBERS)]
+    for _ in range(2):
+        g = torch.stack([hetero_grad(shape, dtype=dtype) for _ in range(MEMBERS)])
+        population_step([p], [g], [st], [0.5], [0.0], PopulationMetaWeights.stack(weights))
+        for j, (pj, sj) in enumerate(alone):
+            ref.step_one(pj, g[j], sj, 0.5, 0.0, weights[j])
+    for j, (pj, sj) in enumerate(alone):
+        assert_close(p[j], pj, ("population", dtype), f"member {j}: param")
+        for key, value in st.items():
+            assert_close(value[j], sj[key], ("population", dtype), f"member {j}: state {key}")

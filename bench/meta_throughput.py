@@ -1,0 +1,168 @@
+"""How much faster is one batched population inner step than stepping the members one by one?
+
+    python bench/meta_throughput.py --quick                 # CPU: the tiny and small presets' tasks
+    python bench/meta_throughput.py --device cuda --preset small
+
+One inner step of meta-training, for all 2N perturbed members of an estimator (ALGORITHM.md §7):
+the loss and gradient of every member on its batch, then one μLO update per member with its own
+meta-weights θ ± ε_i.
+
+* ``population``: one ``torch.func.vmap`` forward/backward for all members and ONE call of
+  :func:`mulo.backends.population.population_step` (what :class:`mulo.meta.unroll.PopulationUnroll` runs);
+* ``loop``: member by member, a ``torch.func.grad`` forward/backward and a reference-backend step with that
+  member's meta-weights (the same math, nothing batched).
+
+Both see the same parameters, batches and meta-weights. Warm-up steps are not timed; each method is timed
+``--repeats`` times, interleaved, as the median (p20/p80) of per-step wall times (CUDA synchronized).
+Rows (one per task and method pair, with the ratio loop/population and member-steps per second) are
+APPENDED as JSON lines to bench/results/meta_throughput.jsonl with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import provenance, summarize, sync  # noqa: E402
+from mulo.backends.population import init_population_state, population_step  # noqa: E402
+from mulo.backends.reference import ReferenceBackend  # noqa: E402
+from mulo.lopt.network import LOptConfig, LOptNet  # noqa: E402
+from mulo.meta import theta as theta_mod  # noqa: E402
+from mulo.meta.presets import preset  # noqa: E402
+from mulo.meta.tasks import ImageMLPFamily  # noqa: E402
+
+
+def setup(spec, members: int, device: torch.device, seed: int = 0):
+    task = ImageMLPFamily(spec, device).sample(torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    inits = [task.init(gen) for _ in range(members)]
+    params = {k: torch.stack([p[k] for p in inits]).to(device) for k in inits[0]}
+    states = {k: init_population_state(v) for k, v in params.items()}
+    config = LOptConfig()
+    thetas = torch.stack([theta_mod.flatten(LOptNet(config, generator=gen)) for _ in range(members)]).to(device)
+    weights = theta_mod.population_weights(thetas, config)
+    x, y = task.batches(gen, members)
+    return task, params, states, weights, (x, y)
+
+
+def population_inner_step(task, params, states, weights, batch, grad_fn):
+    names = list(params)
+    grads, _ = grad_fn(params, batch)
+    population_step(
+        [params[k] for k in names],
+        [grads[k] for k in names],
+        [states[k] for k in names],
+        [task.roles[k].lr_scale for k in names],
+        [0.0] * len(names),
+        weights,
+    )
+
+
+def loop_inner_step(task, params, states, weights, batch, grad_fn, backend):
+    names = list(params)
+    x, y = batch
+    for j in range(weights.size):
+        member = {k: params[k][j] for k in names}  # views: the update writes through
+        grads = grad_fn(member, (x[j], y[j]))
+        st = [{key: value[j] for key, value in states[k].items()} for k in names]
+        backend.step(
+            [member[k] for k in names],
+            [grads[k] for k in names],
+            st,
+            [task.roles[k].lr_scale for k in names],
+            [0.0] * len(names),
+            weights.member(j),
+        )
+
+
+def time_steps(fn, device, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def bench_one(spec, members: int, device: torch.device, steps: int, repeats: int, warmup: int) -> dict:
+    task, params, states, weights, batch = setup(spec, members, device)
+    pop_grad = torch.func.vmap(torch.func.grad_and_value(task.loss))
+    one_grad = torch.func.grad(task.loss)
+    backend = ReferenceBackend()
+
+    def pop():
+        with torch.no_grad():
+            population_inner_step(task, params, states, weights, batch, pop_grad)
+
+    def loop():
+        with torch.no_grad():
+            loop_inner_step(task, params, states, weights, batch, one_grad, backend)
+
+    for _ in range(warmup):
+        pop()
+        loop()
+    times = {"population": [], "loop": []}
+    for _ in range(repeats):  # interleaved, so load changes hit both
+        times["population"] += time_steps(pop, device, steps)
+        times["loop"] += time_steps(loop, device, steps)
+    summary = {k: summarize(v) for k, v in times.items()}
+    n_params = sum(v[0].numel() for v in params.values())
+    return {
+        "bench": "meta_throughput",
+        "task": f"{spec.parameterization}_mlp_{spec.dataset}_w{spec.width}_d{spec.depth}_b{spec.batch_size}",
+        "members": members,
+        "params_per_member": n_params,
+        "dtype": "float32",
+        "population_ms": summary["population"],
+        "loop_ms": summary["loop"],
+        "speedup": summary["loop"]["median_ms"] / summary["population"]["median_ms"],
+        "member_steps_per_s_population": members / (summary["population"]["median_ms"] / 1e3),
+        "member_steps_per_s_loop": members / (summary["loop"]["median_ms"] / 1e3),
+        **provenance(device),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", action="append", help="preset(s) whose task families to time (default tiny, small)")
+    p.add_argument("--members", type=int, default=None, help="2N (default: the preset's)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="fewer timed steps (CPU smoke run)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "meta_throughput.jsonl"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    steps, repeats = (2, 2) if args.quick else (args.steps, args.repeats)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.preset or ["tiny", "small"]:
+        cfg = preset(name)
+        members = args.members or 2 * cfg.num_pairs
+        for spec in cfg.families:
+            row = {"preset": name, **bench_one(spec, members, device, steps, repeats, args.warmup)}
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"{row['task']:32s} M={members:3d}  population {row['population_ms']['median_ms']:9.2f} ms  "
+                f"loop {row['loop_ms']['median_ms']:9.2f} ms  speedup {row['speedup']:6.1f}x"
+            )
+    print(f"appended to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
