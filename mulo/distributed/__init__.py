@@ -10,18 +10,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from mulo.distributed.passes import ShardGeometry, summed_elements, summed_stats
 
 
 def is_dtensor(t: torch.Tensor) -> bool:
-    """``t`` is a ``torch.distributed.tensor.DTensor`` (False where torch.distributed is not built)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
+    """``t`` is a ``torch.distributed.tensor.DTensor``. Free when DTensor was never imported (then no
+    DTensor exists): importing it costs ~1 s, which a single-process ``step()`` must not pay."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 __all__ = ["ShardGeometry", "is_dtensor", "summed_elements", "summed_stats"]
