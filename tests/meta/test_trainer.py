@@ -38,6 +38,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(Killed):
         killed.run(on_step=kill_after(3))  # dies after step 3; the last checkpoint holds 2 steps
     assert len(read_log(tmp_path / "b")) == 3
+    (tmp_path / "b" / (CHECKPOINT + ".tmp")).write_bytes(b"half-written by a killed save")  # atomic: ignored
+    with open(tmp_path / "b" / LOG, "a") as f:
+        f.write('{"outer_step": 3, "meta_lo')  # a line cut by the kill
     resumed = MetaTrainer(cfg, tmp_path / "b", progress=False)
     assert resumed.next_step == 2
     resumed.run()
