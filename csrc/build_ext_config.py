@@ -22,15 +22,23 @@ EXT_NAME = "mulo._C"
 def _cuda_home() -> str | None:
     if os.environ.get("MULO_BUILD_CUDA", "auto") == "0":
         return None
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and _cudart_dirs(home):
+            return home
     return None
+
+
+def _cudart_dirs(home: str) -> list[str]:
+    """The toolkit's library directories that hold libcudart (lib64 on most installs, lib on some)."""
+    return [
+        d
+        for d in (os.path.join(home, "lib64"), os.path.join(home, "lib"))
+        if glob.glob(os.path.join(d, "libcudart.so*"))
+    ]
 
 
 def _archs() -> list[str]:
@@ -49,7 +57,7 @@ def extensions(root: str) -> list:
     except ImportError:
         print("mulo: torch is not importable at build time; skipping the native extension", file=sys.stderr)
         return []
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast", "-Wno-unknown-pragmas"]
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast", "-Wno-unknown-pragmas"]
     cuda_home = _cuda_home() if cu else None
     if cuda_home is not None:
         os.environ["CUDA_HOME"] = cuda_home
@@ -62,6 +70,7 @@ def extensions(root: str) -> list:
                 cpp + cu,
                 define_macros=[("MULO_WITH_CUDA", "1")],
                 extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                library_dirs=_cudart_dirs(cuda_home),
                 extra_link_args=["-fopenmp"],
             )
         ]

@@ -165,18 +165,54 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
     double* col = row + L.nrow;
     double* on_a = L.d0_is_a ? row : col;  // accumulator indexed without axis a
     double* on_b = L.d0_is_a ? col : row;  // accumulator indexed without axis b
-    const int64_t l0 = lines * tid / nt, l1 = lines * (tid + 1) / nt;
-    for (int64_t l = l0; l < l1; ++l) {
+    (void)nt;
+    // dynamic: on a shared machine a descheduled thread must not hold the others at the barrier
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t l = 0; l < lines; ++l) {
       const int64_t y = l % L.B, i = (l / L.B) % L.Da, x = l / (L.B * L.Da);
       const GT* gl = g + l * len;
       double* pa = on_a + (x * L.B + y) * L.Db * L.C;
       double* pb = on_b + ((x * L.Da + i) * L.B + y) * L.C;
-      for (int64_t j = 0; j < L.Db; ++j) {
-        for (int64_t z = 0; z < L.C; ++z) {
-          const float gv = load_f(gl, j * L.C + z);
+      if (L.C == 1) {
+        // the index without axis b is constant along the line: 16 float lanes, flushed to double
+        constexpr int W = 16;
+        float part[W] = {};
+        int flags[W] = {};
+        int64_t j = 0;
+        for (; j + W <= L.Db; j += W) {
+          for (int q = 0; q < W; ++q) {
+            const float gv = load_f(gl, j + q);
+            const float s = gv * gv + 1e-30f;
+            flags[q] |= !(s <= FLT_MAX);
+            pa[j + q] += s;
+            part[q] += s;
+          }
+          if ((j / W) % 256 == 255) {
+            double t = 0.0;
+            for (int q = 0; q < W; ++q) t += part[q], part[q] = 0.f;
+            pb[0] += t;
+          }
+        }
+        double t = 0.0;
+        for (int q = 0; q < W; ++q) t += part[q], bad |= flags[q];
+        for (; j < L.Db; ++j) {
+          const float gv = load_f(gl, j);
           const float s = gv * gv + 1e-30f;
           bad |= !(s <= FLT_MAX);
-          pa[j * L.C + z] += s;
+          pa[j] += s;
+          t += s;
+        }
+        pb[0] += t;
+        continue;
+      }
+      for (int64_t j = 0; j < L.Db; ++j) {
+        double* __restrict paj = pa + j * L.C;
+        const GT* glj = gl + j * L.C;
+        for (int64_t z = 0; z < L.C; ++z) {
+          const float gv = load_f(glj, z);
+          const float s = gv * gv + 1e-30f;
+          bad |= !(s <= FLT_MAX);
+          paj[z] += s;
           pb[z] += s;
         }
       }
