@@ -6,6 +6,8 @@
   steps them with :func:`sharded_step` — the exact update of the unsharded tensor, at the price of two
   bucketed ``all_reduce`` calls per step (pass A statistics, then the 28 channel sums of squares).
   :mod:`mulo.distributed.passes` says what a backend exposes to take part.
+- Meta-training: :class:`mulo.distributed.pes.DistributedMetaTrainer` splits the PES estimators over the
+  ranks (``torchrun --nproc_per_node=N -m mulo.distributed.meta_train ...``), θ equal to one rank's.
 """
 
 from __future__ import annotations
