@@ -6,7 +6,9 @@ features (tanh(t/τ − 1)) into its bias (a few hundred FMAs per tile, against 
 MLP); the elements × 32 feature matrix is built by pairwise ``tl.join`` (column order from
 ``lopt_plan.join_tree_order``) and goes through ``tl.dot`` with float32 accumulation. ``DOT`` selects the
 operand precision: "tf32" (default on GPU), "ieee" (exact float32), "bf16" (bf16 operands), and
-"bf16_emulated" (bf16-rounded operands through a float32 dot: what the interpreter runs for "bf16").
+"bf16_emulated" (bf16-rounded operands through a float32 dot: what the interpreter runs for "bf16"), and
+"tf32_emulated" (tf32-rounded operands: to measure tf32's effect on a CPU; the interpreter runs "tf32" as
+exact float32).
 A tensor whose pass-A flag counted a non-finite s stores nothing; its ``nonfinite_skips`` grows instead.
 """
 
@@ -74,6 +76,10 @@ def _join32(
 def _mm(a, b, DOT: tl.constexpr):
     if DOT == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif DOT == "tf32_emulated":  # operands rounded to tf32 (10-bit mantissa, nearest) through a float32 dot
+        a32 = ((a.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        b32 = ((b.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        return tl.dot(a32, b32, input_precision="ieee", out_dtype=tl.float32)
     elif DOT == "bf16_emulated":
         a16 = a.to(tl.bfloat16).to(tl.float32)
         b16 = b.to(tl.bfloat16).to(tl.float32)

@@ -65,7 +65,7 @@ class TritonBackend:
         if block_xc * block_y < 16:
             raise ValueError(f"TritonBackend: block_xc·block_y must be ≥ 16 (tl.dot), got {block_xc * block_y}")
         dot = dot or os.environ.get("MULO_TRITON_DOT", "tf32")
-        if dot not in DOT_MODES:
+        if dot not in (*DOT_MODES, "tf32_emulated", "bf16_emulated"):
             raise ValueError(f"TritonBackend: dot must be one of {DOT_MODES}, got {dot!r}")
         self.tiles = (block_x, block_y, block_xc)
         self.dot = dot
