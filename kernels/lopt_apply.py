@@ -184,6 +184,7 @@ def lopt_apply_kernel(
     S_DT: tl.constexpr,
     BX: tl.constexpr,
     BY: tl.constexpr,
+    NSUB: tl.constexpr,
     HID: tl.constexpr,
     DOT: tl.constexpr,
     IDX: tl.constexpr,
@@ -192,23 +193,19 @@ def lopt_apply_kernel(
     into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
     p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite."""
     SB: tl.constexpr = BX * BY
-    (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly, ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = (
-        tile_coords(chunks, meta, BX, BY, IDX)
-    )
-    prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
-    wsT = ws + ws_t
-    ok = tl.load(wsT) == 0.0
+    pid = tl.program_id(0)
+    tensor = tl.load(chunks + pid * 4).to(tl.int64)
+    wsT = ws + tl.load(meta + tensor * 24 + 23).to(IDX)
+    numel = tl.load(meta + tensor * 24).to(tl.float32)
     step_t = tl.load(wsT + 1)
-    factored = (flags & 1) != 0
-    d0x = (flags & 2) != 0
 
-    # ---- fold normalization into W1's columns and the time features into b1 (per tile) ----
+    # ---- fold normalization into W1's columns and the time features into b1 (once per program) ----
     slot = tl.arange(0, 32)
     chan = tl.load(perm + slot)
     real = chan < 28
     hid = tl.arange(0, HID)
     sumsq = tl.load(wsT + 2 + chan, mask=real, other=0.0)
-    scale = tl.where(real, tl.rsqrt(sumsq / n.to(tl.float32) + EPS_NORMALIZE), 0.0)
+    scale = tl.where(real, tl.rsqrt(sumsq / numel + EPS_NORMALIZE), 0.0)
     w1f = tl.load(w1 + hid[None, :] * 39 + chan[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     ti = tl.arange(0, 16)
     tau = tl.load(taus + ti, mask=ti < 11, other=1.0)
@@ -224,73 +221,102 @@ def lopt_apply_kernel(
     b3d = tl.load(b3)
     b3a = tl.load(b3 + 1)
 
-    # ---- features ----
-    pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
-    g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)
-    p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
-    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
-    vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
-    ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
-    bv = tl.load(decays + 3)
-    v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + tl.load(decays + 7) * g * g
-    rv = tl.rsqrt(v + EPS_RMS)
-    s = g * g + 1e-30
-    m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
-        0, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-        ws_nx, ws_ny, decays, SB,
-    )  # fmt: skip
-    m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
-        1, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-        ws_nx, ws_ny, decays, SB,
-    )  # fmt: skip
-    m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
-        2, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-        ws_nx, ws_ny, decays, SB,
-    )  # fmt: skip
-    z = tl.zeros([SB], dtype=tl.float32)
-    x = _join32(
-        tl.reshape(g, (SB,)), tl.reshape(p, (SB,)), a0, a1, a2, tl.reshape(v, (SB,)), b0, b1_, b2_,
-        tl.reshape(rv, (SB,)), c0, c1, c2,
-        d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z, SB,
-    )  # fmt: skip
+    for sub in range(NSUB):  # NSUB tiles of BX × BY elements share the folded weights
+        (
+            t,
+            bidx,
+            xt,
+            yt,
+            n,
+            nx,
+            ny,
+            nbatch,
+            flags,
+            off,
+            mask,
+            mx,
+            my,
+            ix,
+            iy,
+            lx,
+            ly,
+            ws_sx,
+            ws_sy,
+            ws_nx,
+            ws_ny,
+            ws_t,
+        ) = tile_coords(chunks, meta, BX, BY, IDX, NSUB, sub)
+        prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
+        ok = tl.load(wsT) == 0.0
+        factored = (flags & 1) != 0
+        d0x = (flags & 2) != 0
+        # ---- features ----
+        pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
+        g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)
+        p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
+        mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
+        vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
+        ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
+        bv = tl.load(decays + 3)
+        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + tl.load(decays + 7) * g * g
+        rv = tl.rsqrt(v + EPS_RMS)
+        s = g * g + 1e-30
+        m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
+            0, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
+            ws_nx, ws_ny, decays, SB,
+        )  # fmt: skip
+        m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
+            1, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
+            ws_nx, ws_ny, decays, SB,
+        )  # fmt: skip
+        m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
+            2, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
+            ws_nx, ws_ny, decays, SB,
+        )  # fmt: skip
+        z = tl.zeros([SB], dtype=tl.float32)
+        x = _join32(
+            tl.reshape(g, (SB,)), tl.reshape(p, (SB,)), a0, a1, a2, tl.reshape(v, (SB,)), b0, b1_, b2_,
+            tl.reshape(rv, (SB,)), c0, c1, c2,
+            d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z, SB,
+        )  # fmt: skip
 
-    # ---- MLP: tensor cores with float32 accumulation ----
-    h = tl.maximum(_mm(x, w1f, DOT) + b1f[None, :], 0.0)
-    h = tl.maximum(_mm(h, w2t, DOT) + tl.load(b2 + hid)[None, :], 0.0)
-    d = tl.sum(h * w3d[None, :], axis=1) + b3d
-    a = tl.sum(h * w3a[None, :], axis=1) + b3a
-    step = tl.reshape(d * tl.exp(a * exp_mult) * step_mult, (BX, BY))
+        # ---- MLP: tensor cores with float32 accumulation ----
+        h = tl.maximum(_mm(x, w1f, DOT) + b1f[None, :], 0.0)
+        h = tl.maximum(_mm(h, w2t, DOT) + tl.load(b2 + hid)[None, :], 0.0)
+        d = tl.sum(h * w3d[None, :], axis=1) + b3d
+        a = tl.sum(h * w3a[None, :], axis=1) + b3a
+        step = tl.reshape(d * tl.exp(a * exp_mult) * step_mult, (BX, BY))
 
-    # ---- update and stores ----
-    lr = tl.load(hyper + t.to(tl.int64) * 2)
-    wd = tl.load(hyper + t.to(tl.int64) * 2 + 1)
-    p_new = p - lr * step
-    p_new = p_new - wd * lr * p_new
-    st = mask & ((off * 0 + ok.to(off.dtype)) != 0)  # (scalar & tensor trips the interpreter)
-    tl.store(pp + off, p_new.to(P_DT), mask=st)
-    tl.store(mp + off, m0.to(S_DT), mask=st)
-    tl.store(mp + n + off, m1.to(S_DT), mask=st)
-    tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
-    tl.store(vp + off, v.to(S_DT), mask=st)
-    if factored:
-        if ok:
-            ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
-            if yt == 0:
-                for k in tl.static_range(3):
-                    tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
-            if xt == 0:
-                for k in tl.static_range(3):
-                    tl.store(ay_p + k * ly + iy, tl.load(ws + ws_ny + k * ly + iy, mask=my).to(S_DT), mask=my)
-    else:
-        tl.store(ax_p + off, u0.to(S_DT), mask=st)
-        tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
-        tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
-    if (xt == 0) & (yt == 0) & (bidx == 0):
-        okf = ok.to(tl.float32)
-        sp = tl.load(prow + 6).to(tl.pointer_type(tl.float32))
-        tl.store(sp, tl.load(sp) + okf)
-        kp = tl.load(prow + 7).to(tl.pointer_type(tl.float32))
-        tl.store(kp, tl.load(kp) + (1.0 - okf))
+        # ---- update and stores ----
+        lr = tl.load(hyper + t.to(tl.int64) * 2)
+        wd = tl.load(hyper + t.to(tl.int64) * 2 + 1)
+        p_new = p - lr * step
+        p_new = p_new - wd * lr * p_new
+        st = mask & ((off * 0 + ok.to(off.dtype)) != 0)  # (scalar & tensor trips the interpreter)
+        tl.store(pp + off, p_new.to(P_DT), mask=st)
+        tl.store(mp + off, m0.to(S_DT), mask=st)
+        tl.store(mp + n + off, m1.to(S_DT), mask=st)
+        tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
+        tl.store(vp + off, v.to(S_DT), mask=st)
+        if factored:
+            if ok:
+                ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
+                if yt == 0:
+                    for k in tl.static_range(3):
+                        tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
+                if xt == 0:
+                    for k in tl.static_range(3):
+                        tl.store(ay_p + k * ly + iy, tl.load(ws + ws_ny + k * ly + iy, mask=my).to(S_DT), mask=my)
+        else:
+            tl.store(ax_p + off, u0.to(S_DT), mask=st)
+            tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
+            tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
+        if (xt == 0) & (yt == 0) & (bidx == 0):
+            okf = ok.to(tl.float32)
+            sp = tl.load(prow + 6).to(tl.pointer_type(tl.float32))
+            tl.store(sp, tl.load(sp) + okf)
+            kp = tl.load(prow + 7).to(tl.pointer_type(tl.float32))
+            tl.store(kp, tl.load(kp) + (1.0 - okf))
 
 
 def lopt_apply(
@@ -309,9 +335,10 @@ def lopt_apply(
     s_dt,
     block_x: int,
     block_y: int,
+    nsub: int,
     dot: str,
 ) -> None:
-    """Launch pass C over ``plan.chunks_c`` (after passes A and B)."""
+    """Launch pass C over ``plan.chunks_c`` (chunks of ``nsub`` tiles of ``block_x × block_y``; after A, B)."""
     (w1, b1), (w2, b2), (w3, b3) = layers
     grid = (plan.chunks_c.shape[0],)
     lopt_apply_kernel[grid](
@@ -336,6 +363,7 @@ def lopt_apply(
         s_dt,
         block_x,
         block_y,
+        nsub,
         w2.shape[0],
         dot,
         tl.int64 if plan.use_int64 else tl.int32,

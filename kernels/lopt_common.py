@@ -24,13 +24,14 @@ WS_BATCH = tl.constexpr(34)
 
 
 @triton.jit
-def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr):
+def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr, XSUB: tl.constexpr, sub):
     """Where this program's tile lies: element offsets and mask ([BX, BY]), accX/accY indices ([BX]/[BY]),
-    and the tensor's meta row (see lopt_plan's module docstring)."""
+    and the tensor's meta row (see lopt_plan's module docstring). A chunk spans XSUB tiles along X; ``sub``
+    picks one of them (XSUB = 1, sub = 0: the chunk is the tile)."""
     pid = tl.program_id(0)
     t = tl.load(chunks + pid * 4)
     bidx = tl.load(chunks + pid * 4 + 1)
-    xt = tl.load(chunks + pid * 4 + 2)
+    xt = tl.load(chunks + pid * 4 + 2) * XSUB + sub
     yt = tl.load(chunks + pid * 4 + 3)
     row = meta + t.to(tl.int64) * NMETA
     n = tl.load(row + 0).to(IDX)

@@ -31,7 +31,7 @@ def lopt_reduce_kernel(
     """s = g² + 1e-30 (float32); ws[flag] += #non-finite s; ws[sumX][x] += Σ_y s; ws[sumY][y] += Σ_x s;
     ws[plane][batch] += Σ s; ws[rsum_old][k, batch] += Σ_{d1} r_old_k (tiles at the first d0 position)."""
     (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly, ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = (
-        tile_coords(chunks, meta, BX, BY, IDX)
+        tile_coords(chunks, meta, BX, BY, IDX, 1, 0)
     )
     prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
     g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)

@@ -42,7 +42,7 @@ def lopt_sumsq_kernel(
     """ws[sumsq][j] += Σ_tile x_j² for the 28 channels x_j of ALGORITHM.md §2 at the NEW m, v and
     accumulators; ws[new X/Y] = the new Adafactor vectors; ws[t] = the step counter before the step."""
     (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly, ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = (
-        tile_coords(chunks, meta, BX, BY, IDX)
+        tile_coords(chunks, meta, BX, BY, IDX, 1, 0)
     )
     prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
     wsT = ws + ws_t

@@ -33,20 +33,25 @@ _STATE_KEYS = ("momentum", "second_moment")
 class Workspace:
     """What the three passes share for one group: tables, the float32 workspace, meta-weights."""
 
-    def __init__(self, plan, ptrs, hyper, ws, decays, taus, perm, layers, exp_mult, step_mult, dtypes, tiles, dot):
+    def __init__(
+        self, plan, ptrs, hyper, ws, decays, taus, perm, layers, exp_mult, step_mult, dtypes, tiles, nsub, dot
+    ):
         self.plan, self.ptrs, self.hyper, self.ws = plan, ptrs, hyper, ws
         self.decays, self.taus, self.perm, self.layers = decays, taus, perm, layers
         self.exp_mult, self.step_mult = exp_mult, step_mult
         self.p_dt, self.g_dt, self.s_dt = dtypes
         self.block_x, self.block_y, self.block_xc = tiles
+        self.nsub = nsub
         self.dot = dot
 
 
 class TritonBackend:
     """Fused μLO in Triton. ``block_x × block_y`` tiles for passes A/B, ``block_xc × block_y`` for pass C
     (block_xc·block_y ≥ 16 for ``tl.dot``; default 2 on GPU for register pressure, 8 in the interpreter,
-    which pays per program rather than per element); ``dot`` is the MLP operand precision: "tf32"
-    (default), "ieee" or "bf16" (``MULO_TRITON_DOT`` overrides the default)."""
+    which pays per program rather than per element); each pass-C program loops over ``apply_subtiles``
+    such tiles along X, folding the normalization and time features into the first layer once (default 8
+    on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default), "ieee" or
+    "bf16" (``MULO_TRITON_DOT`` overrides the default); ``index64`` forces 64-bit offsets."""
 
     name = "triton"
 
@@ -57,6 +62,7 @@ class TritonBackend:
         block_xc: int | None = None,
         dot: str | None = None,
         index64: bool = False,
+        apply_subtiles: int | None = None,
     ):
         block_xc = block_xc or (8 if lopt_common.INTERPRET else 2)
         for label, b in (("block_x", block_x), ("block_y", block_y), ("block_xc", block_xc)):
@@ -67,7 +73,11 @@ class TritonBackend:
         dot = dot or os.environ.get("MULO_TRITON_DOT", "tf32")
         if dot not in (*DOT_MODES, "tf32_emulated", "bf16_emulated"):
             raise ValueError(f"TritonBackend: dot must be one of {DOT_MODES}, got {dot!r}")
+        apply_subtiles = apply_subtiles or (1 if lopt_common.INTERPRET else 8)
+        if apply_subtiles < 1:
+            raise ValueError(f"TritonBackend: apply_subtiles must be ≥ 1, got {apply_subtiles}")
         self.tiles = (block_x, block_y, block_xc)
+        self.apply_subtiles = apply_subtiles
         self.dot = dot
         self.index64 = index64  # 64-bit offsets even where 32 bits suffice (tests the large-tensor path)
         self._plans: dict = {}
@@ -122,7 +132,7 @@ class TritonBackend:
                 float(weights.step_mult),
                 weights.layout,
                 self.dot,
-                [*self.tiles, int(self.index64)],
+                [*self.tiles, self.apply_subtiles, int(self.index64)],
             )
 
     # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
@@ -135,7 +145,7 @@ class TritonBackend:
         key = (shapes, layout, device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = lopt_plan.build_plan(shapes, layout, bx, by, bxc, device)
+            plan = self._plans[key] = lopt_plan.build_plan(shapes, layout, bx, by, bxc * self.apply_subtiles, device)
             plan.use_int64 = plan.use_int64 or self.index64
         rows, a = [], 0
         for i, (p, lay) in enumerate(zip(params, plan.layouts)):
@@ -171,7 +181,7 @@ class TritonBackend:
         if lopt_common.INTERPRET and dot == "bf16":
             dot = "bf16_emulated"  # the interpreter mishandles bf16 tl.dot; same rounding through fp32
         return Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, dtypes, self.tiles,
-                         dot)  # fmt: skip
+                         self.apply_subtiles, dot)  # fmt: skip
 
     @staticmethod
     def reduce(w: Workspace) -> None:
@@ -188,7 +198,7 @@ class TritonBackend:
         """Pass C: features, MLP, update; writes parameters and state."""
         lopt_apply(
             w.plan, w.ptrs, w.ws, w.hyper, w.decays, w.taus, w.perm, w.layers, w.exp_mult, w.step_mult,
-            w.p_dt, w.g_dt, w.s_dt, w.block_xc, w.block_y, w.dot,
+            w.p_dt, w.g_dt, w.s_dt, w.block_xc, w.block_y, w.nsub, w.dot,
         )  # fmt: skip
 
     # ---- small device tables, cached --------------------------------------------------------------
@@ -279,13 +289,13 @@ def triton_lopt_step_(
 
     ``accumulators`` holds ``row, col`` for each rank ≥ 2 parameter and ``full`` for each other one, in order;
     ``net`` the six meta-weight tensors (W, b per layer); ``decays`` β_m (3), β_v, β_f (3), 1 − β_v;
-    ``tiles`` = (block_x, block_y, block_xc, index64).
+    ``tiles`` = (block_x, block_y, block_xc, apply_subtiles, index64).
     """
     key = (dot, *tiles)
     backend = _BACKEND_FOR_OP.get(key)
     if backend is None:
-        *blocks, index64 = tiles
-        backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64))
+        *blocks, nsub, index64 = tiles
+        backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
     w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net,
                         decays, exp_mult, step_mult, layout)  # fmt: skip
     backend.reduce(w)

@@ -83,9 +83,10 @@ def test_shape_zoo_in_one_group_over_steps_with_mup_lrs_and_weight_decay():
 
 def test_many_tiles_per_tensor():
     """Tiny tiles: every tensor spans several tiles in both plane axes and several batches, so the
-    atomics of passes A/B and the per-vector duties of the first tiles are all exercised."""
+    atomics of passes A/B, the per-vector duties of the first tiles and pass C's loop over sub-tiles
+    (partly past the tensor's end) are all exercised."""
     shapes = [(9, 17), (2, 6, 5), (19,), (3, 2, 2, 2)]
-    backend = triton_backend.TritonBackend(block_x=4, block_y=8, block_xc=2, dot="ieee")
+    backend = triton_backend.TritonBackend(block_x=4, block_y=8, block_xc=2, apply_subtiles=2, dot="ieee")
     tri, ref = run_pair(shapes, 2, backend=backend, wds=[0.05] * 4)
     compare(tri, ref, ("kernel", torch.float32), shapes)
 
