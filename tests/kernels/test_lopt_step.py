@@ -251,3 +251,22 @@ def test_import_mulo_does_not_import_triton():
     code = "import sys, mulo, mulo.optim, mulo.backends; assert 'triton' not in sys.modules, 'triton imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_custom_op_passes_opcheck():
+    """Schema (mutated arguments declared), fake tensor and AOT-dispatch checks of mulo::triton_lopt_step_."""
+    shapes = [(5, 3), (4,)]
+    net = random_net()
+    w = net.meta_weights(DEVICE, torch.float32)
+    params = [torch.randn(s, device=DEVICE) for s in shapes]
+    states = [new_state(p, torch.float32) for p in params]
+    grads = [hetero_grad(s).float().to(DEVICE) for s in shapes]
+    accs = [a for st in states for a in ([st["row"], st["col"]] if "row" in st else [st["full"]])]
+    decays = [*w.momentum_decays, w.rms_decay, *w.adafactor_decays, 1.0 - w.rms_decay]
+    args = (
+        params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], accs,
+        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], [1.0, 1.0], [0.0, 0.0],
+        [t for layer in w.layers for t in layer], decays, w.exp_mult, w.step_mult, "torch", "ieee", [32, 64, 8, 1, 0],
+    )  # fmt: skip
+    result = torch.library.opcheck(torch.ops.mulo.triton_lopt_step_.default, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
