@@ -86,7 +86,7 @@ def _warn(e: BaseException) -> None:
     print(
         f"\n{bar}\nmulo: WARNING: building the native extension mulo._C failed ({type(e).__name__}: {e}).\n"
         "mulo is installed without it: backend='reference' (and 'triton') work, backend='cpu'/'cuda' will raise.\n"
-        "Fix the toolchain (a C++17 compiler with OpenMP; nvcc for CUDA) and re-run `make install`, or set\n"
+        "Fix the toolchain (a C++20 compiler with OpenMP; nvcc for CUDA) and re-run `make install`, or set\n"
         f"MULO_BUILD_EXT=1 to make this failure fatal and see the full log.\n{bar}\n",
         file=sys.stderr,
     )
