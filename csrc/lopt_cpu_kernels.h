@@ -171,6 +171,52 @@ inline void dense(const float* __restrict W, const float* __restrict b, const fl
   }
 }
 
+// Layers 2 and 3 fused: each block of layer-2 outputs goes through ReLU and into the two outputs while
+// still in registers (out[2][T] = W3 relu(W2 in + b2) + b3).
+template <int BLOCK>
+inline void dense_out(const float* __restrict W2, const float* __restrict b2, const float* __restrict W3,
+                      const float* __restrict b3, const float* __restrict in, float* __restrict out) {
+  vf d[NV], a[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) d[v] = vbcast(b3[0]), a[v] = vbcast(b3[1]);
+  const vf zero = {};
+  for (int o0 = 0; o0 < H; o0 += BLOCK) {
+    vf acc[BLOCK][NV];
+#pragma GCC unroll 16
+    for (int ob = 0; ob < BLOCK; ++ob) {
+      const vf bias = vbcast(b2[o0 + ob]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[ob][v] = bias;
+    }
+    for (int k = 0; k < H; ++k) {
+      vf xv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) xv[v] = vload(in + k * T + v * VW);
+#pragma GCC unroll 16
+      for (int ob = 0; ob < BLOCK; ++ob) {
+        const float w = W2[(o0 + ob) * H + k];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[ob][v] += xv[v] * w;
+      }
+    }
+#pragma GCC unroll 16
+    for (int ob = 0; ob < BLOCK; ++ob) {
+      const float wd = W3[o0 + ob], wa = W3[H + o0 + ob];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const vf h = acc[ob][v] > zero ? acc[ob][v] : zero;
+        d[v] += h * wd;
+        a[v] += h * wa;
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    vstore(out + v * VW, d[v]);
+    vstore(out + T + v * VW, a[v]);
+  }
+}
+
 // ---- features ------------------------------------------------------------------------------------------
 // Position of a tile in the [A, Da, B, Db, C] view of a factored tensor.
 struct TilePos {
@@ -398,7 +444,6 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
   Tile t;
   TilePos tp;
   alignas(64) float H1[H][T];
-  alignas(64) float H2[H][T];
   alignas(64) float out[2][T];
   PT* P = static_cast<PT*>(J.p);
   ST* M = static_cast<ST*>(J.m);
@@ -430,8 +475,7 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
     } else {
       dense<F, H, OB, true, F, false>(J.w1, J.b1, nullptr, 0, &t.X[0][0], &H1[0][0]);
     }
-    dense<H, H, OB, true, H, false>(N.w2, N.b2, nullptr, 0, &H1[0][0], &H2[0][0]);
-    dense<H, 2, 2, false, H, false>(N.w3, N.b3, nullptr, 0, &H2[0][0], &out[0][0]);
+    dense_out<OB>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
     alignas(64) float pn[T];
     for (int e = 0; e < T; ++e) {
       const float step = out[0][e] * exp_approx(out[1][e] * em) * sm;
