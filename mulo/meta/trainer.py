@@ -106,6 +106,7 @@ class MetaTrainer:
         progress: bool = True,
     ):
         self.config, self.device, self.progress = config, torch.device(device), progress
+        self.init_weights = None if init_weights is None else str(init_weights)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         self.out = check_output_dir(out)
@@ -184,6 +185,7 @@ class MetaTrainer:
             states.append(state)
         self.states = states
         self.next_step = int(ckpt["next_step"])
+        self.init_weights = ckpt.get("init_weights")
         self._trim_log(self.next_step)
 
     def _checkpoint(self) -> None:
@@ -192,6 +194,7 @@ class MetaTrainer:
             "config": self.config.to_json(),
             "next_step": self.next_step,
             "theta": self.theta.detach().cpu(),
+            "init_weights": self.init_weights,
             "outer_opt": _map_tensors(self.outer_opt.state_dict(), lambda t: t.cpu()),
             "estimators": [_map_tensors(s, lambda t: t.cpu()) for s in self.states],
             "generators": [g.get_state() for g in self.generators],
@@ -217,7 +220,12 @@ class MetaTrainer:
         os.replace(tmp, path)
 
     def meta_net(self) -> LOptNet:
-        info = {"name": "mulo meta-trained", "outer_steps": self.next_step, "config": self.config.to_json()}
+        info = {
+            "name": "mulo meta-trained",
+            "outer_steps": self.next_step,
+            "config": self.config.to_json(),
+            "init_weights": self.init_weights,  # None: a fresh LOptNet drawn with config.seed
+        }
         return theta_mod.to_net(self.theta.detach().cpu(), LOptConfig(step_mult=self.config.step_mult, info=info))
 
     def save_weights(self) -> Path:
