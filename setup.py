@@ -35,7 +35,7 @@ packages = find_packages(include=["mulo", "mulo.*"]) + ["mulo.kernels"]
 setup(
     packages=packages,
     package_dir={"mulo": "mulo", "mulo.kernels": "kernels"},
-    package_data={"mulo.lopt.pretrained": ["*/*.json", "*/*.safetensors", "*/*.md"]},
+    package_data={"mulo.lopt.pretrained": ["*/*.json", "*/*.safetensors", "*/*.md", "*/*.png"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--out", default="bench/results/generalization.jsonl")
     ap.add_argument("--meta-weights", default=None)
-    ap.add_argument("--sp-weights", default=None)
+    ap.add_argument("--sp-weights", default="mulo_cpu_sp", help="SP-LO weights ('none' skips the SP-LO)")
     ap.add_argument("--plot", default=None, help="only plot this results file")
     args = ap.parse_args()
     if args.plot:

@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", default="bench/results/generalization.jsonl", help="JSON lines file to append to")
     ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (full sweep sized for 2 CPU cores)")
     ev.add_argument("--meta-weights", default=None, help="μLO weights (directory or Hub id); default: shipped")
-    ev.add_argument("--sp-weights", default=None, help="SP learned-optimizer weights for the SP-LO baseline")
+    ev.add_argument(
+        "--sp-weights",
+        default="mulo_cpu_sp",
+        help="SP learned-optimizer weights for the SP-LO baseline (default: the shipped mulo_cpu_sp; 'none' skips it)",
+    )
     from mulo.meta import cli as meta_cli
 
     meta_cli.add_parser(sub)

@@ -2,10 +2,14 @@
 
 Optimizers compared (ALGORITHM.md §8, the μLO paper's protocol at our scale):
 
-* ``mulo``  — MuLO with μP roles and the given (default: shipped) meta-weights;
-* ``sp_lo`` — MuLO with SP meta-weights and no roles (every lr_scale 1), when such weights are given;
-* ``adamw`` — AdamW with one learning rate for every parameter;
-* ``muadam`` — μP Adam: hidden weights get ``lr · base_width / width`` (the rest ``lr``).
+* ``mulo``  — MuLO with μP roles and the given (default: shipped) meta-weights, on the μP network;
+* ``sp_lo`` — MuLO with SP meta-weights (shipped: ``mulo_cpu_sp``) and no roles, on the SP twin;
+* ``adamw`` — AdamW with one learning rate for every parameter, on the SP twin;
+* ``muadam`` — μP Adam: hidden weights get ``lr · base_width / width`` (the rest ``lr``), on the μP network.
+
+The MLP tasks are the meta-training family's networks: :class:`~mulo.mup.models.MuMLP` (μP) or its SP twin
+:class:`~mulo.meta.tasks.SPMLP` (every weight N(0, 1/fan_in), plain readout), biases N(0, 1) in both. The
+language model has no SP twin: every optimizer trains the μP :class:`~mulo.mup.models.MuTransformerLM`.
 
 AdamW and μAdam learning rates are tuned by a grid on the base task (the meta-training width, depth and
 horizon) and transferred unchanged to the wider/deeper/longer tasks. The metric is the final training
@@ -31,9 +35,11 @@ import torch.nn.functional as F
 
 import mulo
 from mulo.data.offline import digits, python_source_text
+from mulo.lopt import pretrained
 from mulo.mup.models import MuMLP, MuTransformerLM
 
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+SP_LO_WEIGHTS = "mulo_cpu_sp"  # the shipped SP-LO (mulo/lopt/pretrained/mulo_cpu_sp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +65,20 @@ class OptSpec:
     base_width: int | None = None
 
 
-def _build(task: Task, seed: int) -> tuple[torch.nn.Module, dict]:
+SP_OPTIMIZERS = ("adamw", "sp_lo")  # trained on the SP twin of an MLP task
+_DEFAULT_WEIGHTS = {"mulo": pretrained.DEFAULT, "sp_lo": SP_LO_WEIGHTS}
+
+
+def _build(task: Task, seed: int, parameterization: str = "mup") -> tuple[torch.nn.Module, dict]:
     gen = torch.Generator().manual_seed(seed)
     if task.kind == "mlp":
-        return MuMLP(64, task.width, task.depth, 10, generator=gen), {}
+        if parameterization == "sp":
+            from mulo.meta.tasks import SPMLP
+
+            model = SPMLP(64, task.width, task.depth, 10)
+            mulo.mup.init_(model, model.roles(), bias_std=1.0, generator=gen)
+            return model, {}
+        return MuMLP(64, task.width, task.depth, 10, bias_std=1.0, generator=gen), {}
     if task.kind == "lm":
         return MuTransformerLM(256, task.width, task.depth, task.heads, task.context, generator=gen), {}
     raise ValueError(f"unknown task kind {task.kind!r}; use 'mlp' or 'lm'")
@@ -75,9 +91,7 @@ def _optimizer(spec: OptSpec, model: torch.nn.Module, task: Task) -> torch.optim
             warnings.simplefilter("ignore", mulo.PlaceholderMetaWeightsWarning)
             return mulo.MuLO(mulo.mup.param_groups(model, roles), lr=spec.lr, meta_weights=spec.meta_weights)
     if spec.name == "sp_lo":
-        if spec.meta_weights is None:
-            raise ValueError("sp_lo needs meta_weights (a directory of SP-trained LOptNet weights)")
-        return mulo.MuLO(model.parameters(), lr=spec.lr, meta_weights=spec.meta_weights)
+        return mulo.MuLO(model.parameters(), lr=spec.lr, meta_weights=spec.meta_weights or SP_LO_WEIGHTS)
     if spec.name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     if spec.name == "muadam":
@@ -128,7 +142,7 @@ def _batches(task: Task, seed: int) -> tuple[Iterator, callable]:
 
 def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
     torch.manual_seed(seed)
-    model, _ = _build(task, seed)
+    model, _ = _build(task, seed, "sp" if spec.name in SP_OPTIMIZERS else "mup")
     opt = _optimizer(spec, model, task)
     stream, final = _batches(task, seed)
     curve, t0, diverged = [], time.perf_counter(), False
@@ -154,7 +168,7 @@ def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
         **dataclasses.asdict(task),
         "optimizer": spec.name,
         "lr": spec.lr,
-        "meta_weights": spec.meta_weights,
+        "meta_weights": spec.meta_weights or _DEFAULT_WEIGHTS.get(spec.name),
         "seed": seed,
         "final_loss": final_loss,
         "diverged": diverged,
@@ -225,7 +239,7 @@ def run(
     out: str | os.PathLike,
     preset: str = "cpu",
     meta_weights: str | None = None,
-    sp_weights: str | None = None,
+    sp_weights: str | None = SP_LO_WEIGHTS,
     log=print,
 ) -> Path:
     """Run the sweeps and append JSON lines to ``out`` (one row per run, provenance in every row)."""
@@ -258,7 +272,7 @@ def run(
         OptSpec("adamw", lrs["adamw"]),
         OptSpec("muadam", lrs["muadam"], base_width=base.width),
     ]
-    if sp_weights:
+    if sp_weights and sp_weights != "none":
         specs.append(OptSpec("sp_lo", meta_weights=sp_weights))
     tasks = [("width", dataclasses.replace(base, width=base.width * m)) for m in cfg["widths"]]
     tasks += [("depth", dataclasses.replace(base, depth=base.depth * m)) for m in cfg["depths"] if m != 1]

@@ -257,9 +257,14 @@ def _resolve_source(source: str | os.PathLike, revision: str | None) -> Path:
     text = str(source)
     if path.exists():
         raise NotADirectoryError(f"meta-weights source {text} is a file; pass the directory that holds it")
+    from mulo.lopt import pretrained
+
+    if text in pretrained.names():
+        return pretrained.weights_dir(text)
     if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
         raise FileNotFoundError(
-            f"meta-weights source {text!r} is neither an existing directory nor a Hub id of the form 'owner/name'"
+            f"meta-weights source {text!r} is neither an existing directory, a Hub id of the form 'owner/name' "
+            f"nor one of mulo's shipped weights {pretrained.names()}"
         )
     try:
         from huggingface_hub import snapshot_download

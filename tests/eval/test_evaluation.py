@@ -14,6 +14,7 @@ def test_quick_preset_writes_complete_rows(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     sweeps = {r["sweep"] for r in rows}
     assert sweeps == {"tune", "width"}
+    assert {r["optimizer"] for r in rows if r["sweep"] == "width"} == {"mulo", "sp_lo", "adamw", "muadam"}
     for r in rows:
         for key in ("task", "optimizer", "lr", "seed", "final_loss", "diverged", "git_sha", "torch_version", "date"):
             assert key in r, key
@@ -43,8 +44,23 @@ def test_lm_task_trains_and_bad_names_raise():
         ev.run("x.jsonl", "huge")
     with pytest.raises(ValueError, match="unknown optimizer"):
         ev._optimizer(ev.OptSpec("sgdx"), MuMLP(4, 8, 1, 2), ev.Task("mlp", 8, 1, 1))
-    with pytest.raises(ValueError, match="sp_lo needs meta_weights"):
-        ev._optimizer(ev.OptSpec("sp_lo"), MuMLP(4, 8, 1, 2), ev.Task("mlp", 8, 1, 1))
+    with pytest.raises(FileNotFoundError, match="shipped weights"):
+        ev._optimizer(ev.OptSpec("sp_lo", meta_weights="no-such-weights"), MuMLP(4, 8, 1, 2), ev.Task("mlp", 8, 1, 1))
+
+
+def test_sp_optimizers_train_the_sp_twin_and_mup_ones_the_mup_network():
+    from mulo.meta.tasks import SPMLP
+
+    task = ev.Task("mlp", 16, 2, 2)
+    sp_row = ev.train(task, ev.OptSpec("sp_lo"), 0)
+    assert sp_row["meta_weights"] == "mulo_cpu_sp" and not sp_row["diverged"]
+    mu_row = ev.train(task, ev.OptSpec("mulo"), 0)
+    assert mu_row["meta_weights"] == "mulo_cpu" and not mu_row["diverged"]
+    sp, _ = ev._build(task, 0, "sp")
+    mu, _ = ev._build(task, 0, "mup")
+    assert isinstance(sp, SPMLP) and isinstance(mu, MuMLP)
+    assert sp.readout.weight.abs().sum() > 0 and mu.readout.weight.abs().sum() == 0  # SP init vs μP zero readout
+    assert mu.layers[0].bias.std() > 0.3  # biases N(0, 1) as in the meta-training tasks
 
 
 def test_transformer_roles_follow_mup():

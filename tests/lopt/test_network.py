@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mulo import LOptConfig, LOptNet
+from mulo.lopt import pretrained
 from mulo.lopt.pretrained import build_handset_adam, default_weights_dir
 
 PUBLISHED_KEYS = {
@@ -135,8 +136,41 @@ def test_hub_id_resolves_through_snapshot_download(monkeypatch, tmp_path):
 
 
 def test_shipped_placeholder_is_marked_and_matches_its_builder():
-    net = LOptNet.from_pretrained(default_weights_dir())
+    net = LOptNet.from_pretrained(pretrained.PLACEHOLDER)
     assert net.is_placeholder
     built = build_handset_adam()
     for k, v in built.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("name", ["mulo_cpu", "mulo_cpu_sp"])
+def test_shipped_meta_trained_weights_carry_their_provenance(name):
+    directory = pretrained.weights_dir(name)
+    net = LOptNet.from_pretrained(name)
+    assert not net.is_placeholder and net.config.info["name"] == name
+    prov = json.loads((directory / "PROVENANCE.json").read_text())
+    for key in ("preset", "command", "config", "init_weights", "data", "outer_steps", "wall_time_s", "hardware",
+                "torch_version", "git_sha_shipped_at", "meta_loss"):
+        assert prov.get(key) not in (None, "", {}), key
+    assert prov["outer_steps"] == net.config.info["outer_steps"] == len(
+        [r for b in prov["meta_loss"]["curve"] for r in range(b["outer_steps"][0], b["outer_steps"][1] + 1)]
+    )
+    assert prov["parameterization"] == ("sp" if name.endswith("_sp") else "mup")
+    assert net.config.step_mult == (0.001 if name.endswith("_sp") else 0.01)
+    assert (directory / "meta_loss.png").stat().st_size > 0
+    # the weights moved away from the hand-set start
+    start = LOptNet.from_pretrained(pretrained.PLACEHOLDER)
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(net.state_dict().values(), start.state_dict().values()))
+    assert moved > 1.0
+
+
+def test_default_weights_are_the_meta_trained_mulo_cpu():
+    assert default_weights_dir() == pretrained.weights_dir("mulo_cpu")
+    assert set(pretrained.names()) >= {"mulo_cpu", "mulo_cpu_sp", pretrained.PLACEHOLDER}
+
+
+def test_unknown_shipped_name_lists_the_choices():
+    with pytest.raises(FileNotFoundError, match="mulo_cpu_sp"):
+        LOptNet.from_pretrained("mulo_cpu_spx")
+    with pytest.raises(FileNotFoundError, match="choose one of"):
+        pretrained.weights_dir("nope")

@@ -225,11 +225,13 @@ def test_unavailable_backend_names_the_fix():
 
 def test_placeholder_weights_warn_and_still_train():
     with pytest.warns(mulo.PlaceholderMetaWeightsWarning, match="placeholder"):
-        opt = mulo.MuLO([torch.nn.Parameter(torch.randn(3))])
+        opt = mulo.MuLO([torch.nn.Parameter(torch.randn(3))], meta_weights="placeholder_handset_adam")
     assert opt.net.is_placeholder
     with warnings.catch_warnings():
         warnings.simplefilter("error", mulo.PlaceholderMetaWeightsWarning)
         mulo.MuLO([torch.nn.Parameter(torch.randn(3))], meta_weights=random_net())
+        default = mulo.MuLO([torch.nn.Parameter(torch.randn(3))])  # the shipped meta-trained μLO: no warning
+    assert default.net.config.info["name"] == "mulo_cpu"
 
 
 def test_meta_weights_from_directory(tmp_path):

@@ -1,9 +1,15 @@
-"""Meta-weights shipped with mulo.
+"""Meta-weights shipped with mulo, each a ``LOptNet`` directory (``config.json``, ``model.safetensors``)
+with a ``PROVENANCE.json`` and its meta-loss curve (``meta_loss.png``) where it was meta-trained:
 
-Until mulo ships its own meta-trained μLO (issue "Meta-train and ship mulo's own μLO"), the default is a
-*placeholder*: ``placeholder_handset_adam``, a network whose weights were set by hand (not learned) so
-that its output is the RMS-normalized momentum-over-RMS channel, i.e. a normalized Adam-like step
-``0.01 · m₂/√v / rms(m₂/√v)``. It is a working optimizer but not μLO; ``MuLO`` warns whenever it is used.
+* ``mulo_cpu`` — **the default** (``MuLO(meta_weights=None)``): μLO meta-trained by mulo's own PES trainer
+  (``mulo meta-train --preset mulo_cpu``) on μP MLPs of widths 16, 32 and 64 on the offline digits;
+* ``mulo_cpu_sp`` — its SP twin (the SP-LO baseline): same recipe and budget on standard-parameterized MLPs;
+* ``placeholder_handset_adam`` — a network whose weights were set by hand (not learned) so that its output
+  is the RMS-normalized momentum-over-RMS channel (an Adam-like step ``0.01 · m₂/√v / rms(m₂/√v)``); it is
+  the starting point of both meta-trainings and marked ``placeholder`` (``MuLO`` warns when it is used).
+
+Pass a name to ``MuLO(meta_weights=...)`` or ``LOptNet.from_pretrained(...)``; ``python -m
+mulo.lopt.pretrained`` regenerates the placeholder, ``python -m mulo.meta.ship`` packages a meta-training run.
 """
 
 from __future__ import annotations
@@ -15,19 +21,33 @@ import torch
 from mulo.lopt.network import LOptConfig, LOptNet
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = "placeholder_handset_adam"
+DEFAULT = "mulo_cpu"
+PLACEHOLDER = "placeholder_handset_adam"
 # Feature channel 7 is m_2 · rsqrt(v + 1e-6) with the middle momentum decay (ALGORITHM.md §2).
 HANDSET_CHANNEL = 7
 
 
+def names() -> list[str]:
+    """The shipped meta-weights (directories of this package holding a ``config.json``)."""
+    return sorted(p.name for p in HERE.iterdir() if (p / "config.json").is_file())
+
+
+def weights_dir(name: str = DEFAULT) -> Path:
+    path = HERE / name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"mulo ships no meta-weights named {name!r}; choose one of {names()}")
+    return path
+
+
 def default_weights_dir() -> Path:
-    return HERE / DEFAULT
+    """The weights ``MuLO(meta_weights=None)`` uses."""
+    return weights_dir(DEFAULT)
 
 
 def build_handset_adam() -> LOptNet:
     """The placeholder network: out[0] = relu(x₇) − relu(−x₇) = x₇ (normalized m₂/√v), out[1] = 0."""
     info = {
-        "name": DEFAULT,
+        "name": PLACEHOLDER,
         "placeholder": True,
         "description": "hand-set (not meta-trained) weights that output the normalized m2/sqrt(v) channel, "
         "an Adam-like step; mulo's own meta-trained weights replace it.",
@@ -47,6 +67,5 @@ def build_handset_adam() -> LOptNet:
 
 
 if __name__ == "__main__":
-    # regenerate the shipped files:
-    # python -c "import mulo.lopt.pretrained as m; m.build_handset_adam().save_pretrained(m.default_weights_dir())"
-    print(build_handset_adam().save_pretrained(default_weights_dir()))
+    # regenerate the placeholder's files
+    print(build_handset_adam().save_pretrained(HERE / PLACEHOLDER))

@@ -1,0 +1,216 @@
+"""Package a finished ``mulo meta-train`` run as shipped meta-weights with complete provenance.
+
+    python -m mulo.meta.ship RUN_DIR NAME --preset mulo_cpu --command "mulo meta-train ..."
+
+writes ``mulo/lopt/pretrained/NAME/`` (or ``--dest``): the run's final meta-weights (``config.json``,
+``model.safetensors``; ``info`` names the run), ``PROVENANCE.json`` (recipe, data, starting weights, outer
+steps, wall time, hardware, versions, git SHAs, the meta-loss curve as numbers and a held-out check of the
+final θ against the starting θ) and ``meta_loss.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mulo.lopt.network import LOptNet
+from mulo.meta import theta as theta_mod
+from mulo.meta.presets import MetaTrainConfig
+from mulo.meta.trainer import CHECKPOINT, LOG, WEIGHTS_DIR, evaluate
+
+DATA = {
+    "digits": "scikit-learn load_digits: 1,797 8×8 grey images of 10 digits (UCI optdigits test set), "
+    "pixels /16 then standardized per pixel; the whole set is the training set",
+}
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def read_log(run: Path) -> list[dict]:
+    rows = []
+    for line in (run / LOG).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return sorted(rows, key=lambda r: r["outer_step"])
+
+
+def curve_blocks(rows: list[dict], block: int) -> list[dict]:
+    """The meta-loss curve in blocks of ``block`` outer steps: mean overall and per family."""
+    out = []
+    for start in range(0, len(rows), block):
+        chunk = rows[start : start + block]
+        fams = chunk[0].get("family_meta_loss", {})
+        out.append(
+            {
+                "outer_steps": [chunk[0]["outer_step"], chunk[-1]["outer_step"]],
+                "meta_loss": sum(r["meta_loss"] for r in chunk) / len(chunk),
+                "family_meta_loss": {
+                    f: sum(r["family_meta_loss"][f] for r in chunk) / len(chunk) for f in fams
+                },
+                "lr": chunk[-1]["lr"],
+            }
+        )
+    return out
+
+
+def plot_curve(rows: list[dict], blocks: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["outer_step"] for r in rows], [r["meta_loss"] for r in rows], color="0.8", lw=0.5, label="per step")
+    mid = [(b["outer_steps"][0] + b["outer_steps"][1]) / 2 for b in blocks]
+    for fam in blocks[0]["family_meta_loss"]:
+        ax.plot(mid, [b["family_meta_loss"][fam] for b in blocks], lw=1, label=f"{fam} (block mean)")
+    ax.plot(mid, [b["meta_loss"] for b in blocks], color="k", lw=2, label="all families (block mean)")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("PES meta-loss (mean normalized train loss)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ship(
+    run: str | os.PathLike,
+    name: str,
+    *,
+    preset: str,
+    command: str,
+    dest: str | os.PathLike | None = None,
+    description: str = "",
+    block: int = 50,
+    check_steps: int = 300,
+) -> Path:
+    run = Path(run)
+    for part in (CHECKPOINT, LOG, WEIGHTS_DIR):
+        if not (run / part).exists():
+            raise FileNotFoundError(f"{run} has no {part}: pass the --out directory of a mulo meta-train run")
+    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    config = MetaTrainConfig.from_json(ckpt["config"])
+    rows = [r for r in read_log(run) if r["outer_step"] < ckpt["next_step"]]  # a live run logs past it
+    if [r["outer_step"] for r in rows] != list(range(ckpt["next_step"])):
+        raise ValueError(f"{run}/{LOG} does not hold one row per outer step up to the checkpoint's {ckpt['next_step']}")
+    net = LOptNet.from_pretrained(run / WEIGHTS_DIR)
+    theta = theta_mod.flatten(net)
+    init_weights = ckpt.get("init_weights")
+    if init_weights:
+        theta0 = theta_mod.flatten(LOptNet.from_pretrained(init_weights))
+    else:
+        theta0 = theta_mod.flatten(LOptNet(net.config, generator=torch.Generator().manual_seed(config.seed)))
+
+    # held-out check: fresh seeds, the longest meta-training horizon, every family (lower is better)
+    check = {}
+    for i, fam in enumerate(config.families):
+        check[f"w{fam.width}"] = {
+            "start_theta": evaluate(theta0, config, steps=check_steps, family=i),
+            "final_theta": evaluate(theta, config, steps=check_steps, family=i),
+        }
+
+    dest = Path(dest) if dest is not None else Path(__file__).resolve().parents[1] / "lopt" / "pretrained"
+    out = dest / name
+    tmp = dest / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    blocks = curve_blocks(rows, block)
+    step_seconds = sum(r["seconds"] for r in rows)
+    params = sorted({f.parameterization for f in config.families})
+    provenance = {
+        "name": name,
+        "description": description,
+        "parameterization": params[0] if len(params) == 1 else params,
+        "preset": preset,
+        "command": command,
+        "config": config.to_json(),
+        "init_weights": init_weights,
+        "data": {f.dataset: DATA.get(f.dataset, f.dataset) for f in config.families},
+        "outer_steps": int(ckpt["next_step"]),
+        "wall_time_s": round(step_seconds, 1),
+        "wall_time_note": "sum of the logged outer-step times (checkpoint writes excluded)",
+        "hardware": {
+            "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": 1,
+            "gpu": None,
+        },
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "git_sha_shipped_at": _git_sha(),
+        "shipped_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "meta_loss": {
+            "first_block": blocks[0]["meta_loss"],
+            "last_block": blocks[-1]["meta_loss"],
+            "block": block,
+            "curve": blocks,
+        },
+        f"held_out_mean_normalized_loss_over_{check_steps}_steps": check,
+    }
+    net.config.info.update(
+        {
+            "name": name,
+            "placeholder": False,
+            "description": description,
+            "provenance": "PROVENANCE.json",
+            "outer_steps": int(ckpt["next_step"]),
+        }
+    )
+    net.save_pretrained(tmp)
+    (tmp / "PROVENANCE.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    plot_curve(rows, blocks, tmp / "meta_loss.png", f"{name}: PES meta-training ({preset})")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="the --out directory of a finished (or stopped) mulo meta-train run")
+    ap.add_argument("name", help="name of the shipped weights (a directory under mulo/lopt/pretrained)")
+    ap.add_argument("--preset", required=True, help="the preset the run used")
+    ap.add_argument("--command", required=True, help="the exact command line of the run")
+    ap.add_argument("--description", default="")
+    ap.add_argument("--dest", default=None, help="where to write NAME/ (default: mulo/lopt/pretrained)")
+    ap.add_argument("--check-steps", type=int, default=300, help="inner steps of the held-out check (default 300)")
+    args = ap.parse_args(argv)
+    try:
+        out = ship(args.run, args.name, preset=args.preset, command=args.command, dest=args.dest,
+                   description=args.description, check_steps=args.check_steps)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mulo.meta.ship: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

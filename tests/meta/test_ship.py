@@ -1,0 +1,43 @@
+"""Packaging a meta-training run as shipped weights: the files, the provenance and that MuLO loads them."""
+
+import json
+
+import pytest
+import torch
+
+import mulo
+from mulo.lopt import pretrained
+from mulo.meta import ship
+from mulo.meta.presets import preset
+from mulo.meta.trainer import MetaTrainer
+
+SHORT = dict(num_pairs=2, unroll_length=4, outer_steps=4, checkpoint_every=2)
+
+
+def test_ship_writes_weights_provenance_and_curve(tmp_path):
+    cfg = preset("tiny", **SHORT)
+    trainer = MetaTrainer(cfg, tmp_path / "run", progress=False, init_weights=pretrained.weights_dir(pretrained.PLACEHOLDER))
+    trainer.run()
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:  # a live run logs past its last checkpoint
+        f.write(json.dumps({"outer_step": 4, "meta_loss": 1.0}) + "\n")
+    out = ship.ship(tmp_path / "run", "mine", preset="tiny", command="mulo meta-train --preset tiny",
+                    dest=tmp_path / "shipped", block=2, check_steps=5)
+    assert sorted(p.name for p in out.iterdir()) == ["PROVENANCE.json", "config.json", "meta_loss.png", "model.safetensors"]
+    prov = json.loads((out / "PROVENANCE.json").read_text())
+    assert prov["outer_steps"] == 4 and prov["preset"] == "tiny" and prov["parameterization"] == "mup"
+    assert prov["init_weights"].endswith(pretrained.PLACEHOLDER)
+    assert [b["outer_steps"] for b in prov["meta_loss"]["curve"]] == [[0, 1], [2, 3]]
+    check = prov["held_out_mean_normalized_loss_over_5_steps"]["w32"]
+    assert 0 < check["final_theta"] < 10 and 0 < check["start_theta"] < 10
+    net = mulo.LOptNet.from_pretrained(out)
+    assert net.config.info["name"] == "mine" and not net.is_placeholder
+    assert torch.equal(mulo.meta.theta.flatten(net), trainer.theta.detach())
+    opt = mulo.MuLO([torch.nn.Parameter(torch.randn(5, 3))], meta_weights=out)
+    assert opt.net.config.info["outer_steps"] == 4
+
+
+def test_ship_names_what_is_missing(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        ship.ship(tmp_path / "run", "x", preset="tiny", command="c", dest=tmp_path)
+    assert ship.main([str(tmp_path / "run"), "x", "--preset", "tiny", "--command", "c", "--dest", str(tmp_path)]) == 2
