@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from mulo.provenance import cpu_model, git, git_sha
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -424,24 +425,10 @@ def floor_fields(cost: dict, floors: dict, median_ms: float | None) -> dict:
 
 
 # ---- provenance --------------------------------------------------------------------------------------------
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def provenance(device: torch.device) -> dict:
@@ -452,15 +439,14 @@ def provenance(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    sha = os.environ.get("MULO_GIT_SHA") or _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     info = {
         "device": device_name(device),
         "device_type": device.type,
         "torch_version": torch.__version__,
         "triton_version": triton_version,
         "cuda_version": torch.version.cuda,
-        "git_sha": sha or "unknown",
+        "git_sha": git_sha(),
         "git_dirty": bool(dirty) if dirty is not None else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python_version": platform.python_version(),

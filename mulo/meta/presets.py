@@ -5,7 +5,7 @@
 |--------|--------------------------------------|-------|----|-----------|-------|---------------------------|
 | tiny   | digits, w 32, depth 2, batch 32      | 4     | 10 | 20..100   | 30    | 0.1 (2) → 0.03            |
 | small  | digits, w 64/256, depth 3, batch 128 | 8     | 20 | 50..500   | 500   | 3e-3 (20) → 1e-3          |
-| mulo_cpu | digits, w 16/32/64, depth 2, b 128 | 8   | 10 | 30..300   | 3000  | 1e-2 (50) → 1e-3          |
+| mulo_cpu | digits, w 16/32/64, depth 2, b 128 | 8   | 10 | 100..1000 | 2500  | 1e-2 (50) → 1e-3          |
 | mulo_m | 32×32×3, w 128/512/1024, d 3, b 4096 | 8     | 50 | 100..1000 | 5000  | 3e-3 (100) → 1e-3 @ 4900  |
 
 The paper meta-trains μLO_M on ImageNet 32×32; ``mulo_m`` defaults to the Hugging Face copy of CIFAR-10
@@ -116,19 +116,20 @@ PRESETS: dict[str, MetaTrainConfig] = {
         checkpoint_every=25,
     ),
     # the recipe of the shipped weights (mulo/lopt/pretrained/mulo_cpu): three small μP widths on the offline
-    # digits, the evaluation's base task shape (depth 2, batch 128, horizons up to 300), sized for 2 CPU cores
+    # digits, the evaluation's base task shape (depth 2, batch 128), the paper's horizons (100..1000, offsets
+    # ≤ 50) in 10-step truncations; sized for one CPU core per run (about an hour)
     "mulo_cpu": MetaTrainConfig(
         families=_mlps("digits", (16, 32, 64), 2, 128),
         num_pairs=8,
         unroll_length=10,
-        min_length=30,
-        max_length=300,
-        max_initial_offset=10,
-        outer_steps=3000,
+        min_length=100,
+        max_length=1000,
+        max_initial_offset=50,
+        outer_steps=2500,
         lr_peak=1e-2,
         lr_final=1e-3,
         warmup_steps=50,
-        decay_end=3000,
+        decay_end=2500,
         checkpoint_every=25,
     ),
     "mulo_m": MetaTrainConfig(

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,30 +25,12 @@ from mulo.lopt.network import LOptNet
 from mulo.meta import theta as theta_mod
 from mulo.meta.presets import MetaTrainConfig
 from mulo.meta.trainer import CHECKPOINT, LOG, WEIGHTS_DIR, evaluate
+from mulo.provenance import cpu_model, git_sha
 
 DATA = {
     "digits": "scikit-learn load_digits: 1,797 8×8 grey images of 10 digits (UCI optdigits test set), "
     "pixels /16 then standardized per pixel; the whole set is the training set",
 }
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def read_log(run: Path) -> list[dict]:
@@ -72,9 +53,7 @@ def curve_blocks(rows: list[dict], block: int) -> list[dict]:
             {
                 "outer_steps": [chunk[0]["outer_step"], chunk[-1]["outer_step"]],
                 "meta_loss": sum(r["meta_loss"] for r in chunk) / len(chunk),
-                "family_meta_loss": {
-                    f: sum(r["family_meta_loss"][f] for r in chunk) / len(chunk) for f in fams
-                },
+                "family_meta_loss": {f: sum(r["family_meta_loss"][f] for r in chunk) / len(chunk) for f in fams},
                 "lr": chunk[-1]["lr"],
             }
         )
@@ -158,14 +137,14 @@ def ship(
         "wall_time_s": round(step_seconds, 1),
         "wall_time_note": "sum of the logged outer-step times (checkpoint writes excluded)",
         "hardware": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "logical_cpus": os.cpu_count(),
             "torch_threads": 1,
             "gpu": None,
         },
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "git_sha_shipped_at": _git_sha(),
+        "git_sha_shipped_at": git_sha(),
         "shipped_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "meta_loss": {
             "first_block": blocks[0]["meta_loss"],
@@ -203,8 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-steps", type=int, default=300, help="inner steps of the held-out check (default 300)")
     args = ap.parse_args(argv)
     try:
-        out = ship(args.run, args.name, preset=args.preset, command=args.command, dest=args.dest,
-                   description=args.description, check_steps=args.check_steps)
+        out = ship(
+            args.run,
+            args.name,
+            preset=args.preset,
+            command=args.command,
+            dest=args.dest,
+            description=args.description,
+            check_steps=args.check_steps,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"mulo.meta.ship: error: {e}", file=sys.stderr)
         return 2

@@ -149,11 +149,24 @@ def test_shipped_meta_trained_weights_carry_their_provenance(name):
     net = LOptNet.from_pretrained(name)
     assert not net.is_placeholder and net.config.info["name"] == name
     prov = json.loads((directory / "PROVENANCE.json").read_text())
-    for key in ("preset", "command", "config", "init_weights", "data", "outer_steps", "wall_time_s", "hardware",
-                "torch_version", "git_sha_shipped_at", "meta_loss"):
+    for key in (
+        "preset",
+        "command",
+        "config",
+        "init_weights",
+        "data",
+        "outer_steps",
+        "wall_time_s",
+        "hardware",
+        "torch_version",
+        "git_sha_shipped_at",
+        "meta_loss",
+    ):
         assert prov.get(key) not in (None, "", {}), key
-    assert prov["outer_steps"] == net.config.info["outer_steps"] == len(
-        [r for b in prov["meta_loss"]["curve"] for r in range(b["outer_steps"][0], b["outer_steps"][1] + 1)]
+    assert (
+        prov["outer_steps"]
+        == net.config.info["outer_steps"]
+        == len([r for b in prov["meta_loss"]["curve"] for r in range(b["outer_steps"][0], b["outer_steps"][1] + 1)])
     )
     assert prov["parameterization"] == ("sp" if name.endswith("_sp") else "mup")
     assert net.config.step_mult == (0.001 if name.endswith("_sp") else 0.01)

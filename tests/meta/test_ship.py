@@ -16,13 +16,27 @@ SHORT = dict(num_pairs=2, unroll_length=4, outer_steps=4, checkpoint_every=2)
 
 def test_ship_writes_weights_provenance_and_curve(tmp_path):
     cfg = preset("tiny", **SHORT)
-    trainer = MetaTrainer(cfg, tmp_path / "run", progress=False, init_weights=pretrained.weights_dir(pretrained.PLACEHOLDER))
+    trainer = MetaTrainer(
+        cfg, tmp_path / "run", progress=False, init_weights=pretrained.weights_dir(pretrained.PLACEHOLDER)
+    )
     trainer.run()
     with open(tmp_path / "run" / "log.jsonl", "a") as f:  # a live run logs past its last checkpoint
         f.write(json.dumps({"outer_step": 4, "meta_loss": 1.0}) + "\n")
-    out = ship.ship(tmp_path / "run", "mine", preset="tiny", command="mulo meta-train --preset tiny",
-                    dest=tmp_path / "shipped", block=2, check_steps=5)
-    assert sorted(p.name for p in out.iterdir()) == ["PROVENANCE.json", "config.json", "meta_loss.png", "model.safetensors"]
+    out = ship.ship(
+        tmp_path / "run",
+        "mine",
+        preset="tiny",
+        command="mulo meta-train --preset tiny",
+        dest=tmp_path / "shipped",
+        block=2,
+        check_steps=5,
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "PROVENANCE.json",
+        "config.json",
+        "meta_loss.png",
+        "model.safetensors",
+    ]
     prov = json.loads((out / "PROVENANCE.json").read_text())
     assert prov["outer_steps"] == 4 and prov["preset"] == "tiny" and prov["parameterization"] == "mup"
     assert prov["init_weights"].endswith(pretrained.PLACEHOLDER)
