@@ -1,9 +1,23 @@
-"""Command line: ``mulo demo`` (and the subcommands later issues add)."""
+"""Command line: ``mulo demo``, ``mulo eval``, ``mulo meta-train``.
+
+``mulo meta-train`` started by ``torchrun --nproc_per_node=N -m mulo meta-train ...`` (``WORLD_SIZE`` > 1
+in the environment, or a process group already initialized) runs the multi-process meta-trainer of
+:mod:`mulo.distributed.meta_train`; otherwise the one-process one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+def _distributed_launch() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return True
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     meta_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "meta-train":
+        if _distributed_launch():
+            from mulo.distributed import meta_train
+
+            raw = list(sys.argv[1:] if argv is None else argv)
+            return meta_train.main(raw[raw.index("meta-train") + 1 :])
         return meta_cli.run(args)
     if args.command == "demo":
         from mulo import demo as demo_mod

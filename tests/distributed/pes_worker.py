@@ -42,10 +42,10 @@ def main(rank: int, world: int, port: int, cfg_json: dict, root: str) -> None:
     resumed = DistributedMetaTrainer(cfg, f"{root}/killed", progress=False)
     assert resumed.next_step == 2, resumed.next_step
     resumed.run()
-    # the torchrun entry point, on the tiny preset (one family: rank 1 idles)
-    from mulo.distributed import meta_train
+    # `torchrun -m mulo meta-train` (routed to mulo.distributed.meta_train), tiny preset: one family, rank 1 idles
+    from mulo import cli as mulo_cli
 
     cli = ["--preset", "tiny", "--outer-steps", "2", "--num-pairs", "2", "--no-progress", "--out", f"{root}/cli"]
-    assert meta_train.main(cli) == 0
+    assert mulo_cli.main(["meta-train", *cli]) == 0
     dist.barrier()
     dist.destroy_process_group()

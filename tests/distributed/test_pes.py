@@ -58,7 +58,7 @@ def test_two_rank_meta_training_equals_one_rank_and_resumes(tmp_path):
         log = _log(tmp_path / name)
         assert [r["outer_step"] for r in log] == [0, 1, 2], name
         assert [r["meta_loss"] for r in log] == [r["meta_loss"] for r in _log(tmp_path / "one")], name
-    # `torchrun -m mulo.distributed.meta_train --preset tiny ...` == `mulo meta-train --preset tiny ...`
+    # `torchrun -m mulo meta-train --preset tiny ...` on 2 ranks == `mulo meta-train --preset tiny ...` on one
     one_cli = MetaTrainer(preset("tiny", outer_steps=2, num_pairs=2), tmp_path / "cli_one", progress=False)
     one_cli.run()
     two_cli = torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)["theta"]
