@@ -6,8 +6,8 @@
 Rows are appended to bench/results/generalization.jsonl (see mulo/evaluation.py for the protocol). --plot
 draws final training loss vs width (mean over seeds; diverged runs marked) and mean loss curves per task,
 prints the summary table (mean ± std of the final training loss over seeds, per task and optimizer) and,
-with --readme, rewrites the README's table between the eval markers. Only the latest git SHA's rows of
-the chosen preset are used, so older rows can stay in the file.
+with --readme, rewrites the README's table between the eval markers. Rows of the chosen preset are used;
+where the same run (sweep, task, optimizer, lr, seed) appears more than once, the last row counts.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def load(path: Path, preset: str | None = None) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if preset is not None:
         rows = [r for r in rows if r.get("preset") == preset]
-    if not rows:
-        return []
-    latest = rows[-1]["git_sha"]
-    return [r for r in rows if r["git_sha"] == latest]
+    last = {}  # a rerun of the same (sweep, task, optimizer, seed) replaces the earlier row
+    for r in rows:
+        last[(r["sweep"], r["task"], r["optimizer"], r["lr"], r["seed"])] = r
+    return list(last.values())
 
 
 def _tasks(rows: list[dict]) -> list[tuple[str, str]]:
@@ -94,7 +94,8 @@ def summary(rows: list[dict]) -> str:
         f"μP MLP width {base['width']}, depth {base['depth']}, {base['steps']} steps on digits, batch 128. "
         f"AdamW lr {st[('width', tasks[0][1], 'adamw')]['lr']:g} and μAdam lr "
         f"{st[('width', tasks[0][1], 'muadam')]['lr']:g} tuned there and transferred. "
-        f"git {r0['git_sha'][:8]} · torch {r0['torch_version']} · {r0['device']} · {r0['date'][:10]}.",
+        f"git {', '.join(sorted({r['git_sha'][:8] for r in rows}))} · torch {r0['torch_version']} · "
+        f"{r0['device']} · {r0['date'][:10]}.",
         "",
         "| task | " + " | ".join(LABELS[o] for o in opts) + " |",
         "|---|" + "---:|" * len(opts),
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meta-weights", default=None)
     ap.add_argument("--sp-weights", default="mulo_cpu_sp", help="SP-LO weights ('none' skips the SP-LO)")
     ap.add_argument("--sweeps", default="width,depth,horizon,ood_lm", help="comma list of sweeps (default: all)")
+    ap.add_argument("--optimizers", default="mulo,adamw,muadam,sp_lo", help="comma list (default: all)")
     ap.add_argument("--plot", default=None, help="only summarize and plot this results file")
     ap.add_argument("--figures", default="bench/results/figures", help="where --plot writes figures")
     ap.add_argument("--readme", action="store_true", help="with --plot: rewrite the README's eval table")
@@ -216,7 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT))
     from mulo import evaluation
 
-    evaluation.run(args.out, args.preset, args.meta_weights, args.sp_weights, sweeps=tuple(args.sweeps.split(",")))
+    evaluation.run(
+        args.out,
+        args.preset,
+        args.meta_weights,
+        args.sp_weights,
+        sweeps=tuple(args.sweeps.split(",")),
+        optimizers=tuple(args.optimizers.split(",")),
+    )
     return 0
 
 

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", default="bench/results/generalization.jsonl", help="JSON lines file to append to")
     ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (the full evaluation, CPU-sized)")
     ev.add_argument("--sweeps", default="width,depth,horizon,ood_lm", help="comma list of sweeps to run (default: all)")
+    ev.add_argument("--optimizers", default="mulo,adamw,muadam,sp_lo", help="comma list (default: all)")
     ev.add_argument("--meta-weights", default=None, help="μLO weights (directory or Hub id); default: shipped")
     ev.add_argument(
         "--sp-weights",
@@ -60,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         from mulo import evaluation
 
-        evaluation.run(args.out, args.preset, args.meta_weights, args.sp_weights, sweeps=tuple(args.sweeps.split(",")))
+        evaluation.run(
+            args.out,
+            args.preset,
+            args.meta_weights,
+            args.sp_weights,
+            sweeps=tuple(args.sweeps.split(",")),
+            optimizers=tuple(args.optimizers.split(",")),
+        )
     return 0
 
 

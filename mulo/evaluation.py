@@ -202,6 +202,7 @@ def provenance() -> dict:
 
 
 SWEEPS = ("width", "depth", "horizon", "ood_lm")
+OPTIMIZERS = ("mulo", "adamw", "muadam", "sp_lo")
 
 PRESETS = {
     # smoke-sized, for tests
@@ -240,16 +241,19 @@ def run(
     sp_weights: str | None = SP_LO_WEIGHTS,
     log=print,
     sweeps: tuple[str, ...] = SWEEPS,
+    optimizers: tuple[str, ...] = OPTIMIZERS,
 ) -> Path:
     """Run the sweeps and append JSON lines to ``out`` (one row per run, provenance in every row).
 
-    ``sweeps`` picks a subset of :data:`SWEEPS` (the tuning runs always come first: they are cheap and
-    deterministic, so processes running different sweeps transfer the same learning rates)."""
+    ``sweeps`` and ``optimizers`` pick subsets of :data:`SWEEPS` and :data:`OPTIMIZERS`, so that parts can
+    run in parallel processes (the AdamW/μAdam tuning runs first wherever they are needed: it is cheap and
+    deterministic, so every process transfers the same learning rates)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    unknown = sorted(set(sweeps) - set(SWEEPS))
-    if unknown:
-        raise ValueError(f"unknown sweeps {unknown}; choose from {list(SWEEPS)}")
+    for what, given, known in (("sweeps", sweeps, SWEEPS), ("optimizers", optimizers, OPTIMIZERS)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown}; choose from {list(known)}")
     cfg = PRESETS[preset]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,19 +270,21 @@ def run(
         )
 
     lrs = {}
-    for name in ("adamw", "muadam"):
+    for name in [o for o in ("adamw", "muadam") if o in optimizers]:
         spec = OptSpec(name, base_width=base.width)
         lrs[name], rows = tune_lr(base, spec, cfg["grid"], seeds=tuple(range(min(2, cfg["seeds"]))))
         for r in rows:
             emit(r, "tune")
         log(f"tuned {name}: lr={lrs[name]:g}")
-    specs = [
-        OptSpec("mulo", meta_weights=meta_weights),
-        OptSpec("adamw", lrs["adamw"]),
-        OptSpec("muadam", lrs["muadam"], base_width=base.width),
-    ]
-    if sp_weights and sp_weights != "none":
-        specs.append(OptSpec("sp_lo", meta_weights=sp_weights))
+    specs = {
+        "mulo": lambda: OptSpec("mulo", meta_weights=meta_weights),
+        "adamw": lambda: OptSpec("adamw", lrs["adamw"]),
+        "muadam": lambda: OptSpec("muadam", lrs["muadam"], base_width=base.width),
+        "sp_lo": lambda: OptSpec("sp_lo", meta_weights=sp_weights),
+    }
+    if not sp_weights or sp_weights == "none":
+        optimizers = tuple(o for o in optimizers if o != "sp_lo")
+    specs = [specs[o]() for o in OPTIMIZERS if o in optimizers]
     tasks = [("width", dataclasses.replace(base, width=base.width * m)) for m in cfg["widths"]]
     tasks += [("depth", dataclasses.replace(base, depth=base.depth * m)) for m in cfg["depths"] if m != 1]
     tasks += [("horizon", dataclasses.replace(base, steps=base.steps * m)) for m in cfg["horizons"] if m != 1]

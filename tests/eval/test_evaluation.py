@@ -70,3 +70,13 @@ def test_transformer_roles_follow_mup():
     assert roles["blocks.0.qkv.weight"].lr_scale == 1 / 32 and roles["blocks.0.out.weight"].lr_scale == 1 / 128
     assert roles["blocks.0.ln1.weight"].role == "other"
     assert torch.all(m(torch.randint(0, 256, (2, 16))) == 0)  # zero readout at init
+
+
+def test_subsets_of_sweeps_and_optimizers(tmp_path):
+    out = ev.run(tmp_path / "g.jsonl", "quick", log=lambda *_: None, optimizers=("sp_lo",), sweeps=("width",))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["sweep"], r["optimizer"]) for r in rows} == {("width", "sp_lo")}  # no tuning when no Adam runs
+    with pytest.raises(ValueError, match="unknown optimizers"):
+        ev.run(tmp_path / "x.jsonl", "quick", optimizers=("sgd",))
+    with pytest.raises(ValueError, match="unknown sweeps"):
+        ev.run(tmp_path / "x.jsonl", "quick", sweeps=("breadth",))
