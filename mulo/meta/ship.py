@@ -24,7 +24,7 @@ import torch
 from mulo.lopt.network import LOptNet
 from mulo.meta import theta as theta_mod
 from mulo.meta.presets import MetaTrainConfig
-from mulo.meta.trainer import CHECKPOINT, LOG, WEIGHTS_DIR, evaluate
+from mulo.meta.trainer import CHECKPOINT, LOG, SNAPSHOTS, WEIGHTS_DIR, evaluate
 from mulo.provenance import cpu_model, git_sha
 
 DATA = {
@@ -91,17 +91,29 @@ def ship(
     description: str = "",
     block: int = 50,
     check_steps: int = 300,
+    at_step: int | None = None,
+    stop_reason: str = "",
 ) -> Path:
+    """``at_step``: ship the snapshot ``RUN/snapshots/step_N`` (meta-weights copied when the checkpoint
+    after N outer steps was written) instead of the final weights — an early stop, with ``stop_reason``."""
     run = Path(run)
     for part in (CHECKPOINT, LOG, WEIGHTS_DIR):
         if not (run / part).exists():
             raise FileNotFoundError(f"{run} has no {part}: pass the --out directory of a mulo meta-train run")
     ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
     config = MetaTrainConfig.from_json(ckpt["config"])
-    rows = [r for r in read_log(run) if r["outer_step"] < ckpt["next_step"]]  # a live run logs past it
-    if [r["outer_step"] for r in rows] != list(range(ckpt["next_step"])):
-        raise ValueError(f"{run}/{LOG} does not hold one row per outer step up to the checkpoint's {ckpt['next_step']}")
-    net = LOptNet.from_pretrained(run / WEIGHTS_DIR)
+    steps = int(ckpt["next_step"]) if at_step is None else at_step
+    weights_dir = run / WEIGHTS_DIR if at_step is None else run / SNAPSHOTS / f"step_{at_step}"
+    if not weights_dir.is_dir():
+        raise FileNotFoundError(f"{weights_dir} does not exist: no snapshot of outer step {at_step}")
+    rows = [r for r in read_log(run) if r["outer_step"] < steps]  # a live run logs past its checkpoint
+    if [r["outer_step"] for r in rows] != list(range(steps)):
+        raise ValueError(f"{run}/{LOG} does not hold one row per outer step up to {steps}")
+    net = LOptNet.from_pretrained(weights_dir)
+    if net.config.info.get("outer_steps") != steps:
+        raise ValueError(
+            f"{weights_dir} holds the weights of outer step {net.config.info.get('outer_steps')}, not {steps}"
+        )
     theta = theta_mod.flatten(net)
     init_weights = ckpt.get("init_weights")
     if init_weights:
@@ -133,7 +145,9 @@ def ship(
         "config": config.to_json(),
         "init_weights": init_weights,
         "data": {f.dataset: DATA.get(f.dataset, f.dataset) for f in config.families},
-        "outer_steps": int(ckpt["next_step"]),
+        "outer_steps": steps,
+        "planned_outer_steps": config.outer_steps,
+        "stopped_early": None if at_step is None else {"at_outer_step": at_step, "reason": stop_reason},
         "wall_time_s": round(step_seconds, 1),
         "wall_time_note": "sum of the logged outer-step times (checkpoint writes excluded)",
         "hardware": {
@@ -160,7 +174,7 @@ def ship(
             "placeholder": False,
             "description": description,
             "provenance": "PROVENANCE.json",
-            "outer_steps": int(ckpt["next_step"]),
+            "outer_steps": steps,
         }
     )
     net.save_pretrained(tmp)
@@ -179,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", required=True, help="the exact command line of the run")
     ap.add_argument("--description", default="")
     ap.add_argument("--dest", default=None, help="where to write NAME/ (default: mulo/lopt/pretrained)")
+    ap.add_argument("--at-step", type=int, default=None, help="ship RUN/snapshots/step_N (an early stop)")
+    ap.add_argument("--stop-reason", default="", help="why --at-step stops early (recorded in the provenance)")
     ap.add_argument("--check-steps", type=int, default=300, help="inner steps of the held-out check (default 300)")
     args = ap.parse_args(argv)
     try:
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             dest=args.dest,
             description=args.description,
             check_steps=args.check_steps,
+            at_step=args.at_step,
+            stop_reason=args.stop_reason,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"mulo.meta.ship: error: {e}", file=sys.stderr)

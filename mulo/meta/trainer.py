@@ -39,6 +39,7 @@ from mulo.meta.unroll import PopulationUnroll
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 WEIGHTS_DIR = "meta_weights"
+SNAPSHOTS = "snapshots"
 FORMAT = "mulo-meta-checkpoint/1"
 
 
@@ -203,6 +204,9 @@ class MetaTrainer:
         torch.save(ckpt, tmp)
         os.replace(tmp, self.out / CHECKPOINT)
         self.save_weights()
+        # every checkpoint's meta-weights stay (≈ 10 KB each): a run that degrades later can ship an earlier θ
+        # (python -m mulo.meta.ship --at-step N)
+        self.meta_net().save_pretrained(self.out / SNAPSHOTS / f"step_{self.next_step}")
 
     def _trim_log(self, next_step: int) -> None:
         path = self.out / LOG

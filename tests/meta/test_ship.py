@@ -55,3 +55,20 @@ def test_ship_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         ship.ship(tmp_path / "run", "x", preset="tiny", command="c", dest=tmp_path)
     assert ship.main([str(tmp_path / "run"), "x", "--preset", "tiny", "--command", "c", "--dest", str(tmp_path)]) == 2
+
+
+def test_ship_an_early_stop_from_a_snapshot(tmp_path):
+    cfg = preset("tiny", **SHORT)
+    trainer = MetaTrainer(cfg, tmp_path / "run", progress=False)
+    snapshots = {}
+    trainer.run(on_step=lambda r: snapshots.setdefault(r["outer_step"] + 1, trainer.theta.detach().clone()))
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == ["step_2", "step_4"]
+    out = ship.ship(tmp_path / "run", "early", preset="tiny", command="c", dest=tmp_path, block=1, check_steps=3,
+                    at_step=2, stop_reason="meta-loss collapsed after step 2")  # fmt: skip
+    prov = json.loads((out / "PROVENANCE.json").read_text())
+    assert prov["outer_steps"] == 2 and prov["planned_outer_steps"] == 4
+    assert prov["stopped_early"] == {"at_outer_step": 2, "reason": "meta-loss collapsed after step 2"}
+    assert len(prov["meta_loss"]["curve"]) == 2
+    assert torch.equal(mulo.meta.theta.flatten(mulo.LOptNet.from_pretrained(out)), snapshots[2])
+    with pytest.raises(FileNotFoundError, match="no snapshot of outer step 3"):
+        ship.ship(tmp_path / "run", "x", preset="tiny", command="c", dest=tmp_path, at_step=3)
