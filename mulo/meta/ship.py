@@ -74,6 +74,7 @@ def plot_curve(rows: list[dict], blocks: list[dict], path: Path, title: str) -> 
     ax.plot(mid, [b["meta_loss"] for b in blocks], color="k", lw=2, label="all families (block mean)")
     ax.set_xlabel("outer step")
     ax.set_ylabel("PES meta-loss (mean normalized train loss)")
+    ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
