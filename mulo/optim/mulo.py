@@ -33,7 +33,7 @@ class MuLOOptions:
 
 
 def resolve_meta_weights(meta_weights: LOptNet | str | os.PathLike | None, layout: str | None) -> LOptNet:
-    """An ``LOptNet`` from an ``LOptNet``, a directory, a Hub id, or ``None`` (the packaged default)."""
+    """An ``LOptNet`` from an ``LOptNet``, a directory, a Hub id, a shipped name, or ``None`` (the default)."""
     if isinstance(meta_weights, LOptNet):
         net = meta_weights
         if layout is not None and layout != net.config.layout:
@@ -69,7 +69,8 @@ class MuLO(Optimizer):
         lr: multiplies the learned step (1.0 is the meta-trained setting).
         weight_decay: decoupled weight decay (applied after the step, scaled by ``lr_p``).
         meta_weights: an :class:`~mulo.LOptNet`, a directory in the μLO checkpoint layout, a Hugging Face Hub
-            id, or ``None`` for the weights shipped with mulo.
+            id, the name of weights shipped with mulo (``mulo.lopt.pretrained.names()``), or ``None`` for
+            the default ``mulo_cpu`` (μLO meta-trained by mulo; see its ``PROVENANCE.json``).
         backend: ``"auto"`` (best available per device, announced once), ``"reference"``, or another
             registered backend (:func:`mulo.backends.known_backends`).
         nonfinite: what a non-finite gradient does. ``"skip"`` (default): that tensor's update is skipped
@@ -119,7 +120,7 @@ class MuLO(Optimizer):
             warnings.warn(
                 f"MuLO is using mulo's placeholder meta-weights {self.net.config.info.get('name')!r}: "
                 f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> "
-                "for meta-trained μLO weights.",
+                "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights.",
                 PlaceholderMetaWeightsWarning,
                 stacklevel=2,
             )

@@ -84,7 +84,7 @@ def test_missing_key_and_missing_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         LOptNet.from_pretrained(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="neither an existing directory nor a Hub id"):
+    with pytest.raises(FileNotFoundError, match="neither an existing directory, a Hub id"):
         LOptNet.from_pretrained(tmp_path / "does" / "not" / "exist")
 
 
