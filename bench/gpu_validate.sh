@@ -104,7 +104,9 @@ try:
 except ImportError:
     print("triton: not installed")
 EOF
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$OUT_DIR/environment.txt" 2>&1 || true
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$OUT_DIR/environment.txt" 2>&1 || true
+fi
 
 # ---- 2. build the CUDA extension -------------------------------------------------------------------------
 if [ -z "${CUDA_HOME:-}" ]; then
