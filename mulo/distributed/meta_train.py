@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             num_pairs=args.num_pairs,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
+            lr_peak=args.lr_peak,
+            lr_final=args.lr_final,
         )
         trainer = DistributedMetaTrainer(
             config, args.out, device=device, init_weights=args.init_weights, progress=not args.no_progress

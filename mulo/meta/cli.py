@@ -26,6 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=("pes", "es"), default=None)
     p.add_argument("--num-pairs", type=int, default=None, help="antithetic pairs per estimator (N)")
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--lr-peak", type=float, default=None, help="outer AdamW peak LR (default: the preset's)")
+    p.add_argument("--lr-final", type=float, default=None, help="outer LR after the cosine decay (default: preset's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init-weights", default=None, help="LOptNet directory to start from (default: fresh init)")
     p.add_argument(
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             num_pairs=args.num_pairs,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
+            lr_peak=args.lr_peak,
+            lr_final=args.lr_final,
         )
         weights = meta_train(
             config, args.out, device=args.device, init_weights=args.init_weights, progress=not args.no_progress

@@ -100,6 +100,8 @@ def test_cli_meta_train_and_bad_input(tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert cli.main(args[:-1] + ["--seed", "7", "--no-progress"]) == 2
     assert "different settings (seed)" in capsys.readouterr().err
+    assert cli.main(args + ["--lr-peak", "0.05", "--lr-final", "0.01"]) == 2
+    assert "different settings (lr_final, lr_peak)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
