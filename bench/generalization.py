@@ -1,6 +1,6 @@
 """What does the learned optimizer buy? Width/depth/horizon sweeps and an out-of-distribution task.
 
-    python bench/generalization.py --preset cpu [--sweeps width,depth] [--meta-weights W] [--sp-weights W]
+    python bench/generalization.py --preset cpu [--sweeps ...] [--optimizers ...]   # = mulo eval (same options)
     python bench/generalization.py --plot bench/results/generalization.jsonl [--readme]
 
 Rows are appended to bench/results/generalization.jsonl (see mulo/evaluation.py for the protocol). --plot
@@ -190,42 +190,30 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--out", default="bench/results/generalization.jsonl")
-    ap.add_argument("--meta-weights", default=None)
-    ap.add_argument("--sp-weights", default="mulo_cpu_sp", help="SP-LO weights ('none' skips the SP-LO)")
-    ap.add_argument("--sweeps", default="width,depth,horizon,ood_lm", help="comma list of sweeps (default: all)")
-    ap.add_argument("--optimizers", default="mulo,adamw,muadam,sp_lo", help="comma list (default: all)")
-    ap.add_argument("--plot", default=None, help="only summarize and plot this results file")
-    ap.add_argument("--figures", default="bench/results/figures", help="where --plot writes figures")
-    ap.add_argument("--readme", action="store_true", help="with --plot: rewrite the README's eval table")
-    args = ap.parse_args(argv)
-    if args.plot:
-        rows = load(Path(args.plot), args.preset)
-        if not rows:
-            print(f"no rows of preset {args.preset!r} in {args.plot}", file=sys.stderr)
-            return 2
-        table = summary(rows)
-        print(table)
-        for p in plot(rows, Path(args.figures)):
-            print(p)
-        if args.readme and not rewrite_readme(table):
-            print("README.md has no eval markers", file=sys.stderr)
-            return 2
-        return 0
-    if __package__ in (None, ""):
-        sys.path.insert(0, str(ROOT))
-    from mulo import evaluation
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--plot" not in argv:  # running the evaluation: exactly `mulo eval` (same options)
+        if __package__ in (None, ""):
+            sys.path.insert(0, str(ROOT))
+        from mulo import cli
 
-    evaluation.run(
-        args.out,
-        args.preset,
-        args.meta_weights,
-        args.sp_weights,
-        sweeps=tuple(args.sweeps.split(",")),
-        optimizers=tuple(args.optimizers.split(",")),
-    )
+        return cli.main(["eval", *argv])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plot", required=True, help="summarize and plot this results file")
+    ap.add_argument("--preset", default="cpu", help="whose rows to use")
+    ap.add_argument("--figures", default="bench/results/figures", help="where the figures go")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's eval table")
+    args = ap.parse_args(argv)
+    rows = load(Path(args.plot), args.preset)
+    if not rows:
+        print(f"no rows of preset {args.preset!r} in {args.plot}", file=sys.stderr)
+        return 2
+    table = summary(rows)
+    print(table)
+    for p in plot(rows, Path(args.figures)):
+        print(p)
+    if args.readme and not rewrite_readme(table):
+        print("README.md has no eval markers", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -19,8 +19,7 @@ import torch.distributed as dist
 
 def main(argv: list[str] | None = None) -> int:
     from mulo.distributed.pes import DistributedMetaTrainer
-    from mulo.meta.cli import add_parser
-    from mulo.meta.presets import preset
+    from mulo.meta.cli import add_parser, config_from_args
     from mulo.meta.trainer import CheckpointError
 
     parser = argparse.ArgumentParser(prog="torchrun ... -m mulo.distributed.meta_train")
@@ -37,18 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.set_device(device)
     try:
-        config = preset(
-            args.preset,
-            outer_steps=args.outer_steps,
-            dataset=args.dataset,
-            parameterization=args.parameterization,
-            estimator=args.estimator,
-            num_pairs=args.num_pairs,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
-            lr_peak=args.lr_peak,
-            lr_final=args.lr_final,
-        )
+        config = config_from_args(args)
         trainer = DistributedMetaTrainer(
             config, args.out, device=device, init_weights=args.init_weights, progress=not args.no_progress
         )

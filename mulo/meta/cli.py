@@ -41,8 +41,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~mulo.meta.presets.MetaTrainConfig` the options ask for (the preset plus overrides)."""
     from mulo.meta.presets import preset
+
+    return preset(
+        args.preset,
+        outer_steps=args.outer_steps,
+        dataset=args.dataset,
+        parameterization=args.parameterization,
+        estimator=args.estimator,
+        num_pairs=args.num_pairs,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        lr_peak=args.lr_peak,
+        lr_final=args.lr_final,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     from mulo.meta.trainer import CheckpointError, meta_train
 
     if args.threads < 1:
@@ -50,18 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        config = preset(
-            args.preset,
-            outer_steps=args.outer_steps,
-            dataset=args.dataset,
-            parameterization=args.parameterization,
-            estimator=args.estimator,
-            num_pairs=args.num_pairs,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
-            lr_peak=args.lr_peak,
-            lr_final=args.lr_final,
-        )
+        config = config_from_args(args)
         weights = meta_train(
             config, args.out, device=args.device, init_weights=args.init_weights, progress=not args.no_progress
         )
