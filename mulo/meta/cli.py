@@ -29,7 +29,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr-peak", type=float, default=None, help="outer AdamW peak LR (default: the preset's)")
     p.add_argument("--lr-final", type=float, default=None, help="outer LR after the cosine decay (default: preset's)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--init-weights", default=None, help="LOptNet directory to start from (default: fresh init)")
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        help="meta-weights to start from: an LOptNet directory or a shipped name (default: fresh init)",
+    )
     p.add_argument(
         "--threads",
         type=int,
