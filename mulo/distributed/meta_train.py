@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         trainer = DistributedMetaTrainer(
-            config, args.out, device=device, init_weights=args.init_weights, progress=not args.no_progress
+            config,
+            args.out,
+            device=device,
+            init_weights=args.init_weights,
+            progress=not args.no_progress,
+            inner_backend=args.inner_backend,
         )
         weights = trainer.run()
     except (ValueError, CheckpointError, OSError, ImportError) as e:

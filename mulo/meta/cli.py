@@ -41,6 +41,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: small population tensors gain little from intra-op threads and "
         "lose a lot when cores are shared; raise it for wide tasks on an idle machine)",
     )
+    p.add_argument(
+        "--inner-backend",
+        default="reference",
+        help="backend of the inner optimizer steps: reference (default, vectorized over the population), "
+        "auto, cpu, cuda, triton (each member through the fused step)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -73,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         weights = meta_train(
-            config, args.out, device=args.device, init_weights=args.init_weights, progress=not args.no_progress
+            config,
+            args.out,
+            device=args.device,
+            init_weights=args.init_weights,
+            progress=not args.no_progress,
+            inner_backend=args.inner_backend,
         )
     except (ValueError, CheckpointError, OSError, ImportError, RuntimeError) as e:
         print(f"mulo meta-train: error: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mulo.backends.population import backend_population_step
 from mulo.lopt.network import LOptConfig, LOptNet
 from mulo.meta import theta as theta_mod
 from mulo.meta.estimators import ESTIMATORS, GradientEstimator
@@ -77,13 +78,17 @@ def lopt_config_for(config: MetaTrainConfig) -> LOptConfig:
     return LOptConfig(step_mult=config.step_mult)
 
 
-def build_estimators(config: MetaTrainConfig, device: torch.device | str) -> list[GradientEstimator]:
-    """One estimator per task family (each with its own population of ``num_pairs`` pairs)."""
+def build_estimators(
+    config: MetaTrainConfig, device: torch.device | str, inner_backend: str = "reference"
+) -> list[GradientEstimator]:
+    """One estimator per task family (each with its own population of ``num_pairs`` pairs); the inner
+    optimizer steps run through ``inner_backend`` (:func:`mulo.backends.population.backend_population_step`)."""
     truncation = LogUniformTruncation(config.min_length, config.max_length, config.max_initial_offset)
     lcfg = lopt_config_for(config)
+    step_fn = backend_population_step(inner_backend, device)
     estimators = []
     for spec in config.families:
-        step = PopulationUnroll(ImageMLPFamily(spec, device), truncation, config.num_pairs, lcfg)
+        step = PopulationUnroll(ImageMLPFamily(spec, device), truncation, config.num_pairs, lcfg, step_fn=step_fn)
         estimators.append(ESTIMATORS[config.estimator](step, std=config.std, unroll_length=config.unroll_length))
     return estimators
 
@@ -92,9 +97,12 @@ class MetaTrainer:
     """Meta-trains θ with ``config`` into ``out`` (resuming from ``out/checkpoint.pt`` if there is one).
 
     Args:
-        init_weights: meta-weights to start from (an LOptNet directory); default: a fresh LOptNet drawn
-            with the config's seed.
+        init_weights: meta-weights to start from (an LOptNet directory or shipped name); default: a fresh
+            LOptNet drawn with the config's seed.
         progress: show a tqdm progress bar.
+        inner_backend: the backend of the inner optimizer steps: ``"reference"`` (default: the vectorized
+            population step), ``"auto"``, ``"cpu"``, ... (each member through that backend's fused step).
+            Not part of the config: a run may resume with another backend (results then differ in rounding).
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class MetaTrainer:
         device: torch.device | str = "cpu",
         init_weights: str | os.PathLike | None = None,
         progress: bool = True,
+        inner_backend: str = "reference",
     ):
         self.config, self.device, self.progress = config, torch.device(device), progress
         self.init_weights = None if init_weights is None else str(init_weights)
@@ -113,7 +122,7 @@ class MetaTrainer:
         self.out = check_output_dir(out)
         self.lopt_config = lopt_config_for(config)
         checkpoint = self._read_checkpoint()  # before anything is built or written: a bad one changes nothing
-        self.estimators = build_estimators(config, self.device)
+        self.estimators = build_estimators(config, self.device, inner_backend)
         if checkpoint is None:
             self._fresh_state(init_weights)
         else:
@@ -324,9 +333,12 @@ def meta_train(
     device: torch.device | str = "cpu",
     init_weights: str | os.PathLike | None = None,
     progress: bool = True,
+    inner_backend: str = "reference",
 ) -> Path:
     """Meta-train (or resume) into ``out``; returns the directory of the final meta-weights."""
-    return MetaTrainer(config, out, device=device, init_weights=init_weights, progress=progress).run()
+    return MetaTrainer(
+        config, out, device=device, init_weights=init_weights, progress=progress, inner_backend=inner_backend
+    ).run()
 
 
 __all__ = ["CheckpointError", "MetaTrainer", "build_estimators", "check_output_dir", "evaluate", "meta_train"]
