@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import provenance, summarize, sync  # noqa: E402
-from mulo.backends.population import init_population_state, population_step  # noqa: E402
-from mulo.backends.reference import ReferenceBackend  # noqa: E402
+from mulo.backends import resolve_backend  # noqa: E402
+from mulo.backends.population import backend_population_step, init_population_state  # noqa: E402
 from mulo.lopt.network import LOptConfig, LOptNet  # noqa: E402
 from mulo.meta import theta as theta_mod  # noqa: E402
 from mulo.meta.presets import preset  # noqa: E402
@@ -52,10 +52,10 @@ def setup(spec, members: int, device: torch.device, seed: int = 0):
     return task, params, states, weights, (x, y)
 
 
-def population_inner_step(task, params, states, weights, batch, grad_fn):
+def population_inner_step(task, params, states, weights, batch, grad_fn, step_fn):
     names = list(params)
     grads, _ = grad_fn(params, batch)
-    population_step(
+    step_fn(
         [params[k] for k in names],
         [grads[k] for k in names],
         [states[k] for k in names],
@@ -93,15 +93,18 @@ def time_steps(fn, device, steps: int) -> list[float]:
     return out
 
 
-def bench_one(spec, members: int, device: torch.device, steps: int, repeats: int, warmup: int) -> dict:
+def bench_one(
+    spec, members: int, device: torch.device, steps: int, repeats: int, warmup: int, inner_backend: str = "reference"
+) -> dict:
     task, params, states, weights, batch = setup(spec, members, device)
     pop_grad = torch.func.vmap(torch.func.grad_and_value(task.loss))
     one_grad = torch.func.grad(task.loss)
-    backend = ReferenceBackend()
+    step_fn = backend_population_step(inner_backend, device)
+    backend = resolve_backend(inner_backend, device)  # the loop baseline steps each member with the same backend
 
     def pop():
         with torch.no_grad():
-            population_inner_step(task, params, states, weights, batch, pop_grad)
+            population_inner_step(task, params, states, weights, batch, pop_grad, step_fn)
 
     def loop():
         with torch.no_grad():
@@ -120,6 +123,7 @@ def bench_one(spec, members: int, device: torch.device, steps: int, repeats: int
         "bench": "meta_throughput",
         "task": f"{spec.parameterization}_mlp_{spec.dataset}_w{spec.width}_d{spec.depth}_b{spec.batch_size}",
         "members": members,
+        "inner_backend": backend.name,
         "params_per_member": n_params,
         "dtype": "float32",
         "population_ms": summary["population"],
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--inner-backend", default="reference", help="backend of the optimizer steps (reference, cpu, ...)")
     p.add_argument("--quick", action="store_true", help="fewer timed steps (CPU smoke run)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "meta_throughput.jsonl"))
     args = p.parse_args(argv)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = preset(name)
         members = args.members or 2 * cfg.num_pairs
         for spec in cfg.families:
-            row = {"preset": name, **bench_one(spec, members, device, steps, repeats, args.warmup)}
+            row = {"preset": name, **bench_one(spec, members, device, steps, repeats, args.warmup, args.inner_backend)}
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
