@@ -15,7 +15,8 @@ TORCH_LIBRARY(mulo, m) {
   m.def(
       "lopt_apply(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum, Tensor(c!)[] second_moment, "
       "Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] sums, "
-      "Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims, float[] hyper) -> ()");
+      "Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims, float[] hyper, "
+      "int[] weight_index=[]) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mulo, CPU, m) {

@@ -490,7 +490,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                     at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                     at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                    at::ArrayRef<double> hyper) {
+                    at::ArrayRef<double> hyper, at::IntArrayRef weight_index) {
   const char* op = "mulo::lopt_apply";
   Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);
   const size_t nt = params.size();
@@ -504,22 +504,34 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3), got ", mlp.size(), " tensors");
   const int64_t shapes[6][2] = {{kHidden, kFeatures + kTimescales}, {kHidden, 1}, {kHidden, kHidden}, {kHidden, 1},
                                 {2, kHidden},                       {2, 1}};
+  // K meta-weight sets back to back in every mlp tensor (K = 1 for one optimizer)
+  const int64_t sets = mlp[0].numel() / (shapes[0][0] * shapes[0][1]);
   for (int k = 0; k < 6; ++k) {
     const auto& w = mlp[k];
-    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu() &&
-                    w.numel() == shapes[k][0] * shapes[k][1],
-                op, ": mlp[", k, "] must be a contiguous float32 CPU tensor of ", shapes[k][0] * shapes[k][1],
-                " elements (the 39→32→32→2 meta-network); got ", w.sizes(), " ", w.scalar_type());
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu() && sets >= 1 &&
+                    w.numel() == sets * shapes[k][0] * shapes[k][1],
+                op, ": mlp[", k, "] must be a contiguous float32 CPU tensor of K·", shapes[k][0] * shapes[k][1],
+                " elements (K sets of the 39→32→32→2 meta-network, K = ", sets, "); got ", w.sizes(), " ",
+                w.scalar_type());
+  }
+  TORCH_CHECK(weight_index.empty() || weight_index.size() == nt, op, ": weight_index must be empty or give one "
+              "meta-weight set per tensor; got ", weight_index.size(), " for ", nt, " tensors");
+  std::vector<int64_t> widx(nt, 0);
+  for (size_t i = 0; i < weight_index.size(); ++i) {
+    TORCH_CHECK(weight_index[i] >= 0 && weight_index[i] < sets, op, ": weight_index[", i, "] = ", weight_index[i],
+                " is not one of the ", sets, " meta-weight sets in mlp");
+    widx[i] = weight_index[i];
   }
   for (size_t i = 0; i < nt; ++i) {
     for (const auto& t : {steps[i], skips[i]})
       TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device().is_cpu(), op,
                   ": steps/skips[", i, "] must be float32 scalars on the CPU");
   }
-  const float* W1 = mlp[0].data_ptr<float>();
-  const float* B1 = mlp[1].data_ptr<float>();
-  const mulo_cpu::Net net{mlp[2].data_ptr<float>(), mlp[3].data_ptr<float>(), mlp[4].data_ptr<float>(),
-                          mlp[5].data_ptr<float>()};
+  const int64_t nW1 = kHidden * (kFeatures + kTimescales), nW2 = kHidden * kHidden, nW3 = 2 * kHidden;
+  std::vector<mulo_cpu::Net> nets;
+  for (int64_t k = 0; k < sets; ++k)
+    nets.push_back({mlp[2].data_ptr<float>() + k * nW2, mlp[3].data_ptr<float>() + k * kHidden,
+                    mlp[4].data_ptr<float>() + k * nW3, mlp[5].data_ptr<float>() + k * 2});
   const float* fin = finite.data_ptr<float>();
   const float* sq = sumsq.data_ptr<float>();
   std::vector<Prepared> prep(nt);
@@ -543,6 +555,8 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       for (int q = 0; q < kTimescales; ++q) tf[q] = std::tanh(t / static_cast<float>(kTimescaleValues[q]) - 1.0f);
       float* wf = &w1f[i * kHidden * kFeatures];
       float* bf = &b1f[i * kHidden];
+      const float* W1 = mlp[0].data_ptr<float>() + widx[i] * nW1;
+      const float* B1 = mlp[1].data_ptr<float>() + widx[i] * kHidden;
       for (int o = 0; o < kHidden; ++o) {
         const float* row = W1 + o * (kFeatures + kTimescales);
         for (int j = 0; j < kFeatures; ++j) wf[o * kFeatures + mulo_cpu::row_of_channel(j)] = row[j] * scale[j];
@@ -567,7 +581,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < nc; ++c) {
     const Chunk& ch = chunks[c];
-    K.apply(in.jobs[ch.tensor], in.H, net, ch.start, ch.end);
+    K.apply(in.jobs[ch.tensor], in.H, nets[widx[ch.tensor]], ch.start, ch.end);
   }
   for (size_t i = 0; i < nt; ++i) {
     if (fin[i] == 0.f) {

@@ -600,8 +600,11 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                      at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                      at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                     at::ArrayRef<double> hyper) {
+                     at::ArrayRef<double> hyper, at::IntArrayRef weight_index) {
   const char* op = "mulo::lopt_apply";
+  for (const int64_t w : weight_index)
+    TORCH_CHECK(w == 0, op, ": per-tensor meta-weight sets (weight_index) are implemented on the CPU only; "
+                "on CUDA call once per set");
   TORCH_CHECK(!params.empty(), op, ": no tensors");
   const c10::cuda::CUDAGuard guard(params[0].device());
   Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);

@@ -9,8 +9,10 @@
 //   lopt_apply(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum, Tensor(c!)[] second_moment,
 //              Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] sums,
 //              Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims,
-//              float[] hyper) -> ()
-//       pass C: the update, in place.
+//              float[] hyper, int[] weight_index=[]) -> ()
+//       pass C: the update, in place. weight_index (CPU only; empty = all 0): per tensor, which of the K
+//       meta-weight sets stacked in mlp it uses (each mlp tensor holds K sets back to back: a population
+//       of optimizers, one set per member, in one call).
 // acc_a is `row` (rank ≥ 2) or `full` (rank < 2); acc_b is `col` or an empty tensor. dims holds (d1, d0)
 // per tensor as physical axes, (-1, -1) for rank < 2. hyper = (β_m ×3, β_v, β_f ×3, exp_mult, step_mult).
 // mlp = (W1, b1, W2, b2, W3, b3) float32 on the params' device. Sums A and B are plain sums, so a sharded
@@ -33,7 +35,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                     at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                     at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                    at::ArrayRef<double> hyper);
+                    at::ArrayRef<double> hyper, at::IntArrayRef weight_index);
 
 // The CPU instruction set the kernels run with ("avx512", "avx2" or "base"); set_cpu_isa forces one
 // (tests use it to cover every path the machine can run) and returns the previous choice.
@@ -50,7 +52,7 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                      at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                      at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                     at::ArrayRef<double> hyper);
+                     at::ArrayRef<double> hyper, at::IntArrayRef weight_index);
 #endif
 
 }  // namespace mulo

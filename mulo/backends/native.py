@@ -117,8 +117,9 @@ def sumsq(params, grads, states, sums, finite, dims, weights):
     return torch.ops.mulo.lopt_sumsq(params, grads, momentum, second, acc_a, acc_b, sums, finite, dims, hyper(weights))
 
 
-def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, weights):
-    """Pass C: the update, in place."""
+def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, weights, weight_index=()):
+    """Pass C: the update, in place. ``weights`` may be a population's (layers with a leading axis K, one
+    meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only)."""
     acc_a, acc_b = _accumulators(states)
     mlp = [t.float().contiguous() for layer in weights.layers for t in layer]
     torch.ops.mulo.lopt_apply(
@@ -138,6 +139,7 @@ def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, wei
         [float(x) for x in weight_decays],
         dims,
         hyper(weights),
+        list(weight_index),
     )
 
 
@@ -195,6 +197,34 @@ class CpuBackend(_NativeBackend):
 
     name = "cpu"
     device_type = "cpu"
+
+    def population_step(self, params, grads, states, lrs, weight_decays, weights) -> None:
+        """:func:`mulo.backends.population.population_step` in ONE call per pass: every member's tensors
+        (views of the stacked (M, *S) tensors, no copies) in one list, with a meta-weight index per tensor."""
+        m = weights.size
+        if not network_supported(weights.member(0)) or any(st["momentum"].dtype not in STATE_DTYPES for st in states):
+            from mulo.backends.population import population_step
+
+            population_step(params, grads, states, lrs, weight_decays, weights)
+            return
+        ps = [p[j] for j in range(m) for p in params]
+        gs = [
+            g[j] if g.dtype in (p.dtype, torch.float32) else g[j].float()
+            for j in range(m)
+            for p, g in zip(params, grads)
+        ]
+        sts = [{k: v[j] for k, v in st.items()} for j in range(m) for st in states]
+        for i, p in enumerate(ps):
+            if p.dtype not in NATIVE_DTYPES or not p.is_contiguous() or not gs[i].is_contiguous():
+                raise TypeError(
+                    f"backend 'cpu' population step: tensor {i % len(params)} must be a contiguous "
+                    f"float32/bfloat16/float16 (M, ...) stack, got {p.dtype}"
+                )
+        dims = dims_of(ps, weights.layout)
+        sums, finite = reduce(gs, dims)
+        sq = sumsq(ps, gs, sts, sums, finite, dims, weights)
+        index = [j for j in range(m) for _ in params]
+        apply(ps, gs, sts, sums, sq, finite, list(lrs) * m, list(weight_decays) * m, dims, weights, index)
 
     @property
     def isa(self) -> str:

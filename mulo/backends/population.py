@@ -291,17 +291,24 @@ def backend_population_step(backend: str = "reference", device: torch.device | s
     """The population entry point that runs each member through ``backend``'s fused single-optimizer step.
 
     ``"reference"`` is :func:`population_step` (vectorized over the members); ``"auto"`` picks the best
-    backend available on ``device``. Any other backend (``"cpu"``,
-    ``"cuda"``, ``"triton"``) gets one ``step`` call per member on views of the stacked tensors — member
-    ``j``'s slice of every parameter and state tensor is exactly a single optimizer's (contiguous, no
-    copies) — so the members are 2N fused calls, not one launch with a meta-weight index per segment (not
-    built yet). Same semantics: equal to :func:`population_step` within the backend's tolerance.
+    backend available on ``device``. A backend with a ``population_step`` (``"cpu"``) runs all members in
+    one call per pass, every tensor carrying the index of its member's meta-weight set; the others
+    (``"cuda"``, ``"triton"``) get one ``step`` call per member. Either way on views of the stacked tensors —
+    member ``j``'s slice of every parameter and state tensor is exactly a single optimizer's (contiguous, no
+    copies). Same semantics: equal to :func:`population_step` within the backend's tolerance.
     """
     from mulo.backends import resolve_backend
 
     impl = resolve_backend(backend, torch.device(device))  # "auto": the best one there; errors name the fix
     if impl.name == "reference":
         return population_step
+    if hasattr(impl, "population_step"):  # one call per pass for all members (meta-weight index per tensor)
+
+        def batched(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
+            impl.population_step(params, grads, states, lrs, weight_decays, weights)
+
+        batched.backend = impl.name
+        return batched
 
     def step(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
         for j in range(weights.size):

@@ -99,11 +99,16 @@ def test_population_step_across_mlp_chunks(dtype):
             assert_close(value[j], sj[key], ("population", dtype), f"member {j}: state {key}")
 
 
-def test_population_through_the_cpu_kernels_equals_the_reference_population():
-    """backend_population_step("cpu"): each member through the fused C++ step on views of the stacked
-    tensors (no copies) — parameters and every state tensor match the vectorized reference population."""
+def test_population_through_the_cpu_kernels_equals_the_reference_population(monkeypatch):
+    """backend_population_step("cpu"): all members in ONE call per pass (each tensor carrying its member's
+    meta-weight index) on views of the stacked tensors (no copies) — parameters and every state tensor
+    match the vectorized reference population."""
+    from mulo.backends import native
     from mulo.backends.population import backend_population_step
 
+    calls = []
+    real_apply = native.apply
+    monkeypatch.setattr(native, "apply", lambda *a, **k: calls.append(len(a[0])) or real_apply(*a, **k))
     step = backend_population_step("cpu", "cpu")  # the build is part of `make install`: a failure if missing
     assert step.backend == "cpu" and backend_population_step("reference") is population_step
     weights = member_weights(torch.float32, "torch")
@@ -127,3 +132,23 @@ def test_population_through_the_cpu_kernels_equals_the_reference_population():
                 assert_close(value[j], ref_s[i][key][j], ("kernel", torch.float32), f"{what}: state {key}")
         assert states[i]["step"].tolist() == [3.0] * MEMBERS
         assert not torch.equal(params[i], start[i])  # the kernels wrote through the member views
+    assert calls == [MEMBERS * len(SHAPES)] * 3  # one pass-C call per step for every member's tensors
+
+
+def test_cpu_kernels_reject_a_bad_meta_weight_index():
+    from mulo.backends import native
+
+    weights = PopulationMetaWeights.stack(member_weights(torch.float32, "torch"))
+    p = torch.randn(2, 4, 3)
+    st = [
+        {k: v[0] for k, v in init_population_state(p).items()},
+        {k: v[1] for k, v in init_population_state(p).items()},
+    ]
+    ps, gs = [p[0], p[1]], [torch.randn(4, 3), torch.randn(4, 3)]
+    dims = native.dims_of(ps, "torch")
+    sums, finite = native.reduce(gs, dims)
+    sq = native.sumsq(ps, gs, st, sums, finite, dims, weights)
+    with pytest.raises(RuntimeError, match=r"weight_index\[1\] = 3 is not one of the 3 meta-weight sets"):
+        native.apply(ps, gs, st, sums, sq, finite, [1.0, 1.0], [0.0, 0.0], dims, weights, [0, 3])
+    with pytest.raises(RuntimeError, match="one meta-weight set per tensor"):
+        native.apply(ps, gs, st, sums, sq, finite, [1.0, 1.0], [0.0, 0.0], dims, weights, [0])
