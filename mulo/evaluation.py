@@ -20,6 +20,7 @@ becomes non-finite is recorded as diverged with loss ``inf``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -169,12 +170,24 @@ def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
         "optimizer": spec.name,
         "lr": spec.lr,
         "meta_weights": spec.meta_weights or _DEFAULT_WEIGHTS.get(spec.name),
+        "meta_weights_sha256": _weights_digest(spec.meta_weights or _DEFAULT_WEIGHTS.get(spec.name)),
         "seed": seed,
         "final_loss": final_loss,
         "diverged": diverged,
         "seconds": time.perf_counter() - t0,
         "curve": curve,
     }
+
+
+def _weights_digest(source: str | None) -> str | None:
+    """sha256 (first 16 hex digits) of the meta-weights file a row was trained with: names can be reused."""
+    if source is None:
+        return None
+    path = Path(source)
+    if not path.is_dir() and source in pretrained.names():
+        path = pretrained.weights_dir(source)
+    file = path / "model.safetensors"
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else None
 
 
 def tune_lr(task: Task, spec: OptSpec, grid=ADAM_GRID, seeds=(0, 1)) -> tuple[float, list[dict]]:

@@ -54,6 +54,7 @@ def test_sp_optimizers_train_the_sp_twin_and_mup_ones_the_mup_network():
     task = ev.Task("mlp", 16, 2, 2)
     sp_row = ev.train(task, ev.OptSpec("sp_lo"), 0)
     assert sp_row["meta_weights"] == "mulo_cpu_sp" and not sp_row["diverged"]
+    assert len(sp_row["meta_weights_sha256"]) == 16
     mu_row = ev.train(task, ev.OptSpec("mulo"), 0)
     assert mu_row["meta_weights"] == "mulo_cpu" and not mu_row["diverged"]
     sp, _ = ev._build(task, 0, "sp")
