@@ -143,6 +143,17 @@ def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, wei
     )
 
 
+def _kernel_grads(params, grads) -> list[torch.Tensor]:
+    """Gradients as the kernels read them: the parameter's dtype or float32, contiguous (read-only: a copy
+    where needed is harmless)."""
+    out = []
+    for p, g in zip(params, grads, strict=True):
+        if g.dtype != p.dtype and g.dtype != torch.float32:
+            g = g.float()
+        out.append(g if g.is_contiguous() else g.contiguous())
+    return out
+
+
 class _NativeBackend:
     name = "native"
     device_type = "cpu"
@@ -176,11 +187,7 @@ class _NativeBackend:
                     "parameters (use backend='reference' or 'auto' for others)"
                 )
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
-        gs = []
-        for p, g in zip(params, grads, strict=True):
-            if g.dtype != p.dtype and g.dtype != torch.float32:
-                g = g.float()
-            gs.append(g if g.is_contiguous() else g.contiguous())
+        gs = _kernel_grads(params, grads)
         if self.uniform_grad_dtype and len({g.dtype for g in gs}) > 1:
             gs = [g.float() for g in gs]  # the CUDA kernels take one gradient dtype per call
         dims = dims_of(params, weights.layout)
@@ -207,18 +214,14 @@ class CpuBackend(_NativeBackend):
 
             population_step(params, grads, states, lrs, weight_decays, weights)
             return
-        ps = [p[j] for j in range(m) for p in params]
-        gs = [
-            g[j] if g.dtype in (p.dtype, torch.float32) else g[j].float()
-            for j in range(m)
-            for p, g in zip(params, grads)
-        ]
+        ps = [p[j] for j in range(m) for p in params]  # views: the kernels write through them
+        gs = _kernel_grads(ps, [g[j] for j in range(m) for g in grads])
         sts = [{k: v[j] for k, v in st.items()} for j in range(m) for st in states]
-        for i, p in enumerate(ps):
-            if p.dtype not in NATIVE_DTYPES or not p.is_contiguous() or not gs[i].is_contiguous():
+        for i, p in enumerate(params):
+            if p.dtype not in NATIVE_DTYPES or not p.is_contiguous():
                 raise TypeError(
-                    f"backend 'cpu' population step: tensor {i % len(params)} must be a contiguous "
-                    f"float32/bfloat16/float16 (M, ...) stack, got {p.dtype}"
+                    f"backend 'cpu' population step: params[{i}] must be a contiguous float32/bfloat16/float16 "
+                    f"(M, ...) stack, got {p.dtype} {'contiguous' if p.is_contiguous() else 'non-contiguous'}"
                 )
         dims = dims_of(ps, weights.layout)
         sums, finite = reduce(gs, dims)

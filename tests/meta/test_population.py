@@ -152,3 +152,14 @@ def test_cpu_kernels_reject_a_bad_meta_weight_index():
         native.apply(ps, gs, st, sums, sq, finite, [1.0, 1.0], [0.0, 0.0], dims, weights, [0, 3])
     with pytest.raises(RuntimeError, match="one meta-weight set per tensor"):
         native.apply(ps, gs, st, sums, sq, finite, [1.0, 1.0], [0.0, 0.0], dims, weights, [0])
+
+
+def test_cpu_population_step_rejects_a_non_contiguous_stack():
+    from mulo.backends import native
+
+    weights = PopulationMetaWeights.stack(member_weights(torch.float32, "torch"))
+    p = torch.randn(4, 5, MEMBERS).permute(2, 0, 1)  # (M, 4, 5) but not contiguous: writes would be lost
+    with pytest.raises(TypeError, match=r"params\[0\] must be a contiguous"):
+        native.CpuBackend().population_step(
+            [p], [torch.randn(MEMBERS, 4, 5)], [init_population_state(p)], [1.0], [0.0], weights
+        )
