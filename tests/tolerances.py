@@ -19,9 +19,11 @@ TOL = {
     ("reference", torch.float32): (1e-4, 1e-6),
     # population step (vectorized over members) vs each member alone through the reference, same dtype:
     # the same operations per element; only the order of a few reductions may differ (observed: bitwise
-    # equal, up to 2e-18 absolute in float64 with the "jax" layout)
+    # equal, up to 2e-18 absolute in float64 with the "jax" layout). float32: a parameter of size ~1 that an
+    # update brings near 0 keeps the absolute rounding of size 1 (1 ulp = 1.2e-7, observed ~1 run in 40), so
+    # atol is a few ulps at 1, not at the result
     ("population", torch.float64): (1e-13, 1e-16),
-    ("population", torch.float32): (1e-6, 1e-9),
+    ("population", torch.float32): (1e-6, 5e-7),
     # a DTensor-sharded step vs the same backend on the whole tensor: only summation order differs
     ("sharded", torch.float64): (1e-10, 1e-12),
     ("sharded", torch.float32): (1e-4, 1e-6),
