@@ -30,6 +30,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr-final", type=float, default=None, help="outer LR after the cosine decay (default: preset's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
+        "--meta-loss",
+        choices=("normalized", "log"),
+        default=None,
+        help="per-step loss PES differences: normalized (ALGORITHM.md §7) or log (weighs the low-loss end of "
+        "training; default: the preset's)",
+    )
+    p.add_argument("--warmup-steps", type=int, default=None, help="outer LR warmup steps (default: the preset's)")
+    p.add_argument(
+        "--decay-end", type=int, default=None, help="outer step where the cosine decay ends (default: preset's)"
+    )
+    p.add_argument("--max-length", type=int, default=None, help="longest inner horizon L (default: the preset's)")
+    p.add_argument(
         "--init-weights",
         default=None,
         help="meta-weights to start from: an LOptNet directory or a shipped name (default: fresh init)",
@@ -66,6 +78,10 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         lr_peak=args.lr_peak,
         lr_final=args.lr_final,
+        meta_loss=args.meta_loss,
+        max_length=args.max_length,
+        warmup_steps=args.warmup_steps,
+        decay_end=args.decay_end,
     )
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from typing import Any
 
-from mulo.meta.tasks import PARAMETERIZATIONS, ImageMLPSpec
+from mulo.meta.tasks import META_LOSSES, PARAMETERIZATIONS, ImageMLPSpec
 
 STEP_MULTS = {"mup": 0.01, "sp": 0.001}
 
@@ -47,12 +47,17 @@ class MetaTrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     step_mult: float = 0.01
+    #: the per-step loss PES differences: "normalized" (ALGORITHM.md §7) or "log" (its logarithm, which
+    #: keeps the low-loss end of training in the objective; see :meth:`mulo.meta.tasks.Task.meta_loss`)
+    meta_loss: str = "normalized"
 
     def __post_init__(self) -> None:
         if not self.families:
             raise ValueError("MetaTrainConfig.families needs at least one task family")
         if self.estimator not in ("pes", "es"):
             raise ValueError(f"estimator must be 'pes' or 'es', got {self.estimator!r}")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         for f in self.families:
             if f.parameterization not in PARAMETERIZATIONS:
                 raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {f.parameterization!r}")

@@ -26,6 +26,9 @@ from mulo.mup import ParamRole, fan_in, init_
 from mulo.mup.models import MuMLP
 
 PARAMETERIZATIONS = ("mup", "sp")
+META_LOSSES = ("normalized", "log")
+#: floor of the "log" meta-loss, relative to the loss clip (ln C·1.5·1e-6 ≈ 3.5e-6 nats for 10 classes).
+LOG_LOSS_FLOOR = 1e-6
 
 
 class Task(abc.ABC):
@@ -51,6 +54,18 @@ class Task(abc.ABC):
     def normalized_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """clip(ℓ, 0, loss_clip) with NaN → loss_clip (what PES differences)."""
         return torch.nan_to_num(loss, nan=self.loss_clip).clamp(0.0, self.loss_clip)
+
+    def meta_loss(self, loss: torch.Tensor, kind: str = "normalized") -> torch.Tensor:
+        """The per-step loss PES differences: ``"normalized"`` is :meth:`normalized_loss` (ALGORITHM.md §7);
+        ``"log"`` is ln(normalized + LOG_LOSS_FLOOR · loss_clip), which weighs a halving of the loss the
+        same at 1.0 and at 1e-4, so the late, low-loss phase of training is not drowned out by the first
+        steps (a spike from 1e-4 to 1e-1 costs as much as the first steps' whole descent)."""
+        normalized = self.normalized_loss(loss)
+        if kind == "normalized":
+            return normalized
+        if kind == "log":
+            return torch.log(normalized + LOG_LOSS_FLOOR * self.loss_clip)
+        raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {kind!r}")
 
 
 class TaskFamily(abc.ABC):
@@ -154,4 +169,13 @@ class ImageMLPFamily(TaskFamily):
         return self._task
 
 
-__all__ = ["ImageMLPFamily", "ImageMLPSpec", "ImageMLPTask", "SPMLP", "Task", "TaskFamily"]
+__all__ = [
+    "LOG_LOSS_FLOOR",
+    "META_LOSSES",
+    "ImageMLPFamily",
+    "ImageMLPSpec",
+    "ImageMLPTask",
+    "SPMLP",
+    "Task",
+    "TaskFamily",
+]

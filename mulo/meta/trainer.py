@@ -88,7 +88,14 @@ def build_estimators(
     step_fn = backend_population_step(inner_backend, device)
     estimators = []
     for spec in config.families:
-        step = PopulationUnroll(ImageMLPFamily(spec, device), truncation, config.num_pairs, lcfg, step_fn=step_fn)
+        step = PopulationUnroll(
+            ImageMLPFamily(spec, device),
+            truncation,
+            config.num_pairs,
+            lcfg,
+            step_fn=step_fn,
+            meta_loss=config.meta_loss,
+        )
         estimators.append(ESTIMATORS[config.estimator](step, std=config.std, unroll_length=config.unroll_length))
     return estimators
 

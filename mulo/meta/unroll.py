@@ -26,7 +26,7 @@ import torch
 
 from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
-from mulo.meta.tasks import Task, TaskFamily
+from mulo.meta.tasks import META_LOSSES, Task, TaskFamily
 from mulo.meta.theta import population_weights, theta_size
 from mulo.meta.truncation import LogUniformTruncation
 
@@ -83,6 +83,7 @@ class PopulationUnroll(TruncatedStep):
         lopt_config: the learned optimizer's non-θ settings (decays, step_mult, layout).
         dtype: parameter/meta-weight dtype of the inner problems.
         step_fn: the population optimizer entry point (the reference semantics by default).
+        meta_loss: the per-step loss emitted, ``"normalized"`` or ``"log"`` (:meth:`Task.meta_loss`).
     """
 
     def __init__(
@@ -94,11 +95,15 @@ class PopulationUnroll(TruncatedStep):
         *,
         dtype: torch.dtype = torch.float32,
         step_fn: Callable = population_step,
+        meta_loss: str = "normalized",
     ):
         if num_pairs < 1:
             raise ValueError(f"num_pairs must be ≥ 1, got {num_pairs}")
         self.family, self.truncation, self.num_particles = family, truncation, num_pairs
         self.config, self.dtype, self.step_fn = lopt_config, dtype, step_fn
+        if meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {meta_loss!r}")
+        self.meta_loss = meta_loss
         self.theta_size = theta_size(lopt_config)
         self.task: Task = family.sample(torch.Generator().manual_seed(0))
         self._grad_fn = torch.func.vmap(torch.func.grad_and_value(self.task.loss))
@@ -144,7 +149,7 @@ class PopulationUnroll(TruncatedStep):
                         value[members] = 0
             done = _advance_schedule(state, reset, self.truncation, generator)
             keep = (~reset).to(device).repeat(2)
-            losses[t] = torch.where(keep, self.task.normalized_loss(loss.to(self.dtype)), 0.0)
+            losses[t] = torch.where(keep, self.task.meta_loss(loss.to(self.dtype), self.meta_loss), 0.0)
             masks[t] = (~reset).to(masks.dtype)
             dones[t] = done
         return UnrollOutput(losses, masks.to(device), dones.to(device))

@@ -147,3 +147,21 @@ def test_inner_steps_through_the_cpu_kernels(tmp_path, capsys):
     args = ["meta-train", "--out", str(tmp_path / "x"), "--outer-steps", "1", "--inner-backend", "nope"]
     assert cli.main(args) == 2
     assert "unknown backend 'nope'" in capsys.readouterr().err
+
+
+def test_cli_schedule_horizon_and_meta_loss_options_reach_the_config(tmp_path, capsys):
+    """--meta-loss/--max-length/--warmup-steps/--decay-end land in the run's config (checked on resume:
+    changing one is refused by name), and a bad value is a clear error."""
+    out = tmp_path / "run"
+    args = ["meta-train", "--out", str(out), "--outer-steps", "1", "--num-pairs", "1", "--no-progress"]
+    opts = ["--meta-loss", "log", "--max-length", "60", "--warmup-steps", "0", "--decay-end", "1"]
+    assert cli.main(args + opts) == 0
+    saved = torch.load(out / CHECKPOINT, weights_only=False)["config"]
+    assert (saved["meta_loss"], saved["max_length"], saved["warmup_steps"], saved["decay_end"]) == ("log", 60, 0, 1)
+    assert cli.main(args + opts[:2]) == 2
+    assert "different settings (decay_end, max_length, warmup_steps)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="meta_loss must be one of"):
+        preset("tiny", meta_loss="squared")
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--meta-loss", "squared"])
+    assert "invalid choice: 'squared'" in capsys.readouterr().err

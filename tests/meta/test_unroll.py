@@ -1,5 +1,6 @@
 """Truncated population unrolls: antithetic pairs share data, inits and resets; schedules; batching."""
 
+import pytest
 import torch
 
 from mulo.backends.population import population_step
@@ -102,3 +103,40 @@ def test_population_trains_the_sp_twin_too_and_losses_are_normalized():
     assert (out.losses >= 0).all() and (out.losses <= clip).all()
     got = unroll.task.normalized_loss(torch.tensor([float("nan"), -1.0, 100.0], dtype=torch.float64))
     assert got.tolist() == [clip, 0.0, clip]
+
+
+def test_log_meta_loss_is_the_log_of_the_normalized_loss_on_the_same_trajectory():
+    """The "log" meta-loss changes what is emitted, never the trajectory: same seed → same parameters, and
+    the emitted values are ln(normalized + floor·clip) of the "normalized" run's, reset slots still 0."""
+    from mulo.meta.tasks import LOG_LOSS_FLOOR
+
+    outs, params = [], []
+    thetas = torch.stack([random_theta() for _ in range(2 * PAIRS)])
+    for kind in ("normalized", "log"):
+        unroll = make_unroll(LogUniformTruncation(3, 6, 4), meta_loss=kind)
+        gen = torch.Generator().manual_seed(11)
+        state = unroll.init_state(gen)
+        outs.append(unroll.unroll(state, thetas, 12, gen))
+        params.append(state["params"])
+    lin, log = outs
+    assert torch.equal(lin.masks, log.masks) and torch.equal(lin.dones, log.dones)
+    for name in params[0]:
+        assert torch.equal(params[0][name], params[1][name]), name
+    live = lin.masks.repeat(1, 2).bool()
+    assert live.sum() > 0 and (~live).sum() > 0, "want both live and reset slots in the window"
+    clip = unroll.task.loss_clip
+    torch.testing.assert_close(log.losses[live], torch.log(lin.losses[live] + LOG_LOSS_FLOOR * clip))
+    assert (log.losses[~live] == 0).all()
+    assert not torch.equal(log.losses[live], lin.losses[live])
+
+
+def test_log_meta_loss_weighs_a_halving_the_same_at_every_scale_and_names_bad_kinds():
+    task = make_unroll(LogUniformTruncation(5, 5, 1)).task
+    loss = torch.tensor([1.0, 0.5, 1e-3, 5e-4, float("nan")], dtype=torch.float64)
+    got = task.meta_loss(loss, "log")
+    assert abs(float(got[0] - got[1]) - float(got[2] - got[3])) < 0.01
+    assert float(got[4]) == float(task.meta_loss(torch.tensor(task.loss_clip, dtype=torch.float64), "log"))
+    with pytest.raises(ValueError, match="meta_loss must be one of .*'log'"):
+        task.meta_loss(loss, "square")
+    with pytest.raises(ValueError, match="meta_loss must be one of"):
+        make_unroll(LogUniformTruncation(5, 5, 1), meta_loss="square")
