@@ -6,11 +6,17 @@ writes ``mulo/lopt/pretrained/NAME/`` (or ``--dest``): the run's final meta-weig
 ``model.safetensors``; ``info`` names the run), ``PROVENANCE.json`` (recipe, data, starting weights, outer
 steps, wall time, hardware, versions, git SHAs, the meta-loss curve as numbers and a held-out check of the
 final θ against the starting θ) and ``meta_loss.png``.
+
+A run that starts from shipped weights (``--init-weights NAME``, e.g. a second stage with another meta-loss)
+embeds the starting weights' own PROVENANCE.json under ``parent`` with their SHA-256, and totals outer
+steps and wall time over the whole lineage (``lineage_outer_steps``, ``lineage_wall_time_s``), so shipping
+under the same name keeps the full cost on record.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -60,7 +66,28 @@ def curve_blocks(rows: list[dict], block: int) -> list[dict]:
     return out
 
 
-def plot_curve(rows: list[dict], blocks: list[dict], path: Path, title: str) -> None:
+def parent_provenance(init_weights: str | None) -> dict | None:
+    """The PROVENANCE.json of the starting weights (when they have one), with the SHA-256 of their
+    model.safetensors; ``None`` for a fresh start or weights without provenance."""
+    if not init_weights:
+        return None
+    from mulo.lopt import pretrained
+
+    path = Path(init_weights)
+    if not path.is_dir():
+        try:
+            path = pretrained.weights_dir(init_weights)
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+    prov_file = path / "PROVENANCE.json"
+    if not prov_file.is_file():
+        return None
+    parent = json.loads(prov_file.read_text())
+    parent["model_sha256"] = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    return parent
+
+
+def plot_curve(rows: list[dict], blocks: list[dict], path: Path, title: str, meta_loss: str = "normalized") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,8 +100,11 @@ def plot_curve(rows: list[dict], blocks: list[dict], path: Path, title: str) -> 
         ax.plot(mid, [b["family_meta_loss"][fam] for b in blocks], lw=1, label=f"{fam} (block mean)")
     ax.plot(mid, [b["meta_loss"] for b in blocks], color="k", lw=2, label="all families (block mean)")
     ax.set_xlabel("outer step")
-    ax.set_ylabel("PES meta-loss (mean normalized train loss)")
-    ax.set_yscale("log")
+    if meta_loss == "log":  # negative values: a linear axis of the mean log loss
+        ax.set_ylabel("PES meta-loss (mean ln of the normalized train loss)")
+    else:
+        ax.set_ylabel("PES meta-loss (mean normalized train loss)")
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -137,6 +167,11 @@ def ship(
     blocks = curve_blocks(rows, block)
     step_seconds = sum(r["seconds"] for r in rows)
     params = sorted({f.parameterization for f in config.families})
+    parent = parent_provenance(init_weights)
+    lineage_steps, lineage_seconds = steps, step_seconds
+    if parent is not None:
+        lineage_steps += parent.get("lineage_outer_steps", parent.get("outer_steps", 0))
+        lineage_seconds += parent.get("lineage_wall_time_s", parent.get("wall_time_s", 0.0))
     provenance = {
         "name": name,
         "description": description,
@@ -145,12 +180,15 @@ def ship(
         "command": command,
         "config": config.to_json(),
         "init_weights": init_weights,
+        "parent": parent,
         "data": {f.dataset: DATA.get(f.dataset, f.dataset) for f in config.families},
         "outer_steps": steps,
         "planned_outer_steps": config.outer_steps,
         "stopped_early": None if at_step is None else {"at_outer_step": at_step, "reason": stop_reason},
         "wall_time_s": round(step_seconds, 1),
         "wall_time_note": "sum of the logged outer-step times (checkpoint writes excluded)",
+        "lineage_outer_steps": lineage_steps,
+        "lineage_wall_time_s": round(lineage_seconds, 1),
         "hardware": {
             "cpu": cpu_model(),
             "logical_cpus": os.cpu_count(),
@@ -180,7 +218,7 @@ def ship(
     )
     net.save_pretrained(tmp)
     (tmp / "PROVENANCE.json").write_text(json.dumps(provenance, indent=1) + "\n")
-    plot_curve(rows, blocks, tmp / "meta_loss.png", f"{name}: PES meta-training ({preset})")
+    plot_curve(rows, blocks, tmp / "meta_loss.png", f"{name}: PES meta-training ({preset})", config.meta_loss)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -72,3 +72,25 @@ def test_ship_an_early_stop_from_a_snapshot(tmp_path):
     assert torch.equal(mulo.meta.theta.flatten(mulo.LOptNet.from_pretrained(out)), snapshots[2])
     with pytest.raises(FileNotFoundError, match="no snapshot of outer step 3"):
         ship.ship(tmp_path / "run", "x", preset="tiny", command="c", dest=tmp_path, at_step=3)
+
+
+def test_a_second_stage_embeds_its_parent_and_totals_the_lineage(tmp_path):
+    """Stage 2 (another meta-loss, started from stage 1's shipped weights) shipped under the SAME name:
+    the parent's provenance (with its weights' SHA-256) is kept and steps/wall time add up."""
+    import hashlib
+
+    cfg = preset("tiny", **SHORT)
+    MetaTrainer(cfg, tmp_path / "s1", progress=False).run()
+    first = ship.ship(tmp_path / "s1", "lo", preset="tiny", command="s1", dest=tmp_path, block=2, check_steps=3)
+    p1 = json.loads((first / "PROVENANCE.json").read_text())
+    sha1 = hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest()
+    assert p1["parent"] is None and p1["lineage_outer_steps"] == 4
+
+    MetaTrainer(cfg.replace(meta_loss="log", outer_steps=2), tmp_path / "s2", progress=False, init_weights=first).run()
+    second = ship.ship(tmp_path / "s2", "lo", preset="tiny", command="s2", dest=tmp_path, block=1, check_steps=3)
+    p2 = json.loads((second / "PROVENANCE.json").read_text())
+    assert p2["config"]["meta_loss"] == "log" and p2["outer_steps"] == 2
+    assert p2["parent"]["command"] == "s1" and p2["parent"]["model_sha256"] == sha1
+    assert p2["lineage_outer_steps"] == 6
+    assert p2["lineage_wall_time_s"] == pytest.approx(p1["wall_time_s"] + p2["wall_time_s"], abs=0.11)
+    assert (second / "meta_loss.png").stat().st_size > 1000
