@@ -40,6 +40,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--decay-end", type=int, default=None, help="outer step where the cosine decay ends (default: preset's)"
     )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=None,
+        help="fraction of each inner batch's labels replaced by random classes, afresh every batch (default 0)",
+    )
     p.add_argument("--max-length", type=int, default=None, help="longest inner horizon L (default: the preset's)")
     p.add_argument(
         "--init-weights",
@@ -79,6 +85,7 @@ def config_from_args(args: argparse.Namespace):
         lr_peak=args.lr_peak,
         lr_final=args.lr_final,
         meta_loss=args.meta_loss,
+        label_noise=args.label_noise,
         max_length=args.max_length,
         warmup_steps=args.warmup_steps,
         decay_end=args.decay_end,

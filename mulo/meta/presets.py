@@ -144,11 +144,13 @@ PRESETS: dict[str, MetaTrainConfig] = {
 
 
 def preset(name: str, **overrides) -> MetaTrainConfig:
-    """The named preset with ``overrides``; ``dataset``/``parameterization`` apply to every family."""
+    """The named preset with ``overrides``; ``dataset``/``parameterization``/``label_noise`` apply to every family."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[name]
-    fam_changes = {k: overrides.pop(k) for k in ("dataset", "parameterization") if overrides.get(k) is not None}
+    fam_changes = {
+        k: overrides.pop(k) for k in ("dataset", "parameterization", "label_noise") if overrides.get(k) is not None
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if fam_changes:
         cfg = cfg.replace(families=tuple(dataclasses.replace(f, **fam_changes) for f in cfg.families))

@@ -109,13 +109,16 @@ class ImageMLPTask(Task):
         batch_size: int,
         parameterization: str = "mup",
         bias_std: float = 1.0,
+        label_noise: float = 0.0,
     ):
+        if not 0.0 <= label_noise < 1.0:
+            raise ValueError(f"label_noise must lie in [0, 1), got {label_noise!r}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         for name, value in (("width", width), ("depth", depth), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.data, self.batch_size, self.bias_std = data, batch_size, bias_std
+        self.data, self.batch_size, self.bias_std, self.label_noise = data, batch_size, bias_std, label_noise
         self.parameterization = parameterization
         args = (data.num_features, width, depth, data.num_classes)
         # a CPU template: init_ draws into it; in loss() functional_call supplies every parameter
@@ -136,18 +139,26 @@ class ImageMLPTask(Task):
     def batches(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.data.x.shape[0], (n, self.batch_size), generator=generator)
         idx = idx.to(self.data.x.device)
-        return self.data.x[idx], self.data.y[idx]
+        y = self.data.y[idx]
+        if self.label_noise > 0:  # fresh noise per draw: the data cannot be memorized (no draws when 0)
+            flip = torch.rand(idx.shape, generator=generator) < self.label_noise
+            fresh = torch.randint(0, self.data.num_classes, idx.shape, generator=generator)
+            y = torch.where(flip.to(y.device), fresh.to(y.device), y)
+        return self.data.x[idx], y
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageMLPSpec:
-    """What a family of image-MLP tasks is: data set, width, depth, batch and parameterization."""
+    """What a family of image-MLP tasks is: data set, width, depth, batch and parameterization;
+    ``label_noise`` replaces that fraction of each batch's labels by uniform random classes, drawn afresh
+    every batch (the set can no longer be memorized: the loss keeps a floor, as on large data sets)."""
 
     dataset: str = "digits"
     width: int = 128
     depth: int = 3
     batch_size: int = 128
     parameterization: str = "mup"
+    label_noise: float = 0.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -161,9 +172,12 @@ class ImageMLPFamily(TaskFamily):
 
     def __init__(self, spec: ImageMLPSpec, device: torch.device | str = "cpu"):
         self.spec = spec
-        self.name = f"{spec.parameterization}_mlp_w{spec.width}_d{spec.depth}_{spec.dataset}"
+        noise = f"_noise{spec.label_noise:g}" if spec.label_noise else ""
+        self.name = f"{spec.parameterization}_mlp_w{spec.width}_d{spec.depth}_{spec.dataset}{noise}"
         data = _load(spec.dataset, str(torch.device(device)))
-        self._task = ImageMLPTask(data, spec.width, spec.depth, spec.batch_size, spec.parameterization)
+        self._task = ImageMLPTask(
+            data, spec.width, spec.depth, spec.batch_size, spec.parameterization, label_noise=spec.label_noise
+        )
 
     def sample(self, generator: torch.Generator) -> ImageMLPTask:
         return self._task

@@ -140,3 +140,21 @@ def test_log_meta_loss_weighs_a_halving_the_same_at_every_scale_and_names_bad_ki
         task.meta_loss(loss, "square")
     with pytest.raises(ValueError, match="meta_loss must be one of"):
         make_unroll(LogUniformTruncation(5, 5, 1), meta_loss="square")
+
+
+def test_label_noise_replaces_a_fraction_of_labels_afresh_and_zero_noise_draws_nothing():
+    family = ImageMLPFamily(ImageMLPSpec("digits", 8, 2, 512, "mup", label_noise=0.3))
+    clean = ImageMLPFamily(ImageMLPSpec("digits", 8, 2, 512, "mup"))
+    assert family.name.endswith("_noise0.3") and clean.name.endswith("_digits")
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    xn, yn = family.sample(g1).batches(g1, 4)
+    xc, yc = clean.sample(g2).batches(g2, 4)
+    assert torch.equal(xn, xc), "the same images: noise only touches labels"
+    changed = (yn != yc).float().mean()
+    assert 0.2 < changed < 0.34, changed  # 0.3 replaced, 1/10 of those by their own class
+    # a clean family draws only the indices (label noise off changes no random stream)
+    ref = torch.Generator().manual_seed(5)
+    torch.randint(0, 1797, (4, 512), generator=ref)
+    assert torch.equal(g2.get_state(), ref.get_state())
+    with pytest.raises(ValueError, match="label_noise must lie in"):
+        ImageMLPFamily(ImageMLPSpec("digits", 8, 2, 16, "mup", label_noise=1.0))
