@@ -124,9 +124,12 @@ def ship(
     check_steps: int = 300,
     at_step: int | None = None,
     stop_reason: str = "",
+    parent: str | os.PathLike | None = None,
 ) -> Path:
     """``at_step``: ship the snapshot ``RUN/snapshots/step_N`` (meta-weights copied when the checkpoint
-    after N outer steps was written) instead of the final weights — an early stop, with ``stop_reason``."""
+    after N outer steps was written) instead of the final weights — an early stop, with ``stop_reason``.
+    ``parent``: a shipped directory holding the starting weights with their provenance, for a run started
+    from a bare ``meta_weights`` directory (its model must be byte-identical to the run's starting weights)."""
     run = Path(run)
     for part in (CHECKPOINT, LOG, WEIGHTS_DIR):
         if not (run / part).exists():
@@ -167,7 +170,16 @@ def ship(
     blocks = curve_blocks(rows, block)
     step_seconds = sum(r["seconds"] for r in rows)
     params = sorted({f.parameterization for f in config.families})
-    parent = parent_provenance(init_weights)
+    if parent is None:
+        parent_prov = parent_provenance(init_weights)
+    else:
+        parent_prov = parent_provenance(str(parent))
+        if parent_prov is None:
+            raise FileNotFoundError(f"--parent {parent} holds no PROVENANCE.json")
+        start = Path(init_weights or "") / "model.safetensors"
+        if not start.is_file() or hashlib.sha256(start.read_bytes()).hexdigest() != parent_prov["model_sha256"]:
+            raise ValueError(f"--parent {parent} does not hold the run's starting weights ({init_weights})")
+    parent = parent_prov
     lineage_steps, lineage_seconds = steps, step_seconds
     if parent is not None:
         lineage_steps += parent.get("lineage_outer_steps", parent.get("outer_steps", 0))
@@ -234,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dest", default=None, help="where to write NAME/ (default: mulo/lopt/pretrained)")
     ap.add_argument("--at-step", type=int, default=None, help="ship RUN/snapshots/step_N (an early stop)")
     ap.add_argument("--stop-reason", default="", help="why --at-step stops early (recorded in the provenance)")
+    ap.add_argument(
+        "--parent",
+        default=None,
+        help="shipped directory of the starting weights (with PROVENANCE.json), when the run started from a "
+        "bare meta_weights directory; its lineage is kept",
+    )
     ap.add_argument("--check-steps", type=int, default=300, help="inner steps of the held-out check (default 300)")
     args = ap.parse_args(argv)
     try:
@@ -247,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             check_steps=args.check_steps,
             at_step=args.at_step,
             stop_reason=args.stop_reason,
+            parent=args.parent,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"mulo.meta.ship: error: {e}", file=sys.stderr)

@@ -94,3 +94,25 @@ def test_a_second_stage_embeds_its_parent_and_totals_the_lineage(tmp_path):
     assert p2["lineage_outer_steps"] == 6
     assert p2["lineage_wall_time_s"] == pytest.approx(p1["wall_time_s"] + p2["wall_time_s"], abs=0.11)
     assert (second / "meta_loss.png").stat().st_size > 1000
+
+
+def test_parent_names_the_shipped_copy_of_a_bare_starting_directory(tmp_path):
+    """A stage started from a run's bare meta_weights/ keeps its lineage through --parent, which must hold
+    byte-identical weights (anything else is refused by name)."""
+    cfg = preset("tiny", **SHORT)
+    MetaTrainer(cfg, tmp_path / "s1", progress=False).run()
+    first = ship.ship(tmp_path / "s1", "lo", preset="tiny", command="s1", dest=tmp_path / "a", check_steps=3)
+    bare = tmp_path / "s1" / "meta_weights"
+    MetaTrainer(cfg.replace(outer_steps=2), tmp_path / "s2", progress=False, init_weights=bare).run()
+    kw = dict(preset="tiny", command="s2", dest=tmp_path / "b", check_steps=3)
+    assert json.loads((ship.ship(tmp_path / "s2", "lo", **kw) / "PROVENANCE.json").read_text())["parent"] is None
+    p2 = json.loads((ship.ship(tmp_path / "s2", "lo", parent=first, **kw) / "PROVENANCE.json").read_text())
+    assert p2["parent"]["command"] == "s1" and p2["lineage_outer_steps"] == 6
+    MetaTrainer(
+        cfg, tmp_path / "other", progress=False, init_weights=pretrained.weights_dir(pretrained.PLACEHOLDER)
+    ).run()
+    wrong = ship.ship(tmp_path / "other", "lo", preset="tiny", command="o", dest=tmp_path / "c", check_steps=3)
+    with pytest.raises(ValueError, match="does not hold the run's starting weights"):
+        ship.ship(tmp_path / "s2", "lo", parent=wrong, **kw)
+    args = [str(tmp_path / "s2"), "lo", "--preset", "tiny", "--command", "s2", "--dest", str(tmp_path / "d")]
+    assert ship.main(args + ["--parent", str(tmp_path / "nothing")]) == 2
