@@ -24,18 +24,55 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- eval:generalization:begin -->"
 END = "<!-- eval:generalization:end -->"
 OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo")
-LABELS = {"mulo": "μLO (mulo_cpu)", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO (mulo_cpu_sp)"}
+LABELS = {"mulo": "μLO", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO"}
+LEARNED = ("mulo", "sp_lo")  # columns per meta-weights
 SWEEP_ORDER = ("width", "depth", "horizon", "ood_lm")
 
 
+def _shipped_digests() -> dict[str, str]:
+    """SHA-256 of each shipped model.safetensors → its name (how a row's learned optimizer is identified)."""
+    import hashlib
+
+    out = {}
+    for model in sorted((ROOT / "mulo" / "lopt" / "pretrained").glob("*/model.safetensors")):
+        out[hashlib.sha256(model.read_bytes()).hexdigest()] = model.parent.name
+    return out
+
+
+def column(row: dict, digests: dict[str, str] | None = None) -> str:
+    """The table column of a row: the optimizer, and for a learned one the meta-weights it ran with, named
+    by the digest recorded in the row (a shipped name, else the digest's first 12 hex digits; rows written
+    before digests were recorded keep the name they carry)."""
+    opt = row["optimizer"]
+    if opt not in LEARNED:
+        return opt
+    digest = row.get("meta_weights_sha256")
+    name = (digests or {}).get(digest) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
+    return f"{opt}:{name}"
+
+
+def label(col: str) -> str:
+    opt, _, name = col.partition(":")
+    return f"{LABELS[opt]} ({name})" if name else LABELS[opt]
+
+
 def load(path: Path, preset: str | None = None) -> list[dict]:
+    """The rows of ``path`` (of ``preset``), each with its ``column``; a rerun of the same (sweep, task,
+    column, lr, seed) replaces the earlier row."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if preset is not None:
         rows = [r for r in rows if r.get("preset") == preset]
-    last = {}  # a rerun of the same (sweep, task, optimizer, seed) replaces the earlier row
+    digests = _shipped_digests()
+    last = {}
     for r in rows:
-        last[(r["sweep"], r["task"], r["optimizer"], r["lr"], r["seed"])] = r
+        r["column"] = column(r, digests)
+        last[(r["sweep"], r["task"], r["column"], r["lr"], r["seed"])] = r
     return list(last.values())
+
+
+def _order(col: str) -> tuple:
+    opt, _, name = col.partition(":")
+    return (OPTIMIZERS.index(opt), name)
 
 
 def _tasks(rows: list[dict]) -> list[tuple[str, str]]:
@@ -49,7 +86,7 @@ def stats(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     by = defaultdict(list)
     for r in rows:
         if r["sweep"] != "tune":
-            by[(r["sweep"], r["task"], r["optimizer"])].append(r)
+            by[(r["sweep"], r["task"], r.get("column", r["optimizer"]))].append(r)
     out = {}
     for key, rs in by.items():
         finite = [r["final_loss"] for r in rs if not r["diverged"] and math.isfinite(r["final_loss"])]
@@ -80,7 +117,7 @@ def summary(rows: list[dict]) -> str:
         return "_No evaluation results yet: run `mulo eval`._"
     st = stats(rows)
     tasks = _tasks(rows)
-    opts = [o for o in OPTIMIZERS if any(k[2] == o for k in st)]
+    opts = sorted({k[2] for k in st}, key=_order)
     base_row = next(r for r in rows if r["sweep"] == "width")
     base = {
         "width": min(r["width"] for r in rows if r["sweep"] == "width"),
@@ -89,15 +126,20 @@ def summary(rows: list[dict]) -> str:
     }
     seeds = max(s["n"] for s in st.values())
     r0 = rows[0]
+    tuned = [
+        f"{LABELS[o]} lr {st[('width', tasks[0][1], o)]['lr']:g}"
+        for o in ("adamw", "muadam")
+        if ("width", tasks[0][1], o) in st
+    ]
     lines = [
         f"Final training loss, mean ± std over {seeds} seeds (lower is better; **bold**: best mean). Base task: "
         f"μP MLP width {base['width']}, depth {base['depth']}, {base['steps']} steps on digits, batch 128. "
-        f"AdamW lr {st[('width', tasks[0][1], 'adamw')]['lr']:g} and μAdam lr "
-        f"{st[('width', tasks[0][1], 'muadam')]['lr']:g} tuned there and transferred. "
+        + (f"{' and '.join(tuned)} tuned there and transferred. " if tuned else "")
+        + f"Learned optimizers at lr 1, one column per set of meta-weights. "
         f"git {', '.join(sorted({r['git_sha'][:8] for r in rows}))} · torch {r0['torch_version']} · "
         f"{r0['device']} · {r0['date'][:10]}.",
         "",
-        "| task | " + " | ".join(LABELS[o] for o in opts) + " |",
+        "| task | " + " | ".join(label(o) for o in opts) + " |",
         "|---|" + "---:|" * len(opts),
     ]
     for sweep, task in tasks:
@@ -141,13 +183,14 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     width_tasks = [t for s, t in _tasks(rows) if s == "width"]
     widths = {t: int(t.split("-")[1][1:]) for t in width_tasks}
     top = max((s["mean"] for s in st.values() if math.isfinite(s["mean"])), default=1.0)
-    for o in OPTIMIZERS:
+    columns = sorted({k[2] for k in st}, key=_order)
+    for o in columns:
         pts = [(widths[t], st[("width", t, o)]) for t in width_tasks if ("width", t, o) in st]
         if not pts:
             continue
         xs = [w for w, _ in pts]
         ys = [s["mean"] if math.isfinite(s["mean"]) else top * 3 for _, s in pts]
-        line = ax.plot(xs, ys, marker="o", label=LABELS[o])[0]
+        line = ax.plot(xs, ys, marker="o", label=label(o))[0]
         for (w, s), y in zip(pts, ys):
             if not math.isfinite(s["mean"]):
                 ax.annotate("diverged", (w, y), fontsize=7, color=line.get_color())
@@ -164,18 +207,18 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     nrow = math.ceil(len(tasks) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
     for ax, (sweep, task) in zip(axes.flat, tasks):
-        for o in OPTIMIZERS:
+        for o in columns:
             curves = [
                 r["curve"]
                 for r in rows
-                if r["sweep"] == sweep and r["task"] == task and r["optimizer"] == o and r["curve"]
+                if r["sweep"] == sweep and r["task"] == task and r.get("column", r["optimizer"]) == o and r["curve"]
             ]
             if not curves:
                 continue
             n = min(len(c) for c in curves)
             steps = [c[0] for c in curves[0][:n]]
             mean = [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
-            ax.plot(steps, mean, lw=1, label=LABELS[o])
+            ax.plot(steps, mean, lw=1, label=label(o))
         ax.set(yscale="log", title=f"{sweep}: {task}", xlabel="step")
         ax.title.set_fontsize(8)
     for ax in list(axes.flat)[len(tasks) :]:

@@ -1,5 +1,6 @@
 """LOptNet weight files: round trip, the published μLO_M layout, and clear errors for bad files."""
 
+import hashlib
 import json
 
 import pytest
@@ -143,7 +144,7 @@ def test_shipped_placeholder_is_marked_and_matches_its_builder():
         assert torch.equal(net.state_dict()[k], v), k
 
 
-@pytest.mark.parametrize("name", ["mulo_cpu", "mulo_cpu_sp"])
+@pytest.mark.parametrize("name", ["mulo_cpu", "mulo_cpu_sp", "mulo_cpu_s2", "mulo_cpu_sp_s2"])
 def test_shipped_meta_trained_weights_carry_their_provenance(name):
     directory = pretrained.weights_dir(name)
     net = LOptNet.from_pretrained(name)
@@ -168,9 +169,15 @@ def test_shipped_meta_trained_weights_carry_their_provenance(name):
         == net.config.info["outer_steps"]
         == len([r for b in prov["meta_loss"]["curve"] for r in range(b["outer_steps"][0], b["outer_steps"][1] + 1)])
     )
-    assert prov["parameterization"] == ("sp" if name.endswith("_sp") else "mup")
-    assert net.config.step_mult == (0.001 if name.endswith("_sp") else 0.01)
+    assert prov["parameterization"] == ("sp" if "_sp" in name else "mup")
+    assert net.config.step_mult == (0.001 if "_sp" in name else 0.01)
     assert (directory / "meta_loss.png").stat().st_size > 0
+    if name.endswith("_s2"):  # a second stage: its parent is the shipped stage 1, lineage totalled
+        parent = pretrained.weights_dir(name[: -len("_s2")])
+        assert prov["parent"]["name"] == parent.name and prov["parent"]["outer_steps"] > 0
+        assert prov["parent"]["model_sha256"] == hashlib.sha256((parent / "model.safetensors").read_bytes()).hexdigest()
+        assert prov["lineage_outer_steps"] == prov["outer_steps"] + prov["parent"]["outer_steps"]
+        assert prov["stopped_early"]["reason"].startswith("snapshot chosen by validation")
     # the weights moved away from the hand-set start
     start = LOptNet.from_pretrained(pretrained.PLACEHOLDER)
     moved = sum(float((a - b).abs().sum()) for a, b in zip(net.state_dict().values(), start.state_dict().values()))

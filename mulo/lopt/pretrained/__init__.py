@@ -4,6 +4,9 @@ with a ``PROVENANCE.json`` and its meta-loss curve (``meta_loss.png``) where it 
 * ``mulo_cpu`` — **the default** (``MuLO(meta_weights=None)``): μLO meta-trained by mulo's own PES trainer
   (``mulo meta-train --preset mulo_cpu``) on μP MLPs of widths 16, 32 and 64 on the offline digits;
 * ``mulo_cpu_sp`` — its SP twin (the SP-LO baseline): same recipe and budget on standard-parameterized MLPs;
+* ``mulo_cpu_s2`` — ``mulo_cpu`` after a second stage (log meta-loss, 20% label noise, snapshot chosen by
+  validation): far lower loss up to the meta-training horizon (1,000 steps) at every width, but it
+  diverges on longer runs, which is why it is not the default; ``mulo_cpu_sp_s2`` is its SP twin;
 * ``placeholder_handset_adam`` — a network whose weights were set by hand (not learned) so that its output
   is the RMS-normalized momentum-over-RMS channel (an Adam-like step ``0.01 · m₂/√v / rms(m₂/√v)``); it is
   the starting point of both meta-trainings and marked ``placeholder`` (``MuLO`` warns when it is used).
