@@ -47,7 +47,8 @@ def column(row: dict, digests: dict[str, str] | None = None) -> str:
     if opt not in LEARNED:
         return opt
     digest = row.get("meta_weights_sha256")
-    name = (digests or {}).get(digest) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
+    named = [n for full, n in (digests or {}).items() if digest and full.startswith(digest)]  # rows keep a prefix
+    name = (named[0] if named else None) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
     return f"{opt}:{name}"
 
 

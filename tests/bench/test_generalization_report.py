@@ -61,16 +61,17 @@ def test_summary_table(tmp_path):
 
 
 def test_each_set_of_meta_weights_gets_its_own_column_named_by_digest(tmp_path, monkeypatch):
-    """Two μLO weight sets side by side: a row's digest picks the shipped name (the recorded name can be
-    stale: the digest is the identity), an unknown digest shows its first 12 hex digits."""
+    """Two μLO weight sets side by side: a row's digest (the first 16 hex digits, as mulo eval records it)
+    picks the shipped name (the recorded name can be stale: the digest is the identity), an unknown digest
+    shows its first 12 hex digits."""
     monkeypatch.setattr(gen, "_shipped_digests", lambda: {"d" * 64: "new_lo"})
     rows = []
     for seed in range(2):
         rows.append(_row("width", 16, "mulo", seed, 0.1) | {"meta_weights": "mulo_cpu"})
         rows.append(
-            _row("width", 16, "mulo", seed, 0.01) | {"meta_weights": "mulo_cpu", "meta_weights_sha256": "d" * 64}
+            _row("width", 16, "mulo", seed, 0.01) | {"meta_weights": "mulo_cpu", "meta_weights_sha256": "d" * 16}
         )
-        rows.append(_row("width", 16, "mulo", seed, 0.5) | {"meta_weights_sha256": "e" * 64})
+        rows.append(_row("width", 16, "mulo", seed, 0.5) | {"meta_weights_sha256": "e" * 16})
         rows.append(_row("width", 16, "muadam", seed, 0.3))
     path = tmp_path / "g.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
