@@ -37,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (the full evaluation, CPU-sized)")
     ev.add_argument("--sweeps", default="width,depth,horizon,ood_lm", help="comma list of sweeps to run (default: all)")
     ev.add_argument("--optimizers", default="mulo,adamw,muadam,sp_lo", help="comma list (default: all)")
-    ev.add_argument("--meta-weights", default=None, help="μLO weights (directory or Hub id); default: shipped")
+    ev.add_argument(
+        "--meta-weights",
+        default=None,
+        help="μLO weights: a shipped name (e.g. mulo_cpu_s2), a directory or a Hub id (default: mulo_cpu)",
+    )
     ev.add_argument(
         "--sp-weights",
         default="mulo_cpu_sp",
-        help="SP learned-optimizer weights for the SP-LO baseline (default: the shipped mulo_cpu_sp; 'none' skips it)",
+        help="SP learned-optimizer weights for the SP-LO baseline: a shipped name (e.g. mulo_cpu_sp_s2), a "
+        "directory or a Hub id (default: mulo_cpu_sp; 'none' skips it)",
     )
     from mulo.meta import cli as meta_cli
 
