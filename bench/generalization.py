@@ -30,13 +30,12 @@ SWEEP_ORDER = ("width", "depth", "horizon", "ood_lm")
 
 
 def _shipped_digests() -> dict[str, str]:
-    """SHA-256 of each shipped model.safetensors → its name (how a row's learned optimizer is identified)."""
-    import hashlib
+    """SHA-256 of each shipped model → its name (how a row's learned optimizer is identified)."""
+    if str(ROOT) not in sys.path:  # run as a script from a checkout
+        sys.path.insert(0, str(ROOT))
+    from mulo.lopt import pretrained
 
-    out = {}
-    for model in sorted((ROOT / "mulo" / "lopt" / "pretrained").glob("*/model.safetensors")):
-        out[hashlib.sha256(model.read_bytes()).hexdigest()] = model.parent.name
-    return out
+    return {pretrained.model_digest(pretrained.weights_dir(name)): name for name in pretrained.names()}
 
 
 def column(row: dict, digests: dict[str, str] | None = None) -> str:
@@ -87,7 +86,7 @@ def stats(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     by = defaultdict(list)
     for r in rows:
         if r["sweep"] != "tune":
-            by[(r["sweep"], r["task"], r.get("column", r["optimizer"]))].append(r)
+            by[(r["sweep"], r["task"], r["column"])].append(r)
     out = {}
     for key, rs in by.items():
         finite = [r["final_loss"] for r in rs if not r["diverged"] and math.isfinite(r["final_loss"])]
@@ -212,7 +211,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
             curves = [
                 r["curve"]
                 for r in rows
-                if r["sweep"] == sweep and r["task"] == task and r.get("column", r["optimizer"]) == o and r["curve"]
+                if r["sweep"] == sweep and r["task"] == task and r["column"] == o and r["curve"]
             ]
             if not curves:
                 continue

@@ -20,7 +20,6 @@ becomes non-finite is recorded as diverged with loss ``inf``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -186,8 +185,8 @@ def _weights_digest(source: str | None) -> str | None:
     path = Path(source)
     if not path.is_dir() and source in pretrained.names():
         path = pretrained.weights_dir(source)
-    file = path / "model.safetensors"
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else None
+    digest = pretrained.model_digest(path)
+    return digest[:16] if digest else None
 
 
 def tune_lr(task: Task, spec: OptSpec, grid=ADAM_GRID, seeds=(0, 1)) -> tuple[float, list[dict]]:

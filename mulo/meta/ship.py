@@ -16,7 +16,6 @@ under the same name keeps the full cost on record.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mulo.lopt import pretrained
 from mulo.lopt.network import LOptNet
 from mulo.meta import theta as theta_mod
 from mulo.meta.presets import MetaTrainConfig
@@ -71,19 +71,17 @@ def parent_provenance(init_weights: str | None) -> dict | None:
     model.safetensors; ``None`` for a fresh start or weights without provenance."""
     if not init_weights:
         return None
-    from mulo.lopt import pretrained
-
     path = Path(init_weights)
     if not path.is_dir():
         try:
             path = pretrained.weights_dir(init_weights)
-        except (FileNotFoundError, ValueError, KeyError):
+        except FileNotFoundError:
             return None
     prov_file = path / "PROVENANCE.json"
     if not prov_file.is_file():
         return None
     parent = json.loads(prov_file.read_text())
-    parent["model_sha256"] = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    parent["model_sha256"] = pretrained.model_digest(path)
     return parent
 
 
@@ -176,8 +174,8 @@ def ship(
         parent_prov = parent_provenance(str(parent))
         if parent_prov is None:
             raise FileNotFoundError(f"--parent {parent} holds no PROVENANCE.json")
-        start = Path(init_weights or "") / "model.safetensors"
-        if not start.is_file() or hashlib.sha256(start.read_bytes()).hexdigest() != parent_prov["model_sha256"]:
+        start = pretrained.model_digest(init_weights) if init_weights else None
+        if start is None or start != parent_prov["model_sha256"]:
             raise ValueError(f"--parent {parent} does not hold the run's starting weights ({init_weights})")
     parent = parent_prov
     lineage_steps, lineage_seconds = steps, step_seconds

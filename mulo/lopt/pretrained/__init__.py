@@ -42,6 +42,15 @@ def weights_dir(name: str = DEFAULT) -> Path:
     return path
 
 
+def model_digest(directory: str | Path) -> str | None:
+    """SHA-256 (hex) of ``directory/model.safetensors``, the identity of a set of meta-weights (names can be
+    reused); ``None`` when there is no such file."""
+    import hashlib
+
+    file = Path(directory) / "model.safetensors"
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else None
+
+
 def default_weights_dir() -> Path:
     """The weights ``MuLO(meta_weights=None)`` uses."""
     return weights_dir(DEFAULT)
