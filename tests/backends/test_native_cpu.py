@@ -8,7 +8,7 @@ import torch
 from mulo.backends import reference as ref
 from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
 from tests.helpers import SHAPES, hetero_grad, random_net, shape_id
-from tests.tolerances import TRAJECTORY, assert_close, movement_error
+from tests.tolerances import TRAJECTORY, assert_close, movement_error, state_scale
 
 native = pytest.importorskip("mulo.backends.native")
 try:
@@ -52,13 +52,15 @@ def new_state(p, dtype, layout="torch"):
     return st
 
 
-def compare(params, states, ref_params, ref_states, key, what):
+def compare(params, states, ref_params, ref_states, key, what, grad_max=None):
+    """``grad_max``: per parameter, the running max of |gradient| (the momentum's scale, tolerances.py)."""
     for i, (p, st, rp, rst) in enumerate(zip(params, states, ref_params, ref_states)):
         assert_close(p, rp, key, f"{what}: param {i} {tuple(p.shape)}")
         assert set(st) == set(rst)
         for k in st:
             assert st[k].dtype == rst[k].dtype or rst[k].dtype == torch.float64, k
-            assert_close(st[k], rst[k], key, f"{what}: state {k!r} of param {i} {tuple(p.shape)}")
+            scale = None if grad_max is None else state_scale(k, grad_max[i], physical_shape(p.shape))
+            assert_close(st[k], rst[k], key, f"{what}: state {k!r} of param {i} {tuple(p.shape)}", scale)
 
 
 def run_pair(shapes, steps, *, lrs, wds, layout="torch", pdtype=torch.float32, sdtype=torch.float32, ref64=True):
@@ -80,11 +82,13 @@ def run_pair(shapes, steps, *, lrs, wds, layout="torch", pdtype=torch.float32, s
     # bf16 state: a value near a bf16 rounding boundary may round either way after a different fp32
     # summation order (one bf16 ulp = 2^-8 relative), so the bf16 row of the table applies
     key = ("kernel", torch.bfloat16 if sdtype == torch.bfloat16 else pdtype)
+    grad_max = [torch.zeros(s, dtype=torch.float64) for s in shapes]
     for t in range(steps):
         grads = [hetero_grad(s, dtype=torch.float32).to(pdtype) for s in shapes]
+        grad_max = [torch.maximum(m, g.abs().double()) for m, g in zip(grad_max, grads)]
         backend.step(params, grads, states, lrs, wds, w32)
         ref.ReferenceBackend().step(ref_params, [g.to(rdt) for g in grads], ref_states, lrs, wds, wref)
-        compare(params, states, ref_params, ref_states, key, f"step {t}")
+        compare(params, states, ref_params, ref_states, key, f"step {t}", grad_max)
     return params, states
 
 

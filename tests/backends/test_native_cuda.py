@@ -50,11 +50,13 @@ def run_pair(shapes, steps, *, lrs, wds, pdtype=torch.float32, sdtype=torch.floa
     states = [{k: v.cuda() for k, v in new_state(p, sdtype).items()} for p in params]
     ref_states = [new_state(p, torch.float64 if ref64 else sdtype) for p in ref_params]
     backend = native.CudaBackend()
+    grad_max = [torch.zeros(s, dtype=torch.float64) for s in shapes]
     for t in range(steps):
         grads = [hetero_grad(s, dtype=torch.float32).to(pdtype) for s in shapes]
+        grad_max = [torch.maximum(m, g.abs().double()) for m, g in zip(grad_max, grads)]
         backend.step(params, [g.cuda() for g in grads], states, lrs, wds, w)
         ref.ReferenceBackend().step(ref_params, [g.to(rdt) for g in grads], ref_states, lrs, wds, wref)
-        compare(params, states, ref_params, ref_states, ("kernel", pdtype), f"step {t}")
+        compare(params, states, ref_params, ref_states, ("kernel", pdtype), f"step {t}", grad_max)
 
 
 @pytest.mark.gpu
