@@ -138,6 +138,13 @@ class LOptNet(nn.Module):
         self.network = nn.ModuleDict(layers)
         self.reset_parameters(generator)
 
+    @classmethod
+    def blank(cls, config: LOptConfig | None = None) -> LOptNet:
+        """A network whose weights are about to be overwritten (loading): built without drawing from torch's
+        global random generator, so that loading meta-weights never shifts a user's random stream."""
+        with torch.random.fork_rng(devices=[]):
+            return cls(config, generator=torch.Generator())
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for layer in self.network.values():
@@ -218,7 +225,7 @@ class LOptNet(nn.Module):
             raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
         raw.update(overrides)
         config = LOptConfig.from_json(raw, source=str(cfg_path))
-        net = cls(config)
+        net = cls.blank(config)
         net.load_weights_file(w_path)
         return net
 
@@ -275,6 +282,7 @@ def _resolve_source(source: str | os.PathLike, revision: str | None) -> Path:
     except Exception as e:  # network errors, offline mode, missing repo: all end the same way for the user
         raise FileNotFoundError(
             f"could not fetch meta-weights {text!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            f"Offline? Download once with `huggingface-cli download {text}` or pass a local directory."
+            f"Offline? Download it once while online with `hf download {text}` (the huggingface_hub CLI; offline "
+            "runs then find it in the Hugging Face cache) or pass a local directory."
         ) from e
     return Path(local)

@@ -1,11 +1,13 @@
-"""``MuLO``: the μLO learned optimizer as a drop-in ``torch.optim.Optimizer`` (ALGORITHM.md §1–4)."""
+"""``MuLO``: the μLO learned optimizer as a drop-in ``torch.optim.Optimizer`` (docs/ALGORITHM.md §1–4)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +16,10 @@ from torch.optim import Optimizer
 from mulo.backends import Backend, resolve_backend
 from mulo.backends.reference import grad_is_finite
 from mulo.distributed import is_dtensor
+from mulo.lopt import constants as C
 from mulo.lopt.network import LOptNet, MetaWeights
 from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
+from mulo.mup import is_readout_parameter
 
 NONFINITE_POLICIES = ("skip", "raise")
 STATE_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -23,6 +27,23 @@ STATE_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16
 
 class PlaceholderMetaWeightsWarning(UserWarning):
     """The optimizer runs the package's placeholder meta-weights, not meta-trained μLO weights."""
+
+
+class MuPWarning(UserWarning):
+    """μLO meta-weights were given parameters that are not set up for μP (no roles, or a model that is not
+    μP); such runs usually diverge. The message names the parameters and the fix (:func:`mulo.mup.prepare`)."""
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning raised inside mulo to the first caller outside the
+    package (the user's line), however deep the call is inside mulo (subclasses, helpers)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +58,7 @@ def resolve_meta_weights(meta_weights: LOptNet | str | os.PathLike | None, layou
     if isinstance(meta_weights, LOptNet):
         net = meta_weights
         if layout is not None and layout != net.config.layout:
-            net = LOptNet(dataclasses.replace(net.config, layout=layout))
+            net = LOptNet.blank(dataclasses.replace(net.config, layout=layout))
             net.load_state_dict(meta_weights.state_dict())
         return net
     overrides = {"layout": layout} if layout is not None else {}
@@ -122,12 +143,17 @@ class MuLO(Optimizer):
                 f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> "
                 "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights.",
                 PlaceholderMetaWeightsWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
         defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
+        params = list(params)
+        roles_given = any(isinstance(g, dict) and ("role" in g or "lr_scale" in g) for g in params)
         super().__init__(params, defaults)
+        problem = _mup_setup_problem(self.param_groups, roles_given, self.net)
+        if problem:
+            warnings.warn(problem, MuPWarning, stacklevel=user_stacklevel())
 
     # ---- param groups ------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -215,6 +241,30 @@ class MuLO(Optimizer):
             if missing:
                 raise ValueError(f"state_dict: parameter {pid} is missing state {missing}")
             self.state[p] = st
+
+    def nonfinite_skips(self, *, per_parameter: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """How many updates were skipped for a non-finite gradient (``nonfinite="skip"``), read now from
+        ``state["nonfinite_skips"]``: ``step()`` never syncs to count them, and neither does this call —
+        the result is a tensor on the parameters' device; ``int(opt.nonfinite_skips())`` syncs once, when
+        you choose (e.g. when logging).
+
+        Returns the total over all parameters as a 0-d float32 tensor (on the first stepped parameter's
+        device; zero on the CPU before any step), or with ``per_parameter=True`` a dict
+        ``{"param_groups[i]['params'][j]": 0-d tensor}`` for every parameter stepped so far.
+        """
+        counts = {
+            f"param_groups[{gi}]['params'][{pi}]": self.state[p]["nonfinite_skips"]
+            for gi, group in enumerate(self.param_groups)
+            for pi, p in enumerate(group["params"])
+            if "nonfinite_skips" in self.state.get(p, {})
+        }
+        if per_parameter:
+            return counts
+        if not counts:
+            return torch.zeros((), dtype=torch.float32)
+        values = list(counts.values())
+        device = values[0].device
+        return torch.stack([v.to(device, non_blocking=True) for v in values]).sum()
 
     # ---- the step ----------------------------------------------------------------------------------
     def _meta_weights(self, device: torch.device, dtype: torch.dtype) -> MetaWeights:
@@ -307,6 +357,62 @@ class MuLO(Optimizer):
             weights = self._meta_weights(device, compute)
             self.backend_for(device, dtype).step(params, grads, states, lrs, wds, weights)
         return loss
+
+
+def trained_parameterization(net: LOptNet) -> str:
+    """``"sp"`` for meta-weights meta-trained on standard-parameterized models (their provenance says so, or
+    their step multiplier is the SP learned optimizer's 0.001), else ``"mup"``."""
+    families = net.config.info.get("config", {}).get("families", [])
+    kinds = {f.get("parameterization") for f in families if isinstance(f, dict)} - {None}
+    if kinds:
+        return "sp" if kinds == {"sp"} else "mup"
+    return "sp" if net.config.step_mult < C.STEP_MULT else "mup"
+
+
+def _mup_setup_problem(groups: list[dict[str, Any]], roles_given: bool, net: LOptNet) -> str | None:
+    """What is wrong with giving these groups to μLO meta-weights, or ``None`` (checked once, at construction:
+    step() never looks). One host sync per device at most (reading whether readout weights are zero)."""
+    if trained_parameterization(net) == "sp":
+        return None
+    fix = (
+        "Fix: `groups = mulo.mup.prepare(model)` (converts a torch.nn model to μP in place: MuReadout, μP "
+        "init, 1/d attention, roles) then `mulo.MuLO(groups)`; see the README, 'Use it on your model'."
+    )
+    if not roles_given:
+        return (
+            "MuLO got parameters without μP roles (e.g. model.parameters()): every parameter gets lr_scale 1, "
+            "which is the SP small_fc_lopt run with μLO meta-weights — it diverges on most models. "
+            + fix
+            + " (For the SP learned optimizer on a standard model pass meta_weights='mulo_cpu_sp'.)"
+        )
+    readout_seen = any(is_readout_parameter(p) for g in groups for p in g["params"])
+    outputs = [
+        (gi, pi, p)
+        for gi, g in enumerate(groups)
+        if g.get("role") == "output"
+        for pi, p in enumerate(g["params"])
+        if p.dim() >= 2 and not is_readout_parameter(p)
+    ]
+    if not readout_seen and not any(g.get("role") == "output" for g in groups):
+        return (
+            "MuLO got μP roles but no parameter has role 'output': the model's readout is missing from them "
+            "(a plain nn.Linear output layer guessed 'hidden' gets lr/fan_in and no μP output multiplier). " + fix
+        )
+    checkable = [(gi, pi, p) for gi, pi, p in outputs if p.device.type != "meta" and not is_dtensor(p)]
+    by_device: dict[torch.device, list[tuple[int, int, torch.Tensor]]] = {}
+    for item in checkable:
+        by_device.setdefault(item[2].device, []).append(item)
+    plain = []
+    for items in by_device.values():
+        nonzero = torch.stack([(p.detach() != 0).any() for _, _, p in items]).tolist()
+        plain += [f"param_groups[{gi}]['params'][{pi}] {tuple(p.shape)}" for (gi, pi, p), z in zip(items, nonzero) if z]
+    if plain:
+        return (
+            f"MuLO got role 'output' for {', '.join(plain)}, which is not a μP readout: not the weight of a "
+            "mulo.mup.MuReadout and not zero-initialized (a plain nn.Linear head with standard init, which "
+            "makes μLO diverge). " + fix
+        )
+    return None
 
 
 def _check_hparam(name: str, value: Any) -> None:

@@ -49,11 +49,14 @@ def test_infer_roles_with_base_model_is_exact():
     roles = infer_roles(net(256), base_model=net(32))
     assert [roles[f"{i}.weight"].role for i in (0, 2, 4)] == ["input", "hidden", "output"]
     assert roles["2.weight"].fan_in == 256 and roles["2.bias"].role == "other"
-    # the structural guess is fooled by a flattened-image input layer, and overrides fix it
+    # by structure: the flattened image (3072) is produced by no layer → input; a plain Linear head is not
+    # recognized as the readout (prepare converts it), and overrides correct any guess
     guess = infer_roles(net(256))
-    assert guess["0.weight"].role == "hidden"
-    fixed = infer_roles(net(256), overrides={"0": "input", "4.weight": "output"})
-    assert fixed["0.weight"].role == "input" and fixed["4.weight"].role == "output"
+    assert [guess[f"{i}.weight"].role for i in (0, 2, 4)] == ["input", "hidden", "hidden"]
+    fixed = infer_roles(net(256), overrides={"0": "hidden", "4.weight": "output"})
+    assert fixed["0.weight"].role == "hidden" and fixed["4.weight"].role == "output"
+    # a coincidence of sizes (input features == width) reads as hidden: the safe side (a smaller step)
+    assert infer_roles(net(3072))["0.weight"].role == "hidden"
 
 
 def test_infer_roles_structure_conv_embedding_readout():
