@@ -20,33 +20,81 @@ def _distributed_launch() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _comma_list(choices: tuple[str, ...]):
+    """An argparse type: a comma-separated subset of ``choices`` (kept as the string)."""
+
+    def parse(text: str) -> str:
+        unknown = [item for item in text.split(",") if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {','.join(choices)}")
+        return text
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mulo", description="μLO learned optimizer for PyTorch")
+    from mulo import evaluation
+    from mulo.lopt import pretrained
+
+    parser = argparse.ArgumentParser(
+        prog="mulo",
+        description="μLO learned optimizer for PyTorch. The algorithm: docs/ALGORITHM.md.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small μP MLP on offline digits with MuLO and AdamW")
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--width", type=int, default=128)
-    demo.add_argument("--depth", type=int, default=3)
-    demo.add_argument("--batch", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="demo_out")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    demo = sub.add_parser(
+        "demo",
+        help="a plain torch.nn MLP on offline digits: MuLO (after mulo.mup.prepare) vs AdamW at a tuned lr",
+        description="Train one plain torch.nn MLP on the offline 8×8 digits with MuLO (after mulo.mup.prepare, "
+        "lr 1) and with AdamW at the lr of a small grid with the lowest validation loss; print the held-out "
+        "test loss and accuracy of both and plot their curves (OUT/curves.png, OUT/curves.json).",
+        formatter_class=defaults,
+    )
+    demo.add_argument("--steps", type=int, default=300, help="training steps per run")
+    demo.add_argument("--width", type=int, default=128, help="hidden width")
+    demo.add_argument("--depth", type=int, default=3, help="hidden layers")
+    demo.add_argument("--batch", type=int, default=128, help="minibatch size")
+    demo.add_argument("--seed", type=int, default=0, help="model and minibatch seed")
+    demo.add_argument("--out", default="demo_out", help="directory for curves.json and curves.png")
     ev = sub.add_parser(
-        "eval", help="generalization sweeps: MuLO vs AdamW/μAdam (and an SP LO) at larger width/depth/horizon"
+        "eval",
+        help="generalization sweeps: MuLO vs AdamW/μAdam (and an SP LO) at larger width/depth/horizon",
+        description="What the learned optimizer buys (docs/ALGORITHM.md §8, the μLO paper's protocol at our "
+        "scale): AdamW and μAdam learning rates are tuned by a grid on the base task and transferred unchanged "
+        "to wider, deeper and longer runs and to an out-of-distribution byte-level language model; the learned "
+        "optimizers run at lr 1. One JSON line per run (final full-set training loss, curve, provenance) is "
+        "appended to --out; `python bench/generalization.py --plot OUT --readme` makes the table and figures.",
+        formatter_class=defaults,
     )
     ev.add_argument("--out", default="bench/results/generalization.jsonl", help="JSON lines file to append to")
-    ev.add_argument("--preset", default="cpu", help="quick (smoke) or cpu (the full evaluation, CPU-sized)")
-    ev.add_argument("--sweeps", default="width,depth,horizon,ood_lm", help="comma list of sweeps to run (default: all)")
-    ev.add_argument("--optimizers", default="mulo,adamw,muadam,sp_lo", help="comma list (default: all)")
+    ev.add_argument(
+        "--preset",
+        default="cpu",
+        choices=sorted(evaluation.PRESETS),
+        help="quick: a smoke run (seconds); cpu: the full evaluation, CPU-sized (about 40 core-minutes)",
+    )
+    ev.add_argument(
+        "--sweeps",
+        default=",".join(evaluation.SWEEPS),
+        type=_comma_list(evaluation.SWEEPS),
+        help=f"comma list of sweeps to run, from {{{','.join(evaluation.SWEEPS)}}}",
+    )
+    ev.add_argument(
+        "--optimizers",
+        default=",".join(evaluation.OPTIMIZERS),
+        type=_comma_list(evaluation.OPTIMIZERS),
+        help=f"comma list of optimizers to run, from {{{','.join(evaluation.OPTIMIZERS)}}}",
+    )
     ev.add_argument(
         "--meta-weights",
-        default=None,
-        help="μLO weights: a shipped name (e.g. mulo_cpu_s2), a directory or a Hub id (default: mulo_cpu)",
+        default=pretrained.DEFAULT,
+        help="μLO weights: a shipped name (e.g. mulo_cpu_s2), a directory or a Hub id",
     )
     ev.add_argument(
         "--sp-weights",
-        default="mulo_cpu_sp",
+        default=evaluation.SP_LO_WEIGHTS,
         help="SP learned-optimizer weights for the SP-LO baseline: a shipped name (e.g. mulo_cpu_sp_s2), a "
-        "directory or a Hub id (default: mulo_cpu_sp; 'none' skips it)",
+        "directory or a Hub id ('none' skips it)",
     )
     from mulo.meta import cli as meta_cli
 
@@ -64,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
         demo_mod.main(args.steps, args.width, args.depth, args.batch, args.seed, args.out)
     if args.command == "eval":
-        from mulo import evaluation
-
         evaluation.run(
             args.out,
             args.preset,

@@ -81,3 +81,17 @@ def test_subsets_of_sweeps_and_optimizers(tmp_path):
         ev.run(tmp_path / "x.jsonl", "quick", optimizers=("sgd",))
     with pytest.raises(ValueError, match="unknown sweeps"):
         ev.run(tmp_path / "x.jsonl", "quick", sweeps=("breadth",))
+
+
+def test_eval_help_has_a_description_defaults_and_choices(capsys):
+    from mulo import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "What the learned optimizer buys" in text and "docs/ALGORITHM.md §8" in text
+    assert "{cpu,quick}" in text and "(default: cpu)" in text and "(default: mulo_cpu)" in text
+    assert "{width,depth,horizon,ood_lm}" in text and "(default: mulo_cpu_sp)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--sweeps", "width,nope"])
+    assert "unknown ['nope']" in capsys.readouterr().err
