@@ -121,7 +121,8 @@ def load_image_classification(
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"dataset {spec!r} is neither 'digits', 'hf:NAME[:SPLIT]' nor a directory saved with save_to_disk"
+            f"dataset {spec!r} is neither 'digits', 'hf:NAME[:SPLIT]' nor a directory saved with save_to_disk "
+            "(the non-memorizable sources are 'mnist1d', 'digits_aug' and 'teacher')"
         )
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):

@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from mulo.meta.inner import INNER_SCHEDULES
 from mulo.meta.presets import PRESETS
 
 
@@ -19,9 +20,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory: checkpoint.pt, log.jsonl, meta_weights/")
     p.add_argument("--outer-steps", type=int, default=None, help="total outer steps (default: the preset's)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="tiny (CI, CPU), small, mulo_m (GPU)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="tiny (CI, CPU), small, mulo_cpu (the shipped recipe), mulo_nm (non-memorizable data, cosine inner "
+        "schedule; 1 CPU core), mulo_m (GPU)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dataset", default=None, help="'digits', 'hf:NAME[:SPLIT]' or a save_to_disk directory")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="data of every task family: 'digits', 'hf:NAME[:SPLIT]', a save_to_disk directory, or a "
+        "non-memorizable source with a held-out split: 'mnist1d', 'digits_aug', 'teacher' (default: the preset's)",
+    )
     p.add_argument("--parameterization", choices=("mup", "sp"), default=None, help="μP (μLO) or SP (SP LO)")
     p.add_argument("--estimator", choices=("pes", "es"), default=None)
     p.add_argument("--num-pairs", type=int, default=None, help="antithetic pairs per estimator (N)")
@@ -47,6 +59,38 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="fraction of each inner batch's labels replaced by random classes, afresh every batch (default 0)",
     )
     p.add_argument("--max-length", type=int, default=None, help="longest inner horizon L (default: the preset's)")
+    p.add_argument(
+        "--inner-schedule",
+        choices=INNER_SCHEDULES,
+        default=None,
+        help="learning-rate schedule of each inner run over its sampled length (MuLO's lr multiplies the step; "
+        "default: the preset's, constant for all but mulo_nm)",
+    )
+    p.add_argument(
+        "--inner-warmup",
+        type=float,
+        default=None,
+        help="linear warmup over this fraction of each inner run, in [0, 1) (default: the preset's)",
+    )
+    p.add_argument(
+        "--inner-lr-final",
+        type=float,
+        default=None,
+        help="lr at the end of each inner run's decay, as a fraction of the peak, in [0, 1] (default 0)",
+    )
+    p.add_argument(
+        "--inner-weight-decay",
+        type=float,
+        default=None,
+        help="decoupled weight decay of the inner runs, as MuLO's weight_decay (default: the preset's, 0)",
+    )
+    p.add_argument(
+        "--reparam-global",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reparameterize each inner task by a global scale s ~ log-uniform[1e-3, 1e3]: parameters start at "
+        "w0/s, the loss is evaluated at s·w (default: the preset's, off)",
+    )
     p.add_argument(
         "--init-weights",
         default=None,
@@ -89,6 +133,11 @@ def config_from_args(args: argparse.Namespace):
         max_length=args.max_length,
         warmup_steps=args.warmup_steps,
         decay_end=args.decay_end,
+        inner_schedule=args.inner_schedule,
+        inner_warmup=args.inner_warmup,
+        inner_lr_final=args.inner_lr_final,
+        inner_weight_decay=args.inner_weight_decay,
+        reparam_global=args.reparam_global,
     )
 
 

@@ -1,12 +1,19 @@
 """Meta-training configurations. ``mulo_m`` is the μLO_M recipe of ALGORITHM.md §7–8 (every default there);
-``small`` and ``tiny`` shrink the tasks and the horizon (``tiny`` also raises the outer LR so that 30 steps learn).
+``mulo_cpu`` is the recipe of the shipped weights; ``small`` and ``tiny`` shrink the tasks and the horizon
+(``tiny`` also raises the outer LR so that 30 steps learn).
 
 | preset | tasks: μP MLP on                     | pairs | T  | L         | outer | outer LR (warmup) → final |
 |--------|--------------------------------------|-------|----|-----------|-------|---------------------------|
 | tiny   | digits, w 32, depth 2, batch 32      | 4     | 10 | 20..100   | 30    | 0.1 (2) → 0.03            |
 | small  | digits, w 64/256, depth 3, batch 128 | 8     | 20 | 50..500   | 500   | 3e-3 (20) → 1e-3          |
 | mulo_cpu | digits, w 16/32/64, depth 2, b 128 | 8   | 10 | 100..1000 | 2500  | 1e-2 (50) → 1e-3          |
+| mulo_nm | mnist1d w64, digits_aug w32, teacher w16; d 2, b 128 | 8 | 10 | 100..1000 | 30000 | 3e-3 (100) → 3e-4 |
 | mulo_m | 32×32×3, w 128/512/1024, d 3, b 4096 | 8     | 50 | 100..1000 | 5000  | 3e-3 (100) → 1e-3 @ 4900  |
+
+``mulo_nm`` meta-trains on non-memorizable data (:mod:`mulo.data.procedural`: fresh examples every batch, a
+held-out split, a loss floor above zero) with the log meta-loss, and every inner run follows a cosine
+learning-rate schedule to 0 over its sampled length after a 5% warmup (:mod:`mulo.meta.inner`); one CPU core
+with ``--inner-backend cpu``, checkpoints every 100 outer steps (≈ 4 MB, every particle's state included).
 
 The paper meta-trains μLO_M on ImageNet 32×32; ``mulo_m`` defaults to the Hugging Face copy of CIFAR-10
 (same input size) because it needs no special access — pass ``--dataset`` to change it. SP twins
@@ -19,6 +26,7 @@ import dataclasses
 import math
 from typing import Any
 
+from mulo.meta.inner import REPARAM_GLOBAL_RANGE, InnerSchedule
 from mulo.meta.tasks import META_LOSSES, PARAMETERIZATIONS, ImageMLPSpec
 
 STEP_MULTS = {"mup": 0.01, "sp": 0.001}
@@ -50,6 +58,18 @@ class MetaTrainConfig:
     #: the per-step loss PES differences: "normalized" (ALGORITHM.md §7) or "log" (its logarithm, which
     #: keeps the low-loss end of training in the objective; see :meth:`mulo.meta.tasks.Task.meta_loss`)
     meta_loss: str = "normalized"
+    # ---- how inner runs are trained (mulo.meta.inner); the defaults are the plain μLO inner run, and
+    # ---- to_json leaves these out while they hold their defaults (older checkpoints resume unchanged)
+    #: learning-rate schedule of each inner run over its sampled length: constant, cosine or linear
+    inner_schedule: str = "constant"
+    #: linear warmup over this fraction of each inner run's length
+    inner_warmup: float = 0.0
+    #: the lr the decay ends at, as a fraction of the peak (cosine/linear)
+    inner_lr_final: float = 0.0
+    #: decoupled weight decay of the inner runs (MuLO's weight_decay: p ← p − wd·lr·p after the step)
+    inner_weight_decay: float = 0.0
+    #: reparameterize each task by a global scale s ~ log-uniform[1e-3, 1e3] (params w₀/s, loss at s·w)
+    reparam_global: bool = False
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -66,6 +86,26 @@ class MetaTrainConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not self.decay_end >= self.warmup_steps >= 0:
             raise ValueError(f"need decay_end ≥ warmup_steps ≥ 0, got {self.decay_end}, {self.warmup_steps}")
+        self.inner_schedule_spec()  # names the option and the fix for a bad schedule
+        if not (math.isfinite(self.inner_weight_decay) and self.inner_weight_decay >= 0.0):
+            raise ValueError(
+                f"inner_weight_decay (--inner-weight-decay) must be a finite number ≥ 0, got "
+                f"{self.inner_weight_decay!r}; 0 turns it off"
+            )
+        if not isinstance(self.reparam_global, bool):
+            raise ValueError(f"reparam_global (--reparam-global) must be True or False, got {self.reparam_global!r}")
+
+    def inner_schedule_spec(self) -> InnerSchedule:
+        """The inner runs' learning-rate schedule (:class:`mulo.meta.inner.InnerSchedule`)."""
+        return InnerSchedule(self.inner_schedule, self.inner_warmup, self.inner_lr_final)
+
+    def inner_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`mulo.meta.unroll.PopulationUnroll` for the inner runs."""
+        return {
+            "schedule": self.inner_schedule_spec(),
+            "weight_decay": self.inner_weight_decay,
+            "reparam": REPARAM_GLOBAL_RANGE if self.reparam_global else None,
+        }
 
     def lr(self, step: int) -> float:
         """Linear warmup lr_init → lr_peak over ``warmup_steps``, cosine to lr_final at ``decay_end``, flat after."""
@@ -77,7 +117,11 @@ class MetaTrainConfig:
         return self.lr_final
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # tuples of dataclasses become lists of dicts
+        d = dataclasses.asdict(self)  # tuples of dataclasses become lists of dicts
+        for name in OMITTED_AT_DEFAULT:  # absent at their defaults: the JSON of older configs is unchanged
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MetaTrainConfig:
@@ -88,6 +132,26 @@ class MetaTrainConfig:
 
     def replace(self, **changes) -> MetaTrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: fields added after checkpoints were written; to_json omits them while they hold their defaults
+OMITTED_AT_DEFAULT = ("inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
+
+
+def family_labels(families: tuple[ImageMLPSpec, ...]) -> list[str]:
+    """Short unique names of the families for logs: ``w{width}`` when all share one data set and the widths
+    tell them apart (every older preset), else ``{dataset}_w{width}``, else the full family description."""
+    one_dataset = len({f.dataset for f in families}) == 1
+    for label in (
+        lambda f: f"w{f.width}" if one_dataset else "",
+        lambda f: f"{f.dataset}_w{f.width}",
+        lambda f: f"{f.parameterization}_{f.dataset}_w{f.width}_d{f.depth}_b{f.batch_size}_noise{f.label_noise:g}",
+    ):
+        labels = [label(f) for f in families]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}_{lab}" for i, lab in enumerate(labels)]
 
 
 def _mlps(dataset: str, widths, depth: int, batch: int) -> tuple[ImageMLPSpec, ...]:
@@ -136,6 +200,31 @@ PRESETS: dict[str, MetaTrainConfig] = {
         warmup_steps=50,
         decay_end=2500,
         checkpoint_every=25,
+    ),
+    # non-memorizable data (mulo.data.procedural): fresh examples every batch, a loss floor above 0, so
+    # growing the logits of memorized examples is never rewarded; each inner run follows a cosine learning-
+    # rate schedule to 0 over its sampled length (mulo.meta.inner); the log meta-loss; sized for one CPU
+    # core with --inner-backend cpu (≈ 0.25 s per outer step: 2 h), checkpoints every 100 outer steps (≈ 4 MB)
+    "mulo_nm": MetaTrainConfig(
+        families=(
+            ImageMLPSpec("mnist1d", 64, 2, 128, "mup"),
+            ImageMLPSpec("digits_aug", 32, 2, 128, "mup"),
+            ImageMLPSpec("teacher", 16, 2, 128, "mup"),
+        ),
+        num_pairs=8,
+        unroll_length=10,
+        min_length=100,
+        max_length=1000,
+        max_initial_offset=50,
+        outer_steps=30000,
+        lr_peak=3e-3,
+        lr_final=3e-4,
+        warmup_steps=100,
+        decay_end=30000,
+        checkpoint_every=100,
+        meta_loss="log",
+        inner_schedule="cosine",
+        inner_warmup=0.05,
     ),
     "mulo_m": MetaTrainConfig(
         families=_mlps("hf:uoft-cs/cifar10", (128, 512, 1024), 3, 4096),

@@ -6,6 +6,12 @@ with its declared roles: hidden weights get lr/fan_in, readout zero-initialized 
 multiplier) and its SP twin (same architecture, plain Linear readout initialized like every other weight,
 every lr_scale 1 — the SP small_fc_lopt baseline). Biases start N(0, 1) as in the reference ``mu_mlp``.
 
+The data is an image data set held whole (:func:`mulo.data.datasets.load_image_classification`: ``digits``,
+``hf:NAME``, a directory), sampled with replacement — small sets get memorized within an inner run — or a
+non-memorizable source (:mod:`mulo.data.procedural`: ``mnist1d``, ``digits_aug``, ``teacher``) that draws
+fresh examples per batch and has a held-out split (:meth:`ImageMLPTask.heldout_batches`,
+:meth:`ImageMLPTask.heldout_set`).
+
 Everything a population needs is functional: ``loss(params, batch)`` runs the module through
 ``torch.func.functional_call`` so that ``torch.func.vmap`` trains all members in one batched pass.
 """
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mulo.data.datasets import ImageClassificationData, load_image_classification
+from mulo.data.procedural import ClassificationSource, is_source, load_source
 from mulo.mup import ParamRole, fan_in, init_
 from mulo.mup.models import MuMLP
 
@@ -50,6 +57,14 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def batches(self, generator: torch.Generator, n: int):
         """``n`` independent batches stacked on a leading axis."""
+
+    def heldout_batches(self, generator: torch.Generator, n: int):
+        """``n`` batches of the held-out split (never seen in training); tasks without one raise."""
+        raise ValueError(f"{type(self).__name__} has no held-out split")
+
+    def heldout_set(self):
+        """The whole fixed held-out set as one batch; tasks without one raise."""
+        raise ValueError(f"{type(self).__name__} has no held-out split")
 
     def normalized_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """clip(ℓ, 0, loss_clip) with NaN → loss_clip (what PES differences)."""
@@ -99,11 +114,12 @@ class SPMLP(nn.Module):
 
 
 class ImageMLPTask(Task):
-    """Cross-entropy of a ReLU MLP (``depth`` hidden layers of ``width``) on an image data set."""
+    """Cross-entropy of a ReLU MLP (``depth`` hidden layers of ``width``) on an image data set or a
+    non-memorizable classification source."""
 
     def __init__(
         self,
-        data: ImageClassificationData,
+        data: ImageClassificationData | ClassificationSource,
         width: int,
         depth: int,
         batch_size: int,
@@ -129,7 +145,8 @@ class ImageMLPTask(Task):
     @torch.no_grad()
     def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         init_(self.module, self.roles, bias_std=self.bias_std, generator=generator)
-        return {n: p.detach().clone().to(self.data.x.device) for n, p in self.module.named_parameters()}
+        device = self.data.device if isinstance(self.data, ClassificationSource) else self.data.x.device
+        return {n: p.detach().clone().to(device) for n, p in self.module.named_parameters()}
 
     def loss(self, params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
@@ -137,19 +154,38 @@ class ImageMLPTask(Task):
         return F.cross_entropy(logits, y)
 
     def batches(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, self.data.x.shape[0], (n, self.batch_size), generator=generator)
-        idx = idx.to(self.data.x.device)
-        y = self.data.y[idx]
+        if isinstance(self.data, ClassificationSource):
+            x, y = self.data.batches(generator, n, self.batch_size)
+        else:
+            idx = torch.randint(0, self.data.x.shape[0], (n, self.batch_size), generator=generator)
+            idx = idx.to(self.data.x.device)
+            x, y = self.data.x[idx], self.data.y[idx]
         if self.label_noise > 0:  # fresh noise per draw: the data cannot be memorized (no draws when 0)
-            flip = torch.rand(idx.shape, generator=generator) < self.label_noise
-            fresh = torch.randint(0, self.data.num_classes, idx.shape, generator=generator)
+            flip = torch.rand(y.shape, generator=generator) < self.label_noise
+            fresh = torch.randint(0, self.data.num_classes, y.shape, generator=generator)
             y = torch.where(flip.to(y.device), fresh.to(y.device), y)
-        return self.data.x[idx], y
+        return x, y
+
+    def _source(self) -> ClassificationSource:
+        if not isinstance(self.data, ClassificationSource):
+            raise ValueError(
+                f"dataset {self.data.name!r} has no held-out split (the whole set is the training set); use a "
+                "non-memorizable one: 'mnist1d', 'digits_aug' or 'teacher'"
+            )
+        return self.data
+
+    def heldout_batches(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` batches of ``batch_size`` held-out examples (no label noise)."""
+        return self._source().batches(generator, n, self.batch_size, split="heldout")
+
+    def heldout_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._source().heldout_set()
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageMLPSpec:
-    """What a family of image-MLP tasks is: data set, width, depth, batch and parameterization;
+    """What a family of image-MLP tasks is: data set (an image set or a non-memorizable source, see the
+    module docstring), width, depth, batch and parameterization;
     ``label_noise`` replaces that fraction of each batch's labels by uniform random classes, drawn afresh
     every batch (the set can no longer be memorized: the loss keeps a floor, as on large data sets)."""
 
@@ -162,7 +198,9 @@ class ImageMLPSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(dataset: str, device: str) -> ImageClassificationData:
+def _load(dataset: str, device: str) -> ImageClassificationData | ClassificationSource:
+    if is_source(dataset):
+        return load_source(dataset, device)
     return load_image_classification(dataset, device)
 
 

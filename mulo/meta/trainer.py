@@ -32,7 +32,7 @@ from mulo.backends.population import backend_population_step
 from mulo.lopt.network import LOptConfig, LOptNet
 from mulo.meta import theta as theta_mod
 from mulo.meta.estimators import ESTIMATORS, GradientEstimator
-from mulo.meta.presets import MetaTrainConfig
+from mulo.meta.presets import MetaTrainConfig, family_labels
 from mulo.meta.tasks import ImageMLPFamily
 from mulo.meta.truncation import LogUniformTruncation
 from mulo.meta.unroll import PopulationUnroll
@@ -95,6 +95,7 @@ def build_estimators(
             lcfg,
             step_fn=step_fn,
             meta_loss=config.meta_loss,
+            **config.inner_options(),
         )
         estimators.append(ESTIMATORS[config.estimator](step, std=config.std, unroll_length=config.unroll_length))
     return estimators
@@ -284,7 +285,7 @@ class MetaTrainer:
             "update_norm": float(norm * scale),
             "lr": lr,
             "seconds": time.perf_counter() - t0,
-            "family_meta_loss": dict(zip((f"w{s.width}" for s in cfg.families), losses)),
+            "family_meta_loss": dict(zip(family_labels(cfg.families), losses)),
         }
 
     def run(self, *, on_step: Callable[[dict], None] | None = None) -> Path:
@@ -320,18 +321,35 @@ def evaluate(
     family: int = 0,
     device: torch.device | str = "cpu",
     seed: int = 12345,
+    split: str = "train",
 ) -> float:
     """Mean normalized training loss of ``seeds`` fresh tasks of family ``family`` trained ``steps`` steps
-    by μLO with meta-weights ``theta`` (all seeds batched in one population). Lower is better."""
+    by μLO with meta-weights ``theta`` (all seeds batched in one population), with the config's inner-run
+    options (schedule over ``steps``, weight decay, reparameterization). ``split="heldout"``: instead, the
+    mean normalized loss of the trained parameters on the family's whole held-out set (non-memorizable
+    data sets only). Lower is better."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     truncation = LogUniformTruncation(steps + 1, steps + 1, 1)
     unroll = PopulationUnroll(
-        ImageMLPFamily(config.families[family], device), truncation, seeds, lopt_config_for(config)
+        ImageMLPFamily(config.families[family], device),
+        truncation,
+        seeds,
+        lopt_config_for(config),
+        **config.inner_options(),
     )
+    if split == "heldout":
+        heldout = unroll.task.heldout_set()  # before training: a data set without one fails at once
     gen = torch.Generator().manual_seed(seed)
     state = unroll.init_state(gen)
+    # schedules count from step 0 here (the truncation's initial offset is 0)
     thetas = theta.detach().to(device, torch.float32).expand(2 * seeds, -1)
     out = unroll.unroll(state, thetas, steps, gen)
-    return float(out.losses[:, :seeds].mean())
+    if split == "train":
+        return float(out.losses[:, :seeds].mean())
+    x, y = (t.expand(2 * seeds, *t.shape) for t in heldout)
+    _, loss = unroll.grads_and_losses(state, (x, y))
+    return float(unroll.task.normalized_loss(loss[:seeds]).mean())
 
 
 def meta_train(

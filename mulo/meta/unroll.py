@@ -12,20 +12,24 @@ advances its inner step and sets ``done`` once the step reaches its length L (a 
 
 :class:`PopulationUnroll` trains μLO on a task family with one batched forward/backward
 (``torch.func.vmap`` over the task's functional loss) and ONE population optimizer call
-(:func:`mulo.backends.population.population_step`) per inner step. :class:`QuadraticUnroll` is a linear
-system with a quadratic loss whose exact meta-gradient is known: it tests the estimators.
+(:func:`mulo.backends.population.population_step`) per inner step; optionally each inner run follows a
+learning-rate schedule over its length, with decoupled weight decay, and each task is reparameterized by a
+global scale (:mod:`mulo.meta.inner`). :class:`QuadraticUnroll` is a linear system with a quadratic loss
+whose exact meta-gradient is known: it tests the estimators.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
 
 from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
+from mulo.meta.inner import InnerSchedule, log_uniform, member_lr_step, reparam_global
 from mulo.meta.tasks import META_LOSSES, Task, TaskFamily
 from mulo.meta.theta import population_weights, theta_size
 from mulo.meta.truncation import LogUniformTruncation
@@ -84,6 +88,12 @@ class PopulationUnroll(TruncatedStep):
         dtype: parameter/meta-weight dtype of the inner problems.
         step_fn: the population optimizer entry point (the reference semantics by default).
         meta_loss: the per-step loss emitted, ``"normalized"`` or ``"log"`` (:meth:`Task.meta_loss`).
+        schedule: the learning-rate multiplier of each inner run over its length (default: constant 1).
+        weight_decay: decoupled weight decay of the inner runs (times each step's lr, as in ``MuLO``).
+        reparam: ``(low, high)``: reparameterize every task by a global scale log-uniform in that range
+            (:func:`mulo.meta.inner.reparam_global`; the state then holds each member's ``scale``).
+
+    With the defaults the inner run is the plain μLO one and no extra random number is drawn.
     """
 
     def __init__(
@@ -96,6 +106,9 @@ class PopulationUnroll(TruncatedStep):
         dtype: torch.dtype = torch.float32,
         step_fn: Callable = population_step,
         meta_loss: str = "normalized",
+        schedule: InnerSchedule | None = None,
+        weight_decay: float = 0.0,
+        reparam: tuple[float, float] | None = None,
     ):
         if num_pairs < 1:
             raise ValueError(f"num_pairs must be ≥ 1, got {num_pairs}")
@@ -106,17 +119,59 @@ class PopulationUnroll(TruncatedStep):
         self.meta_loss = meta_loss
         self.theta_size = theta_size(lopt_config)
         self.task: Task = family.sample(torch.Generator().manual_seed(0))
-        self._grad_fn = torch.func.vmap(torch.func.grad_and_value(self.task.loss))
+        self.schedule = InnerSchedule() if schedule is None else schedule
+        if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
+            raise ValueError(
+                f"inner weight decay (--inner-weight-decay) must be a finite number ≥ 0, got {weight_decay!r}"
+            )
+        if reparam is not None and not 0.0 < reparam[0] <= reparam[1] < math.inf:
+            raise ValueError(f"reparam scale range must satisfy 0 < low ≤ high < inf, got {reparam!r}")
+        self.weight_decay, self.reparam = weight_decay, reparam
+        self._plain_step = self.schedule.is_constant and weight_decay == 0.0
+        if reparam is None:
+            self._grad_fn = torch.func.vmap(torch.func.grad_and_value(self.task.loss))
+        else:
+            self._grad_fn = torch.func.vmap(torch.func.grad_and_value(reparam_global(self.task.loss)))
 
     def _fresh_params(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inits = [self.task.init(generator) for _ in range(n)]
         return {k: torch.stack([p[k] for p in inits]).to(self.dtype) for k in inits[0]}
 
+    def _fresh_tasks(self, n: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """``n`` fresh initializations; with ``reparam`` also their scales s (drawn after the inits), the
+        parameters divided by s."""
+        params = self._fresh_params(n, generator)
+        if self.reparam is None:
+            return params, None
+        scale = log_uniform(n, *self.reparam, generator).to(next(iter(params.values())).device, self.dtype)
+        return {k: v / scale.view(-1, *([1] * (v.dim() - 1))) for k, v in params.items()}, scale
+
     def init_state(self, generator: torch.Generator) -> dict:
-        fresh = self._fresh_params(self.num_particles, generator)
+        fresh, scale = self._fresh_tasks(self.num_particles, generator)
         params = {k: torch.cat([v, v]) for k, v in fresh.items()}
         opt = {k: init_population_state(v, self.config.layout) for k, v in params.items()}
-        return {"params": params, "opt": opt, **_schedule_state(self.truncation, self.num_particles, generator)}
+        state = {"params": params, "opt": opt, **_schedule_state(self.truncation, self.num_particles, generator)}
+        if scale is not None:
+            state["scale"] = torch.cat([scale, scale])
+        return state
+
+    def _step(self, state: dict, names: list[str], grads: dict, lrs: list[float], weights) -> None:
+        params, opt = state["params"], state["opt"]
+        args = [params[k] for k in names], [grads[k] for k in names], [opt[k] for k in names]
+        if self._plain_step:
+            self.step_fn(*args, lrs, [0.0] * len(names), weights)
+            return
+        m = self.schedule.multipliers(state["inner_step"], state["length"]).tolist()
+        m = m + m  # "+" members, then "−": a pair shares its run's schedule
+        member_lrs = [[scale * v for v in m] for scale in lrs]
+        member_lr_step(self.step_fn)(*args, member_lrs, [self.weight_decay] * len(names), weights)
+
+    def grads_and_losses(self, state: dict, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every member's gradient and loss on its slice of ``batch`` (stacked on the member axis), at its
+        current parameters (for a reparameterized task: at s·w, the gradient with respect to w)."""
+        if self.reparam is None:
+            return self._grad_fn(state["params"], batch)
+        return self._grad_fn(state["params"], batch, state["scale"])
 
     @torch.no_grad()
     def unroll(self, state: dict, thetas: torch.Tensor, steps: int, generator: torch.Generator) -> UnrollOutput:
@@ -128,25 +183,24 @@ class PopulationUnroll(TruncatedStep):
             raise ValueError(f"thetas has shape {tuple(thetas.shape)}, expected ({2 * n}, {self.theta_size})")
         weights = population_weights(thetas.to(device, self.dtype), self.config)
         lrs = [self.task.roles[k].lr_scale for k in names]
-        wds = [0.0] * len(names)
         losses = torch.zeros(steps, 2 * n, device=device, dtype=self.dtype)
         masks = torch.zeros(steps, n)
         dones = torch.zeros(steps, n, dtype=torch.bool)
         for t in range(steps):
             reset = state["done"].clone()
             x, y = self.task.batches(generator, n)
-            grads, loss = self._grad_fn(params, (torch.cat([x, x]), torch.cat([y, y])))
-            self.step_fn(
-                [params[k] for k in names], [grads[k] for k in names], [opt[k] for k in names], lrs, wds, weights
-            )
+            grads, loss = self.grads_and_losses(state, (torch.cat([x, x]), torch.cat([y, y])))
+            self._step(state, names, grads, lrs, weights)
             if reset.any():
                 idx = reset.nonzero().flatten()
-                fresh = self._fresh_params(len(idx), generator)
+                fresh, scale = self._fresh_tasks(len(idx), generator)
                 members = torch.cat([idx, idx + n]).to(device)
                 for k in names:
                     params[k][members] = torch.cat([fresh[k], fresh[k]]).to(device)
                     for value in opt[k].values():
                         value[members] = 0
+                if scale is not None:
+                    state["scale"][members] = torch.cat([scale, scale])
             done = _advance_schedule(state, reset, self.truncation, generator)
             keep = (~reset).to(device).repeat(2)
             losses[t] = torch.where(keep, self.task.meta_loss(loss.to(self.dtype), self.meta_loss), 0.0)
