@@ -12,7 +12,8 @@ state) are not timed; each timed step sees the next of several rotating gradient
 flatter small sizes. Each row: median and p20/p80, the ratio to fused AdamW measured in the same run,
 bytes and FLOPs by ALGORITHM.md §5's model, the fraction of the floor set by the copy bandwidth and matmul
 peak measured in the same run, peak memory (GPU), optimizer-state bytes per element, and provenance.
-Rows are APPENDED as JSON lines to bench/results/step_time.jsonl (``--out``, repeatable).
+Rows are APPENDED as JSON lines to bench/results/step_time.jsonl (``--out``, repeatable). A ``--quick``
+run only prints its rows unless ``--out`` is given: trying the benchmark never dirties the repository.
 """
 
 from __future__ import annotations
@@ -255,8 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=None, help="time budget per measurement")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting measurements after this")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", action="append", default=None, help="JSONL file(s) to append rows to")
+    ap.add_argument(
+        "--out",
+        action="append",
+        default=None,
+        help="JSONL file(s) to append rows to (default: bench/results/step_time.jsonl; with --quick: none)",
+    )
     return ap
+
+
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    """Where rows are appended: every ``--out``; by default the tracked results file, except for ``--quick``."""
+    if args.out:
+        return [Path(p) for p in args.out]
+    return [] if args.quick else [common.RESULTS_DIR / "step_time.jsonl"]
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
@@ -295,7 +308,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
     psets = [common.param_set(s) for s in args.sets.split(",") if s]
     psets += [common.synthetic(n) for n in synthetic_sizes(device, args.sizes)]
-    outs = [Path(p) for p in (args.out or [str(common.RESULTS_DIR / "step_time.jsonl")])]
+    outs = output_paths(args)
+    if not outs:
+        print("--quick: rows are printed, not saved (pass --out FILE to append them to FILE)")
     ctx = {
         "run_id": uuid.uuid4().hex[:12],
         "provenance": common.provenance(device),

@@ -205,6 +205,16 @@ def test_tiny_run_rows_have_schema_and_provenance(tmp_path):
     assert adam["ratio_to_adamw_fused"] == 1.0 and adam["state_bytes"] == 4096 * 8 + 4  # m, v and the step
 
 
+def test_quick_runs_save_nothing_unless_asked():
+    parse = step_time.build_parser().parse_args
+    assert step_time.output_paths(parse(["--quick"])) == []
+    assert step_time.output_paths(parse([])) == [common.RESULTS_DIR / "step_time.jsonl"]
+    assert [str(p) for p in step_time.output_paths(parse(["--quick", "--out", "a.jsonl", "--out", "b.jsonl"]))] == [
+        "a.jsonl",
+        "b.jsonl",
+    ]
+
+
 def test_unknown_backend_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown"):
         step_time.run(["--device", "cpu", "--backends", "nope", "--out", str(tmp_path / "x.jsonl")])
