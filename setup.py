@@ -31,11 +31,22 @@ def native_extensions() -> tuple[list, dict]:
 
 ext_modules, cmdclass = native_extensions()
 
-packages = find_packages(include=["mulo", "mulo.*"]) + ["mulo.kernels"]
+
+def weight_packages() -> list[str]:
+    """Each shipped set of meta-weights (a ``mulo/lopt/pretrained/NAME/`` directory with a config.json) is a
+    data-only package: listed as such, setuptools installs its files instead of warning that it would be
+    ignored."""
+    base = os.path.join(ROOT, "mulo", "lopt", "pretrained")
+    names = sorted(d for d in os.listdir(base) if os.path.isfile(os.path.join(base, d, "config.json")))
+    return [f"mulo.lopt.pretrained.{name}" for name in names]
+
+
+WEIGHT_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]
+packages = find_packages(include=["mulo", "mulo.*"]) + ["mulo.kernels"] + weight_packages()
 setup(
     packages=packages,
     package_dir={"mulo": "mulo", "mulo.kernels": "kernels"},
-    package_data={"mulo.lopt.pretrained": ["*/*.json", "*/*.safetensors", "*/*.md", "*/*.png"]},
+    package_data={name: WEIGHT_FILES for name in weight_packages()},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
