@@ -11,12 +11,13 @@ TORCH_LIBRARY(mulo, m) {
   m.def("lopt_reduce(Tensor[] grads, int[] dims) -> (Tensor[], Tensor)");
   m.def(
       "lopt_sumsq(Tensor[] params, Tensor[] grads, Tensor[] momentum, Tensor[] second_moment, Tensor[] acc_a, "
-      "Tensor[] acc_b, Tensor[] sums, Tensor finite, int[] dims, float[] hyper) -> Tensor");
+      "Tensor[] acc_b, Tensor[] sums, Tensor finite, int[] dims, float[] hyper, int[] whole=[], "
+      "Tensor[]? row_acc_sums=None) -> Tensor");
   m.def(
       "lopt_apply(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum, Tensor(c!)[] second_moment, "
       "Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] sums, "
       "Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims, float[] hyper, "
-      "int[] weight_index=[]) -> ()");
+      "int[] weight_index=[], int[] whole=[], Tensor[]? row_acc_sums=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mulo, CPU, m) {

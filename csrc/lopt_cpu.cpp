@@ -243,8 +243,9 @@ void prepare_rowcol(const Layout& L, const float* sums, const at::Tensor& row_st
   const int64_t nr = L.nrow, nc = L.ncol;
   P.rowv.assign(static_cast<size_t>(nr) * RV, 0.f);
   P.colv.assign(static_cast<size_t>(nc) * RV, 0.f);
-  const float n_d0 = static_cast<float>(L.d0_size), n_d1 = static_cast<float>(L.d1_size);
-  const int64_t nmean = nr / std::max<int64_t>(1, L.d1_size);
+  // means over the WHOLE tensor's axes (a shard's sums were all-reduced by the caller)
+  const float n_d0 = static_cast<float>(L.whole_d0), n_d1 = static_cast<float>(L.whole_d1);
+  const int64_t nmean = L.nmean;
   std::vector<double> mean(static_cast<size_t>(3 * nmean), 0.0);
   // mean index of a row entry: the row accumulator keeps axis d1; drop it as well
   auto mean_index = [&](int64_t e) -> int64_t {
@@ -266,7 +267,8 @@ void prepare_rowcol(const Layout& L, const float* sums, const at::Tensor& row_st
     const int64_t mi = mean_index(e);
     for (int k = 0; k < 3; ++k) {
       const float r = P.rowv[k * nr + e];
-      const float rm = static_cast<float>(mean[k * nmean + mi] / static_cast<double>(L.d1_size));
+      const double total = L.row_acc_sum ? L.row_acc_sum[k * nmean + mi] : mean[k * nmean + mi];
+      const float rm = static_cast<float>(total / static_cast<double>(L.whole_d1));
       P.rowv[(3 + k) * nr + e] = 1.0f / std::sqrt(r + 1e-8f);
       P.rowv[(6 + k) * nr + e] = 1.0f / std::sqrt(std::max(r / (rm + 1e-9f), 1e-9f));
     }
@@ -330,7 +332,8 @@ struct Inputs {
 
 Inputs collect(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum,
                at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList sums,
-               const at::Tensor& finite, at::IntArrayRef dims, at::ArrayRef<double> hyper) {
+               const at::Tensor& finite, at::IntArrayRef dims, at::ArrayRef<double> hyper, at::IntArrayRef whole,
+               at::TensorList row_acc_sums) {
   const size_t nt = params.size();
   for (auto [what, list] : {std::pair<const char*, at::TensorList>{"grads", grads}, {"momentum", momentum},
                             {"second_moment", second_moment}, {"acc_a", acc_a}, {"acc_b", acc_b}, {"sums", sums}})
@@ -341,6 +344,7 @@ Inputs collect(const char* op, at::TensorList params, at::TensorList grads, at::
   Inputs in;
   in.H = make_hyper(hyper, op);
   in.L = layouts(params, dims, op);
+  apply_geometry(in.L, whole, row_acc_sums, op);
   in.jobs.resize(nt);
   for (size_t i = 0; i < nt; ++i) {
     const auto& p = params[i];
@@ -432,9 +436,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> lopt_reduce_cpu(at::TensorList g
 at::Tensor lopt_sumsq_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum,
                           at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b,
                           at::TensorList sums, const at::Tensor& finite, at::IntArrayRef dims,
-                          at::ArrayRef<double> hyper) {
+                          at::ArrayRef<double> hyper, at::IntArrayRef whole, std::optional<at::TensorList> row_acc_sums) {
   const char* op = "mulo::lopt_sumsq";
-  Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);
+  Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
+                      row_acc_sums.value_or(at::TensorList()));
   const size_t nt = params.size();
   const float* fin = finite.data_ptr<float>();
   std::vector<Prepared> prep(nt);
@@ -442,7 +447,7 @@ at::Tensor lopt_sumsq_cpu(at::TensorList params, at::TensorList grads, at::Tenso
   at::parallel_for(0, static_cast<int64_t>(nt), 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const Layout& L = in.L[i];
-      if (!L.factored || fin[i] == 0.f) continue;
+      if (!L.factored || fin[i] == 0.f || L.whole_n == 0) continue;  // zero elements: nothing to update
       prepare_rowcol(L, sums[i].data_ptr<float>(), acc_a[i], acc_b[i], in.H, prep[i]);
       in.jobs[i].rowv = prep[i].rowv.data();
       in.jobs[i].colv = prep[i].colv.data();
@@ -490,9 +495,11 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                     at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                     at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                    at::ArrayRef<double> hyper, at::IntArrayRef weight_index) {
+                    at::ArrayRef<double> hyper, at::IntArrayRef weight_index, at::IntArrayRef whole,
+                    std::optional<at::TensorList> row_acc_sums) {
   const char* op = "mulo::lopt_apply";
-  Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);
+  Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
+                      row_acc_sums.value_or(at::TensorList()));
   const size_t nt = params.size();
   check_same_length(nt, steps.size(), op, "steps");
   check_same_length(nt, skips.size(), op, "skips");
@@ -538,8 +545,8 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   std::vector<float> w1f(nt * kHidden * kFeatures), b1f(nt * kHidden);
   at::parallel_for(0, static_cast<int64_t>(nt), 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      if (fin[i] == 0.f) continue;
       const Layout& L = in.L[i];
+      if (fin[i] == 0.f || L.whole_n == 0) continue;  // zero elements: only the step count moves
       auto& J = in.jobs[i];
       if (L.factored) {
         prepare_rowcol(L, sums[i].data_ptr<float>(), acc_a[i], acc_b[i], in.H, prep[i]);
@@ -549,7 +556,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       // normalization folded into layer 1's columns, time features into its bias
       float scale[kFeatures];
       for (int j = 0; j < kFeatures; ++j)
-        scale[j] = 1.0f / std::sqrt(1e-5f + sq[i * kFeatures + j] / static_cast<float>(L.n));
+        scale[j] = 1.0f / std::sqrt(1e-5f + sq[i * kFeatures + j] / static_cast<float>(L.whole_n));
       const float t = steps[i].data_ptr<float>()[0];
       float tf[kTimescales];
       for (int q = 0; q < kTimescales; ++q) tf[q] = std::tanh(t / static_cast<float>(kTimescaleValues[q]) - 1.0f);
@@ -589,7 +596,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       continue;
     }
     const Layout& L = in.L[i];
-    if (L.factored) {  // the new Adafactor accumulators (the apply pass read them from `prep`)
+    if (L.factored && L.whole_n > 0) {  // the new Adafactor accumulators (the apply pass read them from `prep`)
       for (int k = 0; k < 3; ++k) {
         for (int64_t r = 0; r < L.nrow; ++r) write_f(acc_a[i], k * L.nrow + r, prep[i].rowv[k * L.nrow + r]);
         for (int64_t c = 0; c < L.ncol; ++c) write_f(acc_b[i], k * L.ncol + c, prep[i].colv[k * L.ncol + c]);

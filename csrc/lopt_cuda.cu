@@ -72,11 +72,13 @@ struct Meta {
   float* sums;      // pass A output: nrow row sums then ncol column sums
   float* rowv;      // scratch [nrow][kRV]
   float* colv;      // scratch [ncol][kRV]
-  float* mean;      // scratch [3][nrow / d1_size]
+  float* mean;      // scratch [3][nmean] (nmean = nrow / d1_size)
   float* w1f;       // scratch: folded layer 1 [32][28] then bias [32]
   float* step;
   float* skips;
-  int64_t n, A, Da, B, Db, C, nrow, ncol, d0_size, d1_size;
+  int64_t n, A, Da, B, Db, C, nrow, ncol, nmean, d0_size, d1_size;
+  int64_t whole_d0, whole_d1, whole_n;  // the whole tensor's (a shard's means and normalization use these)
+  const float* row_acc_sum;             // [3][nmean] when d1 is split across ranks, else null
   int factored, d0_is_a;
   int gdt;  // gradient dtype: the parameter's or float32 (a warp-uniform branch, not a template)
   float lr, wdlr;
@@ -183,11 +185,13 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
                                int write_state) {
   const int t = blockIdx.x;
   const Meta& M = metas[t];
-  if (!M.factored || finite[t] == 0.f) return;
-  const int64_t nmean = M.nrow / M.d1_size;
+  // a zero-element tensor has nothing to update: its accumulators stay as they are (no 0/0 means)
+  if (!M.factored || finite[t] == 0.f || M.whole_n == 0) return;
+  const int64_t nmean = M.nmean;
   for (int64_t k = threadIdx.x; k < 3 * nmean; k += blockDim.x) M.mean[k] = 0.f;
   __syncthreads();
-  const float d0 = static_cast<float>(M.d0_size), d1 = static_cast<float>(M.d1_size);
+  const float d0 = static_cast<float>(M.whole_d0), d1 = static_cast<float>(M.whole_d1);
+  const float l0 = static_cast<float>(M.d0_size), l1 = static_cast<float>(M.d1_size);  // local (the sums)
   for (int64_t e = threadIdx.x; e < M.nrow; e += blockDim.x) {
     const float ms = M.sums[e] / d0;
     const int64_t mi = mean_index(M, e);
@@ -203,12 +207,12 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
     const int64_t mi = mean_index(M, e);
     for (int k = 0; k < 3; ++k) {
       const float r = M.rowv[e * kRV + k];
-      const float rm = M.mean[k * nmean + mi] / d1;
+      const float rm = (M.row_acc_sum ? M.row_acc_sum[k * nmean + mi] : M.mean[k * nmean + mi]) / d1;
       const float rs = rsq(r + 1e-8f);
       M.rowv[e * kRV + 3 + k] = rs;
       M.rowv[e * kRV + 6 + k] = rsq(fmaxf(r / (rm + 1e-9f), 1e-9f));
-      part[k] += r * r * d0;           // channel 13 + k
-      part[6 + k] += rs * rs * d0;     // channel 19 + k
+      part[k] += r * r * l0;           // channel 13 + k
+      part[6 + k] += rs * rs * l0;     // channel 19 + k
       if (write_state) st_state(M.row_state, sdt, k * M.nrow + e, r);
     }
   }
@@ -220,8 +224,8 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
       M.colv[e * kRV + k] = c;
       M.colv[e * kRV + 3 + k] = cs;
       M.colv[e * kRV + 6 + k] = rsq(fmaxf(c, 1e-9f));
-      part[3 + k] += c * c * d1;   // channel 16 + k
-      part[9 + k] += cs * cs * d1;  // channel 22 + k
+      part[3 + k] += c * c * l1;   // channel 16 + k
+      part[9 + k] += cs * cs * l1;  // channel 22 + k
       if (write_state) st_state(M.col_state, sdt, k * M.ncol + e, c);
     }
   }
@@ -326,7 +330,7 @@ __global__ void fold_kernel(const Meta* metas, const float* finite, const float*
   const Meta& M = metas[t];
   constexpr int In = kFeatures + kTimescales;
   const float step = *M.step;
-  const float n = static_cast<float>(M.n);
+  const float n = static_cast<float>(M.whole_n);
   for (int k = threadIdx.x; k < kHidden * kFeatures; k += blockDim.x) {
     const int o = k / kFeatures, j = k % kFeatures;
     M.w1f[k] = W1[o * In + j] * rsq(1e-5f + sumsq[t * kFeatures + j] / n);
@@ -466,7 +470,8 @@ std::vector<Layout> layouts(at::TensorList ts, at::IntArrayRef dims, const char*
 // Checks the arguments of passes B and C and fills the per-tensor table (scratch included).
 Call collect(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum,
              at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList sums,
-             const at::Tensor& finite, at::IntArrayRef dims, at::ArrayRef<double> hyper) {
+             const at::Tensor& finite, at::IntArrayRef dims, at::ArrayRef<double> hyper, at::IntArrayRef whole,
+             at::TensorList row_acc_sums) {
   const size_t nt = params.size();
   TORCH_CHECK(nt > 0, op, ": no tensors");
   for (auto [what, list] : {std::pair<const char*, at::TensorList>{"grads", grads}, {"momentum", momentum},
@@ -477,6 +482,10 @@ Call collect(const char* op, at::TensorList params, at::TensorList grads, at::Te
   Call c;
   c.H = make_hyper(hyper, op);
   c.L = layouts(params, dims, op);
+  apply_geometry(c.L, whole, row_acc_sums, op);
+  for (size_t i = 0; i < row_acc_sums.size(); ++i)
+    TORCH_CHECK(row_acc_sums[i].numel() == 0 || row_acc_sums[i].device() == params[0].device(), op,
+                ": row_acc_sums[", i, "] must be on ", params[0].device());
   c.pdt = code(params[0].scalar_type());
   c.sdt = code(momentum[0].scalar_type());
   int64_t scratch = 0;
@@ -500,7 +509,7 @@ Call collect(const char* op, at::TensorList params, at::TensorList grads, at::Te
                     sums[i].numel() == (L.factored ? L.nrow + L.ncol : 0),
                 op, ": sums[", i, "] must be the float32 output of lopt_reduce for this tensor");
     offsets[i] = scratch;
-    const int64_t nmean = L.factored ? L.nrow / L.d1_size : 0;
+    const int64_t nmean = L.factored ? L.nmean : 0;
     scratch += (L.factored ? kRV * (L.nrow + L.ncol) + 3 * nmean : 0) + kHidden * kFeatures + kHidden;
     scratch = mt::align_up(scratch, 32);
   }
@@ -522,11 +531,12 @@ Call collect(const char* op, at::TensorList params, at::TensorList grads, at::Te
       M.rowv = s;
       M.colv = s + kRV * L.nrow;
       M.mean = M.colv + kRV * L.ncol;
-      s = M.mean + 3 * (L.nrow / L.d1_size);
+      s = M.mean + 3 * L.nmean;
     }
     M.w1f = s;
     M.n = L.n, M.A = L.A, M.Da = L.Da, M.B = L.B, M.Db = L.Db, M.C = L.C;
-    M.nrow = L.nrow, M.ncol = L.ncol, M.d0_size = L.d0_size, M.d1_size = L.d1_size;
+    M.nrow = L.nrow, M.ncol = L.ncol, M.nmean = L.nmean, M.d0_size = L.d0_size, M.d1_size = L.d1_size;
+    M.whole_d0 = L.whole_d0, M.whole_d1 = L.whole_d1, M.whole_n = L.whole_n, M.row_acc_sum = L.row_acc_sum;
     M.factored = L.factored, M.d0_is_a = L.d0_is_a;
     M.gdt = code(grads[i].scalar_type());
     c.metas.push_back(M);
@@ -578,11 +588,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> lopt_reduce_cuda(at::TensorList 
 at::Tensor lopt_sumsq_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum,
                            at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b,
                            at::TensorList sums, const at::Tensor& finite, at::IntArrayRef dims,
-                           at::ArrayRef<double> hyper) {
+                           at::ArrayRef<double> hyper, at::IntArrayRef whole, std::optional<at::TensorList> row_acc_sums) {
   const char* op = "mulo::lopt_sumsq";
   TORCH_CHECK(!params.empty(), op, ": no tensors");
   const c10::cuda::CUDAGuard guard(params[0].device());
-  Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);
+  Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
+                   row_acc_sums.value_or(at::TensorList()));
   const int nt = static_cast<int>(params.size());
   at::Tensor out = at::zeros({nt, kFeatures}, params[0].options().dtype(at::kFloat));
   auto T = mt::upload(c.metas, c.numels, kChunkAB, params[0].device());
@@ -600,14 +611,16 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b, at::TensorList steps,
                      at::TensorList skips, at::TensorList sums, const at::Tensor& sumsq, const at::Tensor& finite,
                      at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
-                     at::ArrayRef<double> hyper, at::IntArrayRef weight_index) {
+                     at::ArrayRef<double> hyper, at::IntArrayRef weight_index, at::IntArrayRef whole,
+                     std::optional<at::TensorList> row_acc_sums) {
   const char* op = "mulo::lopt_apply";
   for (const int64_t w : weight_index)
     TORCH_CHECK(w == 0, op, ": per-tensor meta-weight sets (weight_index) are implemented on the CPU only; "
                 "on CUDA call once per set");
   TORCH_CHECK(!params.empty(), op, ": no tensors");
   const c10::cuda::CUDAGuard guard(params[0].device());
-  Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper);
+  Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
+                   row_acc_sums.value_or(at::TensorList()));
   const size_t nt = params.size();
   check_same_length(nt, steps.size(), op, "steps");
   check_same_length(nt, skips.size(), op, "skips");

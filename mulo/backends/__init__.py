@@ -59,6 +59,11 @@ class BackendSpec:
     # Device types on which "auto" may pick it (None: all of device_types). E.g. Triton runs on CPU only
     # through its slow interpreter: explicit backend="triton" may use it there, "auto" never does.
     auto_device_types: tuple[str, ...] | None = None
+    # What the backend object implements beyond ``step`` (declared, never probed): "passes" — the pass
+    # contract of :mod:`mulo.backends.passes` (pass_a/pass_b/pass_c on shards; FSDP2/DTensor parameters run
+    # through it); "population" — ``population_step`` with per-member meta-weights in one call per pass
+    # (:mod:`mulo.backends.population`).
+    capabilities: frozenset[str] = frozenset()
 
     def auto_on(self, device_type: str) -> bool:
         return device_type in (self.auto_device_types if self.auto_device_types is not None else self.device_types)
@@ -78,6 +83,16 @@ def register_backend(spec: BackendSpec) -> None:
 
 def known_backends() -> list[str]:
     return sorted(_REGISTRY)
+
+
+CAPABILITIES = ("passes", "population")
+
+
+def has_capability(name: str, capability: str) -> bool:
+    """Whether backend ``name`` declares ``capability`` (one of :data:`CAPABILITIES`) in its spec."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; choose one of {CAPABILITIES}")
+    return capability in _REGISTRY[name].capabilities
 
 
 def load_backend(name: str) -> Backend:
@@ -152,6 +167,7 @@ register_backend(
         device_types=("cpu", "cuda", "mps", "xpu", "meta"),
         priority=100,
         fix="(always available)",
+        capabilities=frozenset({"passes", "population"}),
     )
 )
 register_backend(
@@ -171,6 +187,7 @@ register_backend(
         device_types=("cpu",),
         priority=10,
         fix="build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
+        capabilities=frozenset({"passes", "population"}),
     )
 )
 register_backend(
@@ -180,6 +197,7 @@ register_backend(
         device_types=("cuda",),
         priority=10,
         fix="set CUDA_HOME and build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
+        capabilities=frozenset({"passes"}),
     )
 )
 
@@ -188,7 +206,9 @@ __all__ = [
     "BackendSpec",
     "BackendUnavailable",
     "MuLOBackendNotice",
+    "CAPABILITIES",
     "available_backends",
+    "has_capability",
     "known_backends",
     "load_backend",
     "register_backend",

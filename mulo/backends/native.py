@@ -19,6 +19,7 @@ import threading
 
 import torch
 
+from mulo.backends.passes import ShardGeometry, TensorStats
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import physical_factored_dims
@@ -60,7 +61,8 @@ def _register_fakes() -> None:
         return sums, grads[0].new_empty((len(grads),), dtype=torch.float32)
 
     @torch.library.register_fake("mulo::lopt_sumsq")
-    def _sumsq_fake(params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper):
+    def _sumsq_fake(params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole=(),
+                    row_acc_sums=()):  # fmt: skip
         return params[0].new_empty((len(params), C.NUM_FEATURES), dtype=torch.float32)
 
     @torch.library.register_fake("mulo::lopt_apply")
@@ -109,17 +111,24 @@ def reduce(grads, dims):
     return torch.ops.mulo.lopt_reduce(grads, dims)
 
 
-def sumsq(params, grads, states, sums, finite, dims, weights):
-    """Pass B: (n_tensors, 28) float32 sums of squares of the feature channels."""
+def sumsq(params, grads, states, sums, finite, dims, weights, whole=(), row_acc_sums=()):
+    """Pass B: (n_tensors, 28) float32 sums of squares of the feature channels over the (local) elements.
+    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`)."""
     acc_a, acc_b = _accumulators(states)
     momentum = [st["momentum"] for st in states]
     second = [st["second_moment"] for st in states]
-    return torch.ops.mulo.lopt_sumsq(params, grads, momentum, second, acc_a, acc_b, sums, finite, dims, hyper(weights))
+    return torch.ops.mulo.lopt_sumsq(
+        params, grads, momentum, second, acc_a, acc_b, sums, finite, dims, hyper(weights), whole, row_acc_sums
+    )
 
 
-def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, weights, weight_index=()):
+def apply(
+    params, grads, states, sums, sq, finite, lrs, weight_decays, dims, weights, weight_index=(), whole=(),
+    row_acc_sums=(),
+):  # fmt: skip
     """Pass C: the update, in place. ``weights`` may be a population's (layers with a leading axis K, one
-    meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only)."""
+    meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only).
+    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`)."""
     acc_a, acc_b = _accumulators(states)
     mlp = [t.float().contiguous() for layer in weights.layers for t in layer]
     torch.ops.mulo.lopt_apply(
@@ -140,7 +149,22 @@ def apply(params, grads, states, sums, sq, finite, lrs, weight_decays, dims, wei
         dims,
         hyper(weights),
         list(weight_index),
+        list(whole),
+        list(row_acc_sums),
     )
+
+
+def whole_geometry(geoms: list[ShardGeometry], layout: str) -> tuple[list[int], list[int]]:
+    """(dims, whole) of shards for the ops: (d1, d0) of each WHOLE tensor (a shard's own shape may order
+    its axes otherwise) and its (d0 size, d1 size, numel)."""
+    dims: list[int] = []
+    whole: list[int] = []
+    for geom in geoms:
+        d = geom.factored_dims(layout)
+        dims.extend((-1, -1) if d is None else d)
+        whole.extend((1, 1) if d is None else (geom.shape[d[1]], geom.shape[d[0]]))
+        whole.append(geom.numel)
+    return dims, whole
 
 
 def _kernel_grads(params, grads) -> list[torch.Tensor]:
@@ -166,6 +190,12 @@ class _NativeBackend:
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return torch.device(device).type == self.device_type and dtype in NATIVE_DTYPES
 
+    def _grads(self, params, grads) -> list[torch.Tensor]:
+        gs = _kernel_grads(params, grads)
+        if self.uniform_grad_dtype and len({g.dtype for g in gs}) > 1:
+            gs = [g.float() for g in gs]  # the CUDA kernels take one gradient dtype per call
+        return gs
+
     def _reference(self):
         if self._fallback is None:
             from mulo.backends.reference import ReferenceBackend
@@ -187,13 +217,84 @@ class _NativeBackend:
                     "parameters (use backend='reference' or 'auto' for others)"
                 )
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
-        gs = _kernel_grads(params, grads)
-        if self.uniform_grad_dtype and len({g.dtype for g in gs}) > 1:
-            gs = [g.float() for g in gs]  # the CUDA kernels take one gradient dtype per call
+        gs = self._grads(params, grads)
         dims = dims_of(params, weights.layout)
         sums, finite = reduce(gs, dims)
         sq = sumsq(work, gs, states, sums, finite, dims, weights)
         apply(work, gs, states, sums, sq, finite, lrs, weight_decays, dims, weights)
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
+
+
+    # ---- the pass contract (mulo.backends.passes): the same three ops on local shards -------------------
+    def _exact_here(self, states, weights: MetaWeights) -> bool:
+        return network_supported(weights) and all(st["momentum"].dtype in STATE_DTYPES for st in states)
+
+    def pass_a(self, params, grads, states, geoms, weights: MetaWeights) -> list[TensorStats]:
+        if not self._exact_here(states, weights):
+            return self._reference().pass_a(params, grads, states, geoms, weights)
+        if not params:
+            return []
+        dims, _ = whole_geometry(geoms, weights.layout)
+        sums, finite = reduce(self._grads(params, grads), dims)
+        nonfinite = (1.0 - finite).unbind(0)
+        out = []
+        for i, (st, geom) in enumerate(zip(states, geoms, strict=True)):
+            stats = TensorStats(nonfinite=nonfinite[i])
+            if "row" in st:
+                row_shape, col_shape = st["row"].shape[1:], st["col"].shape[1:]
+                nrow = row_shape.numel()
+                stats.row_sum = sums[i][:nrow].view(row_shape)
+                stats.col_sum = sums[i][nrow:].view(col_shape)
+                d1, d0 = geom.factored_dims(weights.layout)
+                if geom.sharded_dim == d1:  # d0 whole here: the shard's new row accumulator is local
+                    beta = torch.tensor(weights.adafactor_decays, dtype=torch.float32, device=sums[i].device)
+                    beta = beta.view(3, *([1] * len(row_shape)))
+                    new_row = beta * st["row"].float() + (1 - beta) * (stats.row_sum / geom.shape[d0])
+                    stats.row_acc_sum = new_row.sum(dim=1 + (d1 - 1 if d1 > d0 else d1))
+            out.append(stats)
+        return out
+
+    def _pass_inputs(self, stats: list[TensorStats], geoms, weights: MetaWeights):
+        """The ops' (sums, finite, dims, whole, row_acc_sums) from pass A's (all-reduced) statistics."""
+        sums = [
+            torch.cat([s.row_sum.reshape(-1), s.col_sum.reshape(-1)]).float()
+            if s.row_sum is not None
+            else s.nonfinite.new_empty((0,), dtype=torch.float32)
+            for s in stats
+        ]
+        finite = torch.stack([(s.nonfinite == 0).float() for s in stats])
+        dims, whole = whole_geometry(geoms, weights.layout)
+        row_acc = [
+            s.row_acc_sum.reshape(-1).float().contiguous()
+            if s.row_acc_sum is not None
+            else s.nonfinite.new_empty((0,), dtype=torch.float32)
+            for s in stats
+        ]
+        return sums, finite, dims, whole, row_acc
+
+    def pass_b(self, params, grads, states, stats, geoms, weights: MetaWeights) -> list[torch.Tensor]:
+        if not self._exact_here(states, weights):
+            return self._reference().pass_b(params, grads, states, stats, geoms, weights)
+        if not params:
+            return []
+        sums, finite, dims, whole, row_acc = self._pass_inputs(stats, geoms, weights)
+        work = [p if p.is_contiguous() else p.contiguous() for p in params]
+        sq = sumsq(work, self._grads(params, grads), states, sums, finite, dims, weights, whole, row_acc)
+        return list(sq.unbind(0))
+
+    def pass_c(self, params, grads, states, stats, sumsqs, geoms, lrs, weight_decays, weights: MetaWeights) -> None:
+        if not self._exact_here(states, weights):
+            self._reference().pass_c(params, grads, states, stats, sumsqs, geoms, lrs, weight_decays, weights)
+            return
+        if not params:
+            return
+        sums, finite, dims, whole, row_acc = self._pass_inputs(stats, geoms, weights)
+        work = [p if p.is_contiguous() else p.contiguous() for p in params]
+        gs = self._grads(params, grads)
+        sq = torch.stack([s.float() for s in sumsqs]).contiguous()
+        apply(work, gs, states, sums, sq, finite, lrs, weight_decays, dims, weights, (), whole, row_acc)
         for p, w in zip(params, work):
             if w is not p:
                 p.copy_(w)

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from mulo.backends.passes import TensorStats
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import factored_dims, math_shape, math_view, math_view_stacked
@@ -65,33 +66,34 @@ def pass_a(
     w: MetaWeights,
     shape: tuple[int, ...] | None = None,
     sharded_axis: int | None = None,
-) -> dict[str, torch.Tensor]:
+) -> TensorStats:
     """Pass A of one tensor (or of this rank's shard of it): sums of s = g² + 1e-30, in g's dtype.
 
     ``g`` is the math view in the compute dtype; ``shape`` the whole tensor's math shape (default: g's);
-    ``sharded_axis`` the math axis split across ranks (None: g is the whole tensor). Returns
-    ``nonfinite`` (0-d: how many s are not finite) and, for rank ≥ 2, ``row_sum`` = Σ_{d0} s and
-    ``col_sum`` = Σ_{d1} s; when split along d1 also ``row_acc_sum`` = Σ_{d1} of the new row accumulator,
-    whose mean over d1 the row factor needs (d0 is whole on every rank then, so that sum is local).
+    ``sharded_axis`` the math axis split across ranks (None: g is the whole tensor). Returns the
+    :class:`~mulo.backends.passes.TensorStats`: ``nonfinite`` (0-d: how many s are not finite) and, for
+    rank ≥ 2, ``row_sum`` = Σ_{d0} s and ``col_sum`` = Σ_{d1} s; when split along d1 also ``row_acc_sum`` =
+    Σ_{d1} of the new row accumulator, whose mean over d1 the row factor needs (d0 is whole on every rank
+    then, so that sum is local).
     """
     shape = tuple(g.shape) if shape is None else tuple(shape)
     s = g * g + C.EPS_GRAD_SQ
-    stats = {"nonfinite": (~torch.isfinite(s)).sum().to(g.dtype)}
+    stats = TensorStats(nonfinite=(~torch.isfinite(s)).sum().to(g.dtype))
     dims = factored_dims(shape)
     if dims is None:
         return stats
     d1, d0 = dims
-    stats["row_sum"] = s.sum(dim=d0)
-    stats["col_sum"] = s.sum(dim=d1)
+    stats.row_sum = s.sum(dim=d0)
+    stats.col_sum = s.sum(dim=d1)
     if sharded_axis is not None and sharded_axis == d1:
-        stats["row_acc_sum"] = _row_accumulator(state, stats, w, shape).sum(dim=1 + _without(d1, d0))
+        stats.row_acc_sum = _row_accumulator(state, stats, w, shape).sum(dim=1 + _without(d1, d0))
     return stats
 
 
 def _row_accumulator(state, stats, w: MetaWeights, shape) -> torch.Tensor:
     """r_k ← β_f,k r_k + (1 − β_f,k) mean_{d0}(s), the mean being pass A's (summed) Σ_{d0} s / n_{d0}."""
     d0 = factored_dims(shape)[1]
-    row_sum = stats["row_sum"]
+    row_sum = stats.row_sum
     beta_f = _decays(w.adafactor_decays, row_sum.dim(), row_sum)
     return beta_f * state["row"].to(row_sum.dtype) + (1 - beta_f) * row_sum / shape[d0]
 
@@ -102,7 +104,7 @@ def features_and_state(
     p: torch.Tensor,
     state: dict[str, torch.Tensor],
     w: MetaWeights,
-    stats: dict[str, torch.Tensor] | None = None,
+    stats: TensorStats | None = None,
     shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The 28 un-normalized feature channels (shape (28, *S)) and the new accumulators.
@@ -129,10 +131,10 @@ def features_and_state(
         d1, d0 = dims
         beta_f = _decays(w.adafactor_decays, rank - 1, g)
         r = _row_accumulator(state, stats, w, shape)  # (3, S without d0)
-        c = beta_f * state["col"].to(cd) + (1 - beta_f) * stats["col_sum"] / shape[d1]  # (3, S without d1)
+        c = beta_f * state["col"].to(cd) + (1 - beta_f) * stats.col_sum / shape[d1]  # (3, S without d1)
         axis = 1 + _without(d1, d0)  # r's d1 axis
-        if "row_acc_sum" in stats:  # r is split along d1 across ranks: its mean comes from pass A's sums
-            row_mean = (stats["row_acc_sum"] / shape[d1]).unsqueeze(axis)
+        if stats.row_acc_sum is not None:  # r is split along d1 across ranks: its mean comes from pass A's sums
+            row_mean = (stats.row_acc_sum / shape[d1]).unsqueeze(axis)
         else:
             row_mean = r.mean(dim=axis, keepdim=True)
         row_factor = safe_rsqrt(r / (row_mean + C.EPS_SAFE_RSQRT)).unsqueeze(1 + d0)
@@ -260,12 +262,17 @@ def step_one(
     w: MetaWeights,
 ) -> None:
     """One μLO update of one tensor, in place. A non-finite gradient leaves everything unchanged but
-    ``state["nonfinite_skips"]`` (no host sync: the choice is a device-side ``where``)."""
+    ``state["nonfinite_skips"]`` (no host sync: the choice is a device-side ``where``). A tensor with no
+    elements has nothing to update: only its step count moves (its accumulators would be means over an
+    empty axis, 0/0)."""
+    if param.numel() == 0:
+        state["step"].add_(1.0)
+        return
     p_view, p, g, views = math_inputs(param, grad, state, w.layout)
     stats = pass_a(g, views, w)  # A
     feats, new = features_and_state(g, p, views, w, stats)
     sumsq = channel_sumsq(feats)  # B
-    apply_update(p_view, p, views, state, feats, new, sumsq, g.numel(), stats["nonfinite"] == 0, lr, weight_decay, w)
+    apply_update(p_view, p, views, state, feats, new, sumsq, g.numel(), stats.nonfinite == 0, lr, weight_decay, w)
 
 
 def _math_geometry(geom, layout: str) -> tuple[tuple[int, ...], int | None]:
@@ -302,7 +309,7 @@ class ReferenceBackend:
             step_one(p, g, st, lr, wd, weights)
 
     @torch.no_grad()
-    def pass_a(self, params, grads, states, geoms, weights: MetaWeights) -> list[dict[str, torch.Tensor]]:
+    def pass_a(self, params, grads, states, geoms, weights: MetaWeights) -> list[TensorStats]:
         out = []
         for param, grad, st, geom in zip(params, grads, states, geoms, strict=True):
             _, _, g, views = math_inputs(param, grad, st, weights.layout)
@@ -324,8 +331,11 @@ class ReferenceBackend:
         for param, grad, st, sa, sq, geom, lr, wd in zip(
             params, grads, states, stats, sumsqs, geoms, lrs, weight_decays, strict=True
         ):
-            p_view, p, g, views = math_inputs(param, grad, st, weights.layout)
             shape, _ = _math_geometry(geom, weights.layout)
+            if math.prod(shape) == 0:  # as step_one: only the step count moves
+                st["step"].add_(1.0)
+                continue
+            p_view, p, g, views = math_inputs(param, grad, st, weights.layout)
             feats, new = features_and_state(g, p, views, weights, sa, shape)
-            finite = sa["nonfinite"] == 0
+            finite = sa.nonfinite == 0
             apply_update(p_view, p, views, st, feats, new, sq, math.prod(shape), finite, lr, wd, weights)

@@ -5,7 +5,7 @@
 - FSDP2 (``fully_shard``) and other DTensor parameters: :class:`mulo.MuLO` detects DTensor parameters and
   steps them with :func:`sharded_step` — the exact update of the unsharded tensor, at the price of two
   bucketed ``all_reduce`` calls per step (pass A statistics, then the 28 channel sums of squares).
-  :mod:`mulo.distributed.passes` says what a backend exposes to take part.
+  :mod:`mulo.backends.passes` (the pass contract) says what a backend exposes to take part.
 - Meta-training: :class:`mulo.distributed.pes.DistributedMetaTrainer` splits the PES estimators over the
   ranks (``torchrun --nproc_per_node=N -m mulo.distributed.meta_train ...``), θ equal to one rank's.
 """
@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from mulo.distributed.passes import ShardGeometry, summed_elements, summed_stats
+from mulo.backends.passes import ShardGeometry, summed_elements, summed_stats
 
 
 def is_dtensor(t: torch.Tensor) -> bool:

@@ -3,7 +3,7 @@
 Each rank runs pass A on its shards, one ``all_reduce`` sums every tensor's partial statistics over the
 shard group (flattened into one buffer), each rank runs pass B, a second ``all_reduce`` sums the 28
 channel sums of squares, and each rank applies the update to its shards (pass C). Two collectives per
-step and process group, whatever the number of tensors (see :mod:`mulo.distributed.passes`).
+step and process group, whatever the number of tensors (see :mod:`mulo.backends.passes`).
 
 State of a DTensor parameter is made of DTensors on the parameter's mesh: element-wise state is sharded
 like the parameter; an Adafactor accumulator indexed by the split axis is sharded along it, one that
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from mulo.distributed.passes import ShardGeometry, summed_stats
+from mulo.backends.passes import ShardGeometry, summed_stats
 from mulo.lopt.shapes import physical_factored_dims, physical_shape
 
 if TYPE_CHECKING:
@@ -140,21 +140,23 @@ def _all_reduce_sum(items: list[tuple[Any, torch.Tensor]]) -> int:
 
 
 def _pass_backend(opt: MuLO, device: torch.device, dtype: torch.dtype):
+    """The backend whose passes step this bucket: MuLO's own where its spec declares the "passes"
+    capability, else the reference (announced once per backend)."""
+    from mulo.backends import has_capability, load_backend
+
     backend = opt.backend_for(device, dtype)
-    if all(hasattr(backend, name) for name in ("pass_a", "pass_b", "pass_c")):
+    if has_capability(backend.name, "passes"):
         return backend
     if backend.name not in _FALLBACK_ANNOUNCED:
         _FALLBACK_ANNOUNCED.add(backend.name)
         from mulo.backends import MuLOBackendNotice
 
         warnings.warn(
-            f"mulo: backend {backend.name!r} has no pass_a/pass_b/pass_c (ARCHITECTURE.md); DTensor (FSDP2) "
-            "parameters run through the reference backend's passes",
+            f"mulo: backend {backend.name!r} does not implement the pass contract (mulo.backends.passes); "
+            "DTensor (FSDP2) parameters run through the reference backend's passes",
             MuLOBackendNotice,
             stacklevel=4,
         )
-    from mulo.backends import load_backend
-
     return load_backend("reference")
 
 
@@ -204,7 +206,7 @@ def sharded_step(opt: MuLO, entries: list[tuple[int, int, DTensor, DTensor, dict
     _all_reduce_sum(pending)
 
     if opt.options.nonfinite == "raise":
-        flat = [(name, st["nonfinite"]) for run, stats in zip(runs, all_stats) for name, st in zip(run[2], stats)]
+        flat = [(name, st.nonfinite) for run, stats in zip(runs, all_stats) for name, st in zip(run[2], stats)]
         if flat:
             counts = torch.stack([c.to("cpu", torch.float64) for _, c in flat]).tolist()  # one host sync
             for (name, _), count in zip(flat, counts):

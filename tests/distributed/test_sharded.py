@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 import mulo
-from mulo.backends import available_backends
+from mulo.backends import available_backends, has_capability
 from mulo.lopt.shapes import physical_factored_dims
 from tests.helpers import hetero_grad, random_net, shape_id
 from tests.tolerances import TRAJECTORY, assert_close, movement_error
@@ -50,6 +50,7 @@ VARIANTS = {
     "torch-f64": ("torch", torch.float64),
     "jax-f64": ("jax", torch.float64),
     "torch-f32": ("torch", torch.float32),
+    "jax-f32": ("jax", torch.float32),
     "hsdp-f64": ("torch", torch.float64),  # mesh (1 replica group × 2 shards), placements (Replicate, Shard)
 }
 
@@ -62,10 +63,7 @@ def _cases() -> list[str]:
 def _oracle_backend(backend: str) -> str:
     """The single-process run to compare with: the backend itself when it implements the passes, else the
     reference (whose passes mulo.distributed then runs for it)."""
-    from mulo.backends import load_backend
-
-    b = load_backend(backend)
-    return backend if all(hasattr(b, n) for n in ("pass_a", "pass_b", "pass_c")) else "reference"
+    return backend if has_capability(backend, "passes") else "reference"
 
 
 def _tensor_job(layout="torch", dtype=torch.float64, nonfinite="skip", bad=None, backend="reference"):
@@ -220,6 +218,10 @@ def test_sharded_steps_equal_whole_tensor_steps(runs, name):
     dtype = runs[0][name]["params"][0].dtype
     assert got["raised"] == raised == [None] * STEPS
     assert got["all_reduces"] == [2] * STEPS, "one bucketed all_reduce per pass (A, B) for all tensors"
+    backend = name.split("-", 1)[0]
+    assert got["pass_backend"] == _oracle_backend(backend), f"the shards ran {got['pass_backend']}'s passes"
+    if backend in ("cpu", "cuda"):  # the native kernels run on the shards, not the reference fallback
+        assert got["pass_backend"] == backend
     for t in range(STEPS):
         _compare_snapshot(got["steps"][t], steps[t], dtype, f"{name} step {t}")
     _compare_snapshot(got["resumed"], steps[-1], dtype, f"{name} resumed from the sharded state_dict")

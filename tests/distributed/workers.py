@@ -67,7 +67,16 @@ def run_tensors(case, mesh, backend) -> dict:
     """MuLO on DTensor parameters (Shard(k) or Replicate per tensor); whole tensors after every step;
     and a run resumed from the mid-run state_dict (sharded → sharded, and whole → sharded)."""
     params, opt, place = _sharded(case, mesh, backend)
-    out = {"steps": [], "raised": [], "all_reduces": []}
+    from mulo.distributed.sharded import _pass_backend
+
+    local = params[0].to_local()
+    # the backend whose passes run the shards: the requested one's own kernels, unless it lacks the contract
+    out = {
+        "steps": [],
+        "raised": [],
+        "all_reduces": [],
+        "pass_backend": _pass_backend(opt, local.device, local.dtype).name,
+    }
     mid = None
     all_reduce = dist.all_reduce
     for t, grads in enumerate(case["grads"]):
