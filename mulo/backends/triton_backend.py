@@ -102,6 +102,15 @@ class TritonBackend:
         weights: MetaWeights,
     ) -> None:
         _check_weights(weights)
+        # a non-contiguous parameter (a transposed view, channels_last) steps through a contiguous copy, written
+        # back after: state is indexed in the parameter's logical order, as by every backend
+        work = [p if p.is_contiguous() else p.contiguous() for p in params]
+        self._step_contiguous(work, grads, states, lrs, weight_decays, weights)
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
+
+    def _step_contiguous(self, params, grads, states, lrs, weight_decays, weights: MetaWeights) -> None:
         groups: dict[tuple, list[int]] = {}
         for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
             _check_tensor(i, p, g, st)
@@ -244,11 +253,6 @@ def _check_tensor(i: int, p: torch.Tensor, g: torch.Tensor, st: dict[str, torch.
     if p.dtype not in _TL_DTYPES:
         raise ValueError(f"params[{i}] has dtype {p.dtype}; the triton backend runs float32/bfloat16/float16 "
                          "(use backend='reference' for float64)")  # fmt: skip
-    if not p.is_contiguous():
-        raise ValueError(
-            f"params[{i}] (shape {tuple(p.shape)}) is not contiguous (e.g. channels_last); the triton backend "
-            "indexes state in the parameter's memory order: make it contiguous or use backend='reference'"
-        )
     if g.dtype not in _TL_DTYPES:
         raise ValueError(f"grads[{i}] has dtype {g.dtype}; expected float32, bfloat16 or float16")
     for key in (*_STATE_KEYS, "row", "col", "full"):

@@ -236,9 +236,10 @@ def test_bad_inputs_name_the_parameter():
     backend = triton_backend.TritonBackend()
     net = random_net()
     w = net.meta_weights(DEVICE, torch.float32)
-    p = torch.randn(6, 4, device=DEVICE).t()  # not contiguous
-    with pytest.raises(ValueError, match=r"params\[0\].*not contiguous"):
-        backend.step([p], [torch.randn_like(p)], [new_state(p, torch.float32)], [1.0], [0.0], w)
+    st = new_state(torch.empty(4, 6), torch.float32)
+    st["momentum"] = st["momentum"].transpose(1, 2)  # not contiguous
+    with pytest.raises(ValueError, match=r"state\[0\]\['momentum'\] is not contiguous"):
+        backend.step([torch.randn(6, 4)], [torch.randn(6, 4)], [st], [1.0], [0.0], w)
     p64 = torch.randn(3, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match=r"params\[0\].*float64.*reference"):
         backend.step([p64], [p64.clone()], [new_state(p64, torch.float64)], [1.0], [0.0], w)
