@@ -8,14 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "lopt_spec.h"
+
 namespace mulo {
 
-constexpr int kNumHyper = 9;  // β_m ×3, β_v, β_f ×3, exp_mult, step_mult
-constexpr int kFeatures = 28;
-constexpr int kHidden = 32;
-constexpr int kTimescales = 11;
-constexpr double kTimescaleValues[kTimescales] = {1.0,    3.0,    10.0,    30.0,    100.0,   300.0,
-                                                   1000.0, 3000.0, 10000.0, 30000.0, 100000.0};
+using spec::kFeatures;  // the algorithm's constants: lopt_spec.h, generated from mulo/lopt/spec.py
+using spec::kHidden;
+using spec::kNumHyper;
+using spec::kTimescales;
 
 // Shape of one parameter as the kernels see it.
 struct Layout {

@@ -147,7 +147,7 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
 #pragma omp parallel for num_threads(nth) reduction(| : bad) schedule(static)
     for (int64_t e = 0; e < n; ++e) {
       const float x = load_f(g, e);
-      bad |= !(x * x + 1e-30f <= FLT_MAX);
+      bad |= !(x * x + spec::kEpsGradSq <= FLT_MAX);
     }
     *finite = bad ? 0.f : 1.f;
     return;
@@ -184,7 +184,7 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
         for (; j + W <= L.Db; j += W) {
           for (int q = 0; q < W; ++q) {
             const float gv = load_f(gl, j + q);
-            const float s = gv * gv + 1e-30f;
+            const float s = gv * gv + spec::kEpsGradSq;
             flags[q] |= !(s <= FLT_MAX);
             pa[j + q] += s;
             part[q] += s;
@@ -199,7 +199,7 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
         for (int q = 0; q < W; ++q) t += part[q], bad |= flags[q];
         for (; j < L.Db; ++j) {
           const float gv = load_f(gl, j);
-          const float s = gv * gv + 1e-30f;
+          const float s = gv * gv + spec::kEpsGradSq;
           bad |= !(s <= FLT_MAX);
           pa[j] += s;
           t += s;
@@ -212,7 +212,7 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
         const GT* glj = gl + j * L.C;
         for (int64_t z = 0; z < L.C; ++z) {
           const float gv = load_f(glj, z);
-          const float s = gv * gv + 1e-30f;
+          const float s = gv * gv + spec::kEpsGradSq;
           bad |= !(s <= FLT_MAX);
           paj[z] += s;
           pb[z] += s;
@@ -269,8 +269,8 @@ void prepare_rowcol(const Layout& L, const float* sums, const at::Tensor& row_st
       const float r = P.rowv[k * nr + e];
       const double total = L.row_acc_sum ? L.row_acc_sum[k * nmean + mi] : mean[k * nmean + mi];
       const float rm = static_cast<float>(total / static_cast<double>(L.whole_d1));
-      P.rowv[(3 + k) * nr + e] = 1.0f / std::sqrt(r + 1e-8f);
-      P.rowv[(6 + k) * nr + e] = 1.0f / std::sqrt(std::max(r / (rm + 1e-9f), 1e-9f));
+      P.rowv[(3 + k) * nr + e] = 1.0f / std::sqrt(r + spec::kEpsAccFeature);
+      P.rowv[(6 + k) * nr + e] = 1.0f / std::sqrt(std::max(r / (rm + spec::kEpsSafeRsqrt), spec::kEpsSafeRsqrt));
     }
   }
   for (int64_t e = 0; e < nc; ++e) {
@@ -278,8 +278,8 @@ void prepare_rowcol(const Layout& L, const float* sums, const at::Tensor& row_st
     for (int k = 0; k < 3; ++k) {
       const float c = H.bf[k] * read_f(col_state, k * nc + e) + H.of[k] * mean_s;
       P.colv[k * nc + e] = c;
-      P.colv[(3 + k) * nc + e] = 1.0f / std::sqrt(c + 1e-8f);
-      P.colv[(6 + k) * nc + e] = 1.0f / std::sqrt(std::max(c, 1e-9f));
+      P.colv[(3 + k) * nc + e] = 1.0f / std::sqrt(c + spec::kEpsAccFeature);
+      P.colv[(6 + k) * nc + e] = 1.0f / std::sqrt(std::max(c, spec::kEpsSafeRsqrt));
     }
   }
 }
@@ -296,13 +296,15 @@ void fold_rowcol(const Layout& L, const float* wf, Prepared& P) {
     for (int64_t e = 0; e < nr; ++e) {
       float a = 0.f;
       for (int k = 0; k < 3; ++k)
-        a += w[row_of_channel(13 + k)] * P.rowv[k * nr + e] + w[row_of_channel(19 + k)] * P.rowv[(3 + k) * nr + e];
+        a += w[row_of_channel(spec::kChRow + k)] * P.rowv[k * nr + e] +
+             w[row_of_channel(spec::kChRsqrtRow + k)] * P.rowv[(3 + k) * nr + e];
       P.rowt[o * nr + e] = a;
     }
     for (int64_t e = 0; e < nc; ++e) {
       float a = 0.f;
       for (int k = 0; k < 3; ++k)
-        a += w[row_of_channel(16 + k)] * P.colv[k * nc + e] + w[row_of_channel(22 + k)] * P.colv[(3 + k) * nc + e];
+        a += w[row_of_channel(spec::kChCol + k)] * P.colv[k * nc + e] +
+             w[row_of_channel(spec::kChRsqrtCol + k)] * P.colv[(3 + k) * nc + e];
       P.colt[o * nc + e] = a;
     }
   }
@@ -467,10 +469,10 @@ at::Tensor lopt_sumsq_cpu(at::TensorList params, at::TensorList grads, at::Tenso
           c += x * x;
           d += y * y;
         }
-        out[13 + k] = a * L.d0_size;
-        out[19 + k] = b * L.d0_size;
-        out[16 + k] = c * L.d1_size;
-        out[22 + k] = d * L.d1_size;
+        out[spec::kChRow + k] = a * L.d0_size;  // local counts: each entry repeats along the shard's d0 / d1
+        out[spec::kChRsqrtRow + k] = b * L.d0_size;
+        out[spec::kChCol + k] = c * L.d1_size;
+        out[spec::kChRsqrtCol + k] = d * L.d1_size;
       }
     }
   });
@@ -556,10 +558,10 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       // normalization folded into layer 1's columns, time features into its bias
       float scale[kFeatures];
       for (int j = 0; j < kFeatures; ++j)
-        scale[j] = 1.0f / std::sqrt(1e-5f + sq[i * kFeatures + j] / static_cast<float>(L.whole_n));
+        scale[j] = 1.0f / std::sqrt(spec::kEpsNormalize + sq[i * kFeatures + j] / static_cast<float>(L.whole_n));
       const float t = steps[i].data_ptr<float>()[0];
       float tf[kTimescales];
-      for (int q = 0; q < kTimescales; ++q) tf[q] = std::tanh(t / static_cast<float>(kTimescaleValues[q]) - 1.0f);
+      for (int q = 0; q < kTimescales; ++q) tf[q] = std::tanh(t / spec::timescale(q) - 1.0f);
       float* wf = &w1f[i * kHidden * kFeatures];
       float* bf = &b1f[i * kHidden];
       const float* W1 = mlp[0].data_ptr<float>() + widx[i] * nW1;

@@ -6,19 +6,28 @@
 
 #include <cstdint>
 
+#include "lopt_spec.h"
+
 namespace mulo_cpu {
 
 enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
-constexpr int kFeatures = 28;  // normalized channels (ALGORITHM.md §2)
-constexpr int kHidden = 32;    // hidden width of the meta-network
+using mulo::spec::kFeatures;  // normalized channels (lopt_spec.h, generated from mulo/lopt/spec.py)
+using mulo::spec::kHidden;    // hidden width of the meta-network
 constexpr int kRowVals = 9;    // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k (k = 0..2)
 constexpr int kPerElement = 16;  // channels that vary per element of a factored tensor (0-12, 25-27)
 
 // Kernels keep the channels in this order of rows: the 16 per-element channels first (0-12, 25-27), then the
 // 12 row/column channels (13-24), so that layer 1 can stop after 16 inputs when the row/column part is folded.
-constexpr int row_of_channel(int c) { return c < 13 ? c : (c >= 25 ? c - 12 : c + 3); }
-constexpr int channel_of_row(int r) { return r < 13 ? r : (r < 16 ? r + 12 : r - 3); }
+namespace S = mulo::spec;
+constexpr int kRowCol = S::kChFacM - S::kChRow;  // the 12 row/column channels (13-24)
+static_assert(kPerElement + kRowCol == kFeatures && S::kChFacM + 3 == kFeatures, "row/column channels sit before fac_m");
+constexpr int row_of_channel(int c) {
+  return c < S::kChRow ? c : (c >= S::kChFacM ? c - kRowCol : c + (kFeatures - S::kChFacM));
+}
+constexpr int channel_of_row(int r) {
+  return r < S::kChRow ? r : (r < kPerElement ? r + kRowCol : r - (kFeatures - S::kChFacM));
+}
 
 // One parameter tensor as the kernels see it. Element-wise tensors are contiguous in the parameter's
 // memory order. A factored tensor (rank >= 2) is viewed as [A, Da, B, Db, C] with Da, Db the two factored

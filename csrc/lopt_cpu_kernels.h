@@ -27,6 +27,8 @@
 
 namespace {
 
+namespace spec = mulo::spec;  // the algorithm's constants (lopt_spec.h, from mulo/lopt/spec.py)
+
 constexpr int VW = MULO_VW;
 constexpr int NV = MULO_NV;
 constexpr int OB = MULO_OB;
@@ -326,10 +328,10 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
     const float* __restrict G = t.g;
     const float* __restrict Pp = t.p;
     float* __restrict Vv = t.v;
-    float* __restrict x0 = X[R(0)];
-    float* __restrict x1 = X[R(1)];
-    float* __restrict x5 = X[R(5)];
-    float* __restrict x9 = X[R(9)];
+    float* __restrict x0 = X[R(spec::kChG)];
+    float* __restrict x1 = X[R(spec::kChP)];
+    float* __restrict x5 = X[R(spec::kChV)];
+    float* __restrict x9 = X[R(spec::kChRsqrtV)];
     for (int e = 0; e < T; ++e) {
       const float g = G[e];
       x0[e] = g;
@@ -337,12 +339,12 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
       const float v = Hp.bv * Vv[e] + Hp.ov * g * g;
       Vv[e] = v;
       x5[e] = v;
-      x9[e] = rsqrt(v + 1e-6f);
+      x9[e] = rsqrt(v + spec::kEpsRms);
     }
     for (int k = 0; k < 3; ++k) {
       float* __restrict mk = t.m[k];
-      float* __restrict xm = X[R(2 + k)];
-      float* __restrict xr = X[R(6 + k)];
+      float* __restrict xm = X[R(spec::kChM + k)];
+      float* __restrict xr = X[R(spec::kChMRsqrtV + k)];
       const float bm = Hp.bm[k], om = Hp.om[k];
       for (int e = 0; e < T; ++e) {
         const float m = bm * mk[e] + om * G[e];
@@ -374,30 +376,30 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
     if (rowcol) {  // only on the generic (not fast) path
       for (int k = 0; k < 3; ++k)
         for (int e = 0; e < T; ++e) {
-          X[R(13 + k)][e] = J.rowv[k * nr + tp.ridx[e]];
-          X[R(16 + k)][e] = J.colv[k * nc + tp.cidx[e]];
-          X[R(19 + k)][e] = J.rowv[(3 + k) * nr + tp.ridx[e]];
-          X[R(22 + k)][e] = J.colv[(3 + k) * nc + tp.cidx[e]];
+          X[R(spec::kChRow + k)][e] = J.rowv[k * nr + tp.ridx[e]];
+          X[R(spec::kChCol + k)][e] = J.colv[k * nc + tp.cidx[e]];
+          X[R(spec::kChRsqrtRow + k)][e] = J.rowv[(3 + k) * nr + tp.ridx[e]];
+          X[R(spec::kChRsqrtCol + k)][e] = J.colv[(3 + k) * nc + tp.cidx[e]];
         }
     }
     for (int k = 0; k < 3; ++k)
       for (int e = 0; e < T; ++e) {
-        X[R(10 + k)][e] = t.g[e] * prod[k][e];
-        X[R(25 + k)][e] = t.m[k][e] * prod[k][e];
+        X[R(spec::kChFacG + k)][e] = t.g[e] * prod[k][e];
+        X[R(spec::kChFacM + k)][e] = t.m[k][e] * prod[k][e];
       }
   } else {
     for (int k = 0; k < 3; ++k)
       for (int e = 0; e < T; ++e) {
         const float g = t.g[e];
-        const float u = Hp.bf[k] * t.u[k][e] + Hp.of[k] * (g * g + 1e-30f);
+        const float u = Hp.bf[k] * t.u[k][e] + Hp.of[k] * (g * g + spec::kEpsGradSq);
         t.u[k][e] = u;
-        X[R(10 + k)][e] = g * rsqrt(fmax0(u + 1e-9f, 1e-9f));
-        X[R(13 + k)][e] = u;
-        X[R(16 + k)][e] = u;
-        const float ru = rsqrt(u + 1e-8f);
-        X[R(19 + k)][e] = ru;
-        X[R(22 + k)][e] = ru;
-        X[R(25 + k)][e] = t.m[k][e] * rsqrt(u + 1e-6f);
+        X[R(spec::kChFacG + k)][e] = g * rsqrt(fmax0(u + spec::kEpsSafeRsqrt, spec::kEpsSafeRsqrt));
+        X[R(spec::kChRow + k)][e] = u;
+        X[R(spec::kChCol + k)][e] = u;
+        const float ru = rsqrt(u + spec::kEpsAccFeature);
+        X[R(spec::kChRsqrtRow + k)][e] = ru;
+        X[R(spec::kChRsqrtCol + k)][e] = ru;
+        X[R(spec::kChFacM + k)][e] = t.m[k][e] * rsqrt(u + spec::kEpsRms);
       }
   }
 }

@@ -156,7 +156,7 @@ __global__ void reduce_kernel(const Meta* metas, const mt::Chunk* chunks, float*
     float s = 0.f;
     if (act) {
       const float gv = ld(g, e);
-      s = gv * gv + 1e-30f;
+      s = gv * gv + spec::kEpsGradSq;
       bad |= !(s <= FLT_MAX);
     }
     if (M.factored) {
@@ -208,9 +208,9 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
     for (int k = 0; k < 3; ++k) {
       const float r = M.rowv[e * kRV + k];
       const float rm = (M.row_acc_sum ? M.row_acc_sum[k * nmean + mi] : M.mean[k * nmean + mi]) / d1;
-      const float rs = rsq(r + 1e-8f);
+      const float rs = rsq(r + spec::kEpsAccFeature);
       M.rowv[e * kRV + 3 + k] = rs;
-      M.rowv[e * kRV + 6 + k] = rsq(fmaxf(r / (rm + 1e-9f), 1e-9f));
+      M.rowv[e * kRV + 6 + k] = rsq(fmaxf(r / (rm + spec::kEpsSafeRsqrt), spec::kEpsSafeRsqrt));
       part[k] += r * r * l0;           // channel 13 + k
       part[6 + k] += rs * rs * l0;     // channel 19 + k
       if (write_state) st_state(M.row_state, sdt, k * M.nrow + e, r);
@@ -220,10 +220,10 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
     const float ms = M.sums[M.nrow + e] / d1;
     for (int k = 0; k < 3; ++k) {
       const float c = H.bf[k] * ld_state(M.col_state, sdt, k * M.ncol + e) + H.of[k] * ms;
-      const float cs = rsq(c + 1e-8f);
+      const float cs = rsq(c + spec::kEpsAccFeature);
       M.colv[e * kRV + k] = c;
       M.colv[e * kRV + 3 + k] = cs;
-      M.colv[e * kRV + 6 + k] = rsq(fmaxf(c, 1e-9f));
+      M.colv[e * kRV + 6 + k] = rsq(fmaxf(c, spec::kEpsSafeRsqrt));
       part[3 + k] += c * c * l1;   // channel 16 + k
       part[9 + k] += cs * cs * l1;  // channel 22 + k
       if (write_state) st_state(M.col_state, sdt, k * M.ncol + e, c);
@@ -232,7 +232,7 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
   if (sumsq != nullptr) {
     for (int q = 0; q < 12; ++q) {
       const float v = warp_sum(part[q]);
-      if ((threadIdx.x & 31) == 0) atomicAdd(sumsq + t * kFeatures + 13 + q, v);
+      if ((threadIdx.x & 31) == 0) atomicAdd(sumsq + t * kFeatures + spec::kChRow + q, v);  // 13-24
     }
   }
 }
@@ -245,17 +245,17 @@ __device__ __forceinline__ void features(const Meta& M, const Hyper& H, int64_t 
   const float g = ld_grad(M.g, M.gdt, e);
   const float p = ld(static_cast<const P*>(M.p), e);
   const S* Ms = static_cast<const S*>(M.m);
-  x[0] = g;
-  x[1] = p;
+  x[spec::kChG] = g;
+  x[spec::kChP] = p;
   v = H.bv * ld(static_cast<const S*>(M.v), e) + H.ov * g * g;
-  x[5] = v;
-  const float rv = rsq(v + 1e-6f);
-  x[9] = rv;
+  x[spec::kChV] = v;
+  const float rv = rsq(v + spec::kEpsRms);
+  x[spec::kChRsqrtV] = rv;
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
     m[k] = H.bm[k] * ld(Ms, k * M.n + e) + H.om[k] * g;
-    x[2 + k] = m[k];
-    x[6 + k] = m[k] * rv;
+    x[spec::kChM + k] = m[k];
+    x[spec::kChMRsqrtV + k] = m[k] * rv;
   }
   if (M.factored) {
     int64_t row, col;
@@ -265,25 +265,25 @@ __device__ __forceinline__ void features(const Meta& M, const Hyper& H, int64_t 
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
       const float prod = rw[6 + k] * cl[6 + k];
-      x[10 + k] = g * prod;
-      x[13 + k] = rw[k];
-      x[16 + k] = cl[k];
-      x[19 + k] = rw[3 + k];
-      x[22 + k] = cl[3 + k];
-      x[25 + k] = m[k] * prod;
+      x[spec::kChFacG + k] = g * prod;
+      x[spec::kChRow + k] = rw[k];
+      x[spec::kChCol + k] = cl[k];
+      x[spec::kChRsqrtRow + k] = rw[3 + k];
+      x[spec::kChRsqrtCol + k] = cl[3 + k];
+      x[spec::kChFacM + k] = m[k] * prod;
     }
   } else {
     const S* U = static_cast<const S*>(M.full);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
-      u[k] = H.bf[k] * ld(U, k * M.n + e) + H.of[k] * (g * g + 1e-30f);
-      x[10 + k] = g * rsq(fmaxf(u[k] + 1e-9f, 1e-9f));
-      x[13 + k] = u[k];
-      x[16 + k] = u[k];
-      const float ru = rsq(u[k] + 1e-8f);
-      x[19 + k] = ru;
-      x[22 + k] = ru;
-      x[25 + k] = m[k] * rsq(u[k] + 1e-6f);
+      u[k] = H.bf[k] * ld(U, k * M.n + e) + H.of[k] * (g * g + spec::kEpsGradSq);
+      x[spec::kChFacG + k] = g * rsq(fmaxf(u[k] + spec::kEpsSafeRsqrt, spec::kEpsSafeRsqrt));
+      x[spec::kChRow + k] = u[k];
+      x[spec::kChCol + k] = u[k];
+      const float ru = rsq(u[k] + spec::kEpsAccFeature);
+      x[spec::kChRsqrtRow + k] = ru;
+      x[spec::kChRsqrtCol + k] = ru;
+      x[spec::kChFacM + k] = m[k] * rsq(u[k] + spec::kEpsRms);
     }
   }
 }
@@ -333,12 +333,11 @@ __global__ void fold_kernel(const Meta* metas, const float* finite, const float*
   const float n = static_cast<float>(M.whole_n);
   for (int k = threadIdx.x; k < kHidden * kFeatures; k += blockDim.x) {
     const int o = k / kFeatures, j = k % kFeatures;
-    M.w1f[k] = W1[o * In + j] * rsq(1e-5f + sumsq[t * kFeatures + j] / n);
+    M.w1f[k] = W1[o * In + j] * rsq(spec::kEpsNormalize + sumsq[t * kFeatures + j] / n);
   }
-  const float taus[kTimescales] = {1.f, 3.f, 10.f, 30.f, 100.f, 300.f, 1000.f, 3000.f, 10000.f, 30000.f, 100000.f};
   for (int o = threadIdx.x; o < kHidden; o += blockDim.x) {
     float acc = b1[o];
-    for (int q = 0; q < kTimescales; ++q) acc += W1[o * In + kFeatures + q] * tanhf(step / taus[q] - 1.0f);
+    for (int q = 0; q < kTimescales; ++q) acc += W1[o * In + kFeatures + q] * tanhf(step / spec::timescale(q) - 1.0f);
     M.w1f[kHidden * kFeatures + o] = acc;
   }
 }
@@ -389,7 +388,7 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const Meta* metas, cons
       mag = fmaf(sw3[kHidden + o], a, mag);
     }
     const float stepv = d * expf(mag * H.exp_mult) * H.step_mult;
-    float q = x[1] - M.lr * stepv;
+    float q = x[spec::kChP] - M.lr * stepv;
     q = q - M.wdlr * q;
     st(static_cast<P*>(M.p), e, q);
     S* Ms = static_cast<S*>(M.m);

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from mulo.kernels.lopt_common import (
     EPS_ACC_FEATURE,
+    EPS_GRAD_SQ,
     EPS_NORMALIZE,
     EPS_RMS,
     EPS_SAFE_RSQRT,
@@ -260,7 +261,7 @@ def lopt_apply_kernel(
         bv = tl.load(decays + 3)
         v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + tl.load(decays + 7) * g * g
         rv = tl.rsqrt(v + EPS_RMS)
-        s = g * g + 1e-30
+        s = g * g + EPS_GRAD_SQ
         m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
             0, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
             ws_nx, ws_ny, decays, SB,

@@ -10,14 +10,17 @@ import os
 import triton
 import triton.language as tl
 
+from mulo.lopt import spec
+
 # Set before the first @triton.jit import: True runs every kernel on the CPU through Triton's interpreter.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-EPS_GRAD_SQ = tl.constexpr(1e-30)
-EPS_SAFE_RSQRT = tl.constexpr(1e-9)
-EPS_RMS = tl.constexpr(1e-6)
-EPS_ACC_FEATURE = tl.constexpr(1e-8)
-EPS_NORMALIZE = tl.constexpr(1e-5)
+# the algorithm's constants, from its one specification (mulo/lopt/spec.py)
+EPS_GRAD_SQ = tl.constexpr(spec.EPS_GRAD_SQ)
+EPS_SAFE_RSQRT = tl.constexpr(spec.EPS_SAFE_RSQRT)
+EPS_RMS = tl.constexpr(spec.EPS_RMS)
+EPS_ACC_FEATURE = tl.constexpr(spec.EPS_ACC_FEATURE)
+EPS_NORMALIZE = tl.constexpr(spec.EPS_NORMALIZE)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 NMETA = tl.constexpr(24)
 WS_BATCH = tl.constexpr(34)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from mulo.kernels.lopt_common import (
     EPS_ACC_FEATURE,
+    EPS_GRAD_SQ,
     EPS_RMS,
     EPS_SAFE_RSQRT,
     factor_vectors,
@@ -57,7 +58,7 @@ def lopt_sumsq_kernel(
         + tl.load(decays + 7) * g * g
     )
     rv = tl.rsqrt(v + EPS_RMS)
-    s = g * g + 1e-30
+    s = g * g + EPS_GRAD_SQ
     ch = tl.arange(0, 32)
     acc = tl.zeros([32], dtype=tl.float32)
     acc = acc + tl.where(ch == 0, tl.sum(tl.where(mask, (g) * (g), 0.0)), 0.0)

@@ -21,6 +21,7 @@ import torch
 
 from mulo.backends.passes import ShardGeometry, TensorStats
 from mulo.lopt import constants as C
+from mulo.lopt import spec
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import physical_factored_dims
 
@@ -71,13 +72,8 @@ def _register_fakes() -> None:
 
 
 def hyper(weights: MetaWeights) -> list[float]:
-    return [
-        *map(float, weights.momentum_decays),
-        float(weights.rms_decay),
-        *map(float, weights.adafactor_decays),
-        float(weights.exp_mult),
-        float(weights.step_mult),
-    ]
+    """The ops' hyper vector, in :data:`mulo.lopt.spec.HYPER_ORDER`."""
+    return spec.hyper_vector(weights)
 
 
 def dims_of(params: list[torch.Tensor], layout: str) -> list[int]:
@@ -225,7 +221,6 @@ class _NativeBackend:
         for p, w in zip(params, work):
             if w is not p:
                 p.copy_(w)
-
 
     # ---- the pass contract (mulo.backends.passes): the same three ops on local shards -------------------
     def _exact_here(self, states, weights: MetaWeights) -> bool:

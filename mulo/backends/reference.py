@@ -21,6 +21,7 @@ import torch
 
 from mulo.backends.passes import TensorStats
 from mulo.lopt import constants as C
+from mulo.lopt import spec
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import factored_dims, math_shape, math_view, math_view_stacked
 
@@ -153,21 +154,21 @@ def features_and_state(
         new.update(full=u)
 
     rsqrt_v = torch.rsqrt(v + C.EPS_RMS)
-    channels = [
-        g[None],  # 0
-        p[None],  # 1
-        m,  # 2–4
-        v[None],  # 5
-        m * rsqrt_v,  # 6–8
-        rsqrt_v[None],  # 9
-        fac_g,  # 10–12
-        row_feat,  # 13–15
-        col_feat,  # 16–18
-        torch.rsqrt(row_feat + C.EPS_ACC_FEATURE),  # 19–21
-        torch.rsqrt(col_feat + C.EPS_ACC_FEATURE),  # 22–24
-        fac_m,  # 25–27
-    ]
-    return torch.cat(channels, dim=0), new
+    groups = {  # the channel groups of mulo/lopt/spec.py, concatenated in its order
+        "g": g[None],
+        "p": p[None],
+        "m": m,
+        "v": v[None],
+        "m_rsqrt_v": m * rsqrt_v,
+        "rsqrt_v": rsqrt_v[None],
+        "fac_g": fac_g,
+        "row": row_feat,
+        "col": col_feat,
+        "rsqrt_row": torch.rsqrt(row_feat + C.EPS_ACC_FEATURE),
+        "rsqrt_col": torch.rsqrt(col_feat + C.EPS_ACC_FEATURE),
+        "fac_m": fac_m,
+    }
+    return torch.cat([groups[name] for name, _, _ in spec.CHANNEL_GROUPS], dim=0), new
 
 
 # ---- pass B ----------------------------------------------------------------------------------------
