@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 import warnings
 from typing import Protocol
 
@@ -67,6 +69,22 @@ class BackendSpec:
 
     def auto_on(self, device_type: str) -> bool:
         return device_type in (self.auto_device_types if self.auto_device_types is not None else self.device_types)
+
+
+# the mulo package and torch: a notice skips their frames (ARCHITECTURE.md: notices name the user's line)
+_SKIPPED_DIRS = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside mulo and torch: a notice raised while ``opt.step()``
+    resolves a backend names the user's line, not torch's optimizer wrappers or mulo's internals."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _REGISTRY: dict[str, BackendSpec] = {}
@@ -156,7 +174,11 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             if s.auto_on(device.type) and s.name not in candidates
         ]
         note = f"; not available: {', '.join(skipped)}" if skipped else ""
-        warnings.warn(f"mulo: backend='auto' uses {chosen!r} on {device.type}{note}", MuLOBackendNotice, stacklevel=4)
+        warnings.warn(
+            f"mulo: backend='auto' uses {chosen!r} on {device.type}{note}",
+            MuLOBackendNotice,
+            stacklevel=_caller_stacklevel(),
+        )
     return load_backend(chosen)
 
 
