@@ -10,7 +10,7 @@ runs against torch AdamW (for-loop, foreach, fused) on the same parameters in th
 CUDA events with an L2 flush on a GPU, ``perf_counter`` on CPU; warm-up steps (the first allocates the
 state) are not timed; each timed step sees the next of several rotating gradient sets, so caches don't
 flatter small sizes. Each row: median and p20/p80, the ratio to fused AdamW measured in the same run,
-bytes and FLOPs by ALGORITHM.md §5's model, the fraction of the floor set by the copy bandwidth and matmul
+bytes and FLOPs by docs/ALGORITHM.md §5's model, the fraction of the floor set by the copy bandwidth and matmul
 peak measured in the same run, peak memory (GPU), optimizer-state bytes per element, and provenance.
 Rows are APPENDED as JSON lines to bench/results/step_time.jsonl (``--out``, repeatable). A ``--quick``
 run only prints its rows unless ``--out`` is given: trying the benchmark never dirties the repository.

@@ -1,6 +1,6 @@
 """``mulo eval``: what the learned optimizer buys — wider, deeper, longer than it was meta-trained on.
 
-Optimizers compared (ALGORITHM.md §8, the μLO paper's protocol at our scale):
+Optimizers compared (docs/ALGORITHM.md §8, the μLO paper's protocol at our scale):
 
 * ``mulo``  — MuLO with μP roles and the given (default: shipped) meta-weights, on the μP network;
 * ``sp_lo`` — MuLO with SP meta-weights (shipped: ``mulo_cpu_sp``) and no roles, on the SP twin;

@@ -1,4 +1,4 @@
-"""``LOptNet``: the small_fc_lopt meta-network (ALGORITHM.md §3) and its weight files.
+"""``LOptNet``: the small_fc_lopt meta-network (docs/ALGORITHM.md §3) and its weight files.
 
 The network maps 39 features per parameter element (28 normalized channels + 11 time features) through
 ``input`` (39→32) → ReLU → ``linear_0`` (32→32) → ReLU → ``output`` (32→2) to a direction ``d`` and a
@@ -45,7 +45,7 @@ class LOptConfig:
     momentum_offsets: tuple[float, ...] = C.MOMENTUM_OFFSETS
     rms_offsets: tuple[float, ...] = C.RMS_OFFSETS
     adafactor_offsets: tuple[float, ...] = C.ADAFACTOR_OFFSETS
-    # Axis convention the weights were meta-trained under (ALGORITHM.md §6): "torch" reads a 2-d weight as
+    # Axis convention the weights were meta-trained under (docs/ALGORITHM.md §6): "torch" reads a 2-d weight as
     # (out, in); "jax" reads it as (in, out), which swaps the row and column channels of every 2-d tensor.
     layout: str = "torch"
     # Free-form provenance ("name", "placeholder", training recipe...). Not used by the math.
@@ -71,7 +71,7 @@ class LOptConfig:
 
     @property
     def momentum_decays(self) -> tuple[float, float, float]:
-        # JAX reference: momentum decays are not clipped (ALGORITHM.md §6).
+        # JAX reference: momentum decays are not clipped (docs/ALGORITHM.md §6).
         return tuple(  # type: ignore[return-value]
             C.decay_from_offset(b, o, clip=False) for b, o in zip(self.initial_momentum_decays, self.momentum_offsets)
         )

@@ -1,4 +1,4 @@
-"""Shapes the μLO math sees (ALGORITHM.md §1): 0-d as (1,), optional JAX axis layout, factored dims."""
+"""Shapes the μLO math sees (docs/ALGORITHM.md §1): 0-d as (1,), optional JAX axis layout, factored dims."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""μP models used by the demo, the meta-training tasks and the evaluations (ALGORITHM.md §8)."""
+"""μP models with declared roles, used by the meta-training tasks and the evaluations (docs/ALGORITHM.md §8)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class MuMLP(nn.Module):
 
 
 class MuTransformerLM(nn.Module):
-    """A small pre-LN causal transformer language model in μP (ALGORITHM.md §8).
+    """A small pre-LN causal transformer language model in μP (docs/ALGORITHM.md §8).
 
     Attention logits use 1/d_head (not 1/√d_head); embeddings, LayerNorms and biases are ``input``/``other``;
     Q/K/V/output projections and MLP weights are ``hidden`` (lr / fan_in: 1/d, and 1/(4d) for the MLP's

@@ -82,8 +82,12 @@ class MuLO(Optimizer):
     ``d · exp(0.001 a) · 0.01``; then ``p ← p − lr_p · step`` and ``p ← p − wd · lr_p · p``.
 
     μP: ``lr_p = lr · lr_scale`` where a param group's ``lr_scale`` is ``1/fan_in`` for hidden weights.
-    Build the groups with :func:`mulo.mup.param_groups`. Passing ``model.parameters()`` directly gives
-    every parameter ``lr_scale = 1``: that is the SP small_fc_lopt, not μLO.
+    Build the groups with :func:`mulo.mup.prepare` (a model written with plain ``torch.nn``: it also makes
+    the model μP) or :func:`mulo.mup.param_groups` (a model that is already μP). Passing
+    ``model.parameters()`` directly gives every parameter ``lr_scale = 1``: that is the SP small_fc_lopt,
+    not μLO. With μLO meta-weights, construction warns once (:class:`MuPWarning`, at the caller's line) when
+    there are no roles, no ``output`` role, or an ``output`` weight that is neither a :class:`~mulo.mup.MuReadout`'s
+    nor zero; ``step()`` checks nothing and never syncs.
 
     Args:
         params: parameters or param groups (groups may set ``lr``, ``weight_decay``, ``lr_scale``).
@@ -96,8 +100,9 @@ class MuLO(Optimizer):
             registered backend (:func:`mulo.backends.known_backends`).
         nonfinite: what a non-finite gradient does. ``"skip"`` (default): that tensor's update is skipped
             (parameter and every accumulator unchanged, its step counter not advanced) and counted in
-            ``state["nonfinite_skips"]``, without a host sync. ``"raise"``: ``step()`` checks every gradient
-            first (one host sync) and raises ``FloatingPointError`` naming the parameter, before anything changes.
+            ``state["nonfinite_skips"]`` (read them with :meth:`nonfinite_skips`), without a host sync.
+            ``"raise"``: ``step()`` checks every gradient first (one host sync) and raises
+            ``FloatingPointError`` naming the parameter, before anything changes.
         layout: ``"torch"`` or ``"jax"`` axis convention for 2-d weights; ``None`` takes the meta-weights'.
             Use ``"jax"`` for weights meta-trained in JAX (e.g. the published μLO_M).
         state_dtype: ``None`` (float32, or float64 for float64 parameters) or ``"bfloat16"`` to halve state memory.

@@ -111,7 +111,7 @@ def test_byte_model_hand_computed():
     assert common.adamw_bytes((4, 8)) == 32 * 28
     big = common.mulo_bytes((1024, 1024)) / 1024**2
     assert 72 < big < 72.1
-    assert big / 28 == pytest.approx(2.57, abs=0.01)  # ALGORITHM.md §5: ≈ 2.6 at the memory limit
+    assert big / 28 == pytest.approx(2.57, abs=0.01)  # docs/ALGORITHM.md §5: ≈ 2.6 at the memory limit
 
 
 def test_flop_model_hand_computed():

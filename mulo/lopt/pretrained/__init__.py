@@ -26,7 +26,7 @@ from mulo.lopt.network import LOptConfig, LOptNet
 HERE = Path(__file__).resolve().parent
 DEFAULT = "mulo_cpu"
 PLACEHOLDER = "placeholder_handset_adam"
-# Feature channel 7 is m_2 · rsqrt(v + 1e-6) with the middle momentum decay (ALGORITHM.md §2).
+# Feature channel 7 is m_2 · rsqrt(v + 1e-6) with the middle momentum decay (docs/ALGORITHM.md §2).
 HANDSET_CHANNEL = 7
 
 
