@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from mulo.backends import Backend, resolve_backend
+from mulo.backends import Backend, _caller_stacklevel, resolve_backend
 from mulo.backends.reference import grad_is_finite
 from mulo.distributed import is_dtensor
 from mulo.lopt import constants as C
 from mulo.lopt.network import LOptNet, MetaWeights
 from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
+from mulo.lopt.state import init_state
 from mulo.mup import is_readout_parameter
 
 NONFINITE_POLICIES = ("skip", "raise")
@@ -32,18 +31,6 @@ class PlaceholderMetaWeightsWarning(UserWarning):
 class MuPWarning(UserWarning):
     """μLO meta-weights were given parameters that are not set up for μP (no roles, or a model that is not
     μP); such runs usually diverge. The message names the parameters and the fix (:func:`mulo.mup.prepare`)."""
-
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that attributes a warning raised inside mulo to the first caller outside the
-    package (the user's line), however deep the call is inside mulo (subclasses, helpers)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +135,7 @@ class MuLO(Optimizer):
                 f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> "
                 "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights.",
                 PlaceholderMetaWeightsWarning,
-                stacklevel=user_stacklevel(),
+                stacklevel=_caller_stacklevel(),
             )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
@@ -158,7 +145,7 @@ class MuLO(Optimizer):
         super().__init__(params, defaults)
         problem = _mup_setup_problem(self.param_groups, roles_given, self.net)
         if problem:
-            warnings.warn(problem, MuPWarning, stacklevel=user_stacklevel())
+            warnings.warn(problem, MuPWarning, stacklevel=_caller_stacklevel())
 
     # ---- param groups ------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -188,22 +175,12 @@ class MuLO(Optimizer):
         return torch.float64 if p.dtype == torch.float64 else torch.float32
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        shape = math_shape(p.shape, self.layout)
-        phys = physical_shape(p.shape)
         dt = self._state_dtype(p)
         if is_dtensor(p):  # FSDP2 / DTensor: state as DTensors on the parameter's mesh
-            from mulo.distributed.sharded import init_state
+            from mulo.distributed.sharded import init_state as init_sharded_state
 
-            return init_state(p, self.layout, dt)
-        state = {
-            "step": torch.zeros((), dtype=torch.float32, device=p.device),
-            "momentum": torch.zeros((3, *phys), dtype=dt, device=p.device),
-            "second_moment": torch.zeros(phys, dtype=dt, device=p.device),
-            "nonfinite_skips": torch.zeros((), dtype=torch.float32, device=p.device),
-        }
-        for key, acc_shape in accumulator_shapes(shape).items():
-            state[key] = torch.zeros(acc_shape, dtype=dt, device=p.device)
-        return state
+            return init_sharded_state(p, self.layout, dt)
+        return init_state(p.shape, dt, p.device, self.layout)
 
     def _expected_shapes(self, p: torch.Tensor) -> dict[str, tuple[int, ...]]:
         phys = physical_shape(p.shape)
