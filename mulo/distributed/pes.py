@@ -86,7 +86,6 @@ class DistributedMetaTrainer(MetaTrainer):
     def outer_step(self) -> dict:
         """One outer iteration (as :meth:`MetaTrainer.outer_step`, estimators run where they live)."""
         t0 = time.perf_counter()
-        cfg, step = self.config, self.next_step
         theta = self.theta.detach()
         n_est, size = len(self.estimators), theta.numel()
         grads = torch.zeros(n_est, size, dtype=theta.dtype, device=theta.device)
@@ -97,31 +96,9 @@ class DistributedMetaTrainer(MetaTrainer):
             losses[i] = out.meta_loss
         dist.all_reduce(grads)  # one row per estimator, written by one rank: the sum is exact
         dist.all_reduce(losses)
-        losses = losses.tolist()
-        grad = grads.mean(0)
-        lr = cfg.lr(step)
-        for group in self.outer_opt.param_groups:
-            group["lr"] = lr
-        self.theta.grad = grad.to(self.theta.dtype)
-        before = self.theta.detach().clone()
-        self.outer_opt.step()
-        with torch.no_grad():
-            update = self.theta - before
-            norm = update.norm()
-            scale = torch.clamp(cfg.clip_update_norm / norm.clamp_min(1e-30), max=1.0)
-            self.theta.copy_(before + update * scale)
-        self.theta.grad = None
-        self.next_step += 1
-        return {
-            "outer_step": step,
-            "meta_loss": sum(losses) / len(losses),
-            "grad_norm": float(grad.norm()),
-            "update_norm": float(norm * scale),
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-            "family_meta_loss": dict(zip((f"w{s.width}" for s in cfg.families), losses)),
-            "world_size": self.world,
-        }
+        record = self._update_theta(grads.mean(0), losses.tolist(), t0)
+        record["world_size"] = self.world
+        return record
 
 
 def _to_cpu(obj):

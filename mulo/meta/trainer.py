@@ -257,14 +257,17 @@ class MetaTrainer:
     def outer_step(self) -> dict:
         """One outer iteration; returns its log record."""
         t0 = time.perf_counter()
-        cfg, step = self.config, self.next_step
         theta = self.theta.detach()
         grads, losses = [], []
         for est, state, gen in zip(self.estimators, self.states, self.generators):
             out = est.estimate(theta, state, gen)
             grads.append(torch.nan_to_num(out.grad, nan=0.0, posinf=0.0, neginf=0.0))
             losses.append(out.meta_loss)
-        grad = torch.stack(grads).mean(0)
+        return self._update_theta(torch.stack(grads).mean(0), losses, t0)
+
+    def _update_theta(self, grad: torch.Tensor, losses: list[float], t0: float) -> dict:
+        """AdamW on θ with the outer schedule's lr and update clipping (one outer step); its log record."""
+        cfg, step = self.config, self.next_step
         lr = cfg.lr(step)
         for group in self.outer_opt.param_groups:
             group["lr"] = lr
