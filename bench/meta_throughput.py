@@ -7,8 +7,11 @@ One inner step of meta-training, for all 2N perturbed members of an estimator (A
 the loss and gradient of every member on its batch, then one μLO update per member with its own
 meta-weights θ ± ε_i.
 
-* ``population``: one ``torch.func.vmap`` forward/backward for all members and ONE call of
-  :func:`mulo.backends.population.population_step` (what :class:`mulo.meta.unroll.PopulationUnroll` runs);
+* ``population``: what :class:`mulo.meta.unroll.PopulationUnroll` runs: the task's batched gradients
+  (``Task.population_grads_and_losses``: for the MLP tasks a hand-written batched forward/backward) and ONE
+  call of the population step of ``--inner-backend``;
+* ``population_vmap``: the same with one ``torch.func.vmap`` forward/backward for all members (the inner
+  step before the batched MLP gradients), timed in the same run so the speedup is read off one table;
 * ``loop``: member by member, a ``torch.func.grad`` forward/backward and a reference-backend step with that
   member's meta-weights (the same math, nothing batched).
 
@@ -97,26 +100,31 @@ def bench_one(
     spec, members: int, device: torch.device, steps: int, repeats: int, warmup: int, inner_backend: str = "reference"
 ) -> dict:
     task, params, states, weights, batch = setup(spec, members, device)
-    pop_grad = torch.func.vmap(torch.func.grad_and_value(task.loss))
+    vmap_grad = torch.func.vmap(torch.func.grad_and_value(task.loss))
     one_grad = torch.func.grad(task.loss)
     step_fn = backend_population_step(inner_backend, device)
     backend = resolve_backend(inner_backend, device)  # the loop baseline steps each member with the same backend
 
     def pop():
         with torch.no_grad():
-            population_inner_step(task, params, states, weights, batch, pop_grad, step_fn)
+            population_inner_step(task, params, states, weights, batch, task.population_grads_and_losses, step_fn)
+
+    def pop_vmap():
+        with torch.no_grad():
+            population_inner_step(task, params, states, weights, batch, vmap_grad, step_fn)
 
     def loop():
         with torch.no_grad():
             loop_inner_step(task, params, states, weights, batch, one_grad, backend)
 
+    methods = {"population": pop, "population_vmap": pop_vmap, "loop": loop}
     for _ in range(warmup):
-        pop()
-        loop()
-    times = {"population": [], "loop": []}
-    for _ in range(repeats):  # interleaved, so load changes hit both
-        times["population"] += time_steps(pop, device, steps)
-        times["loop"] += time_steps(loop, device, steps)
+        for fn in methods.values():
+            fn()
+    times = {name: [] for name in methods}
+    for _ in range(repeats):  # interleaved, so load changes hit all
+        for name, fn in methods.items():
+            times[name] += time_steps(fn, device, steps)
     summary = {k: summarize(v) for k, v in times.items()}
     n_params = sum(v[0].numel() for v in params.values())
     return {
@@ -127,8 +135,12 @@ def bench_one(
         "params_per_member": n_params,
         "dtype": "float32",
         "population_ms": summary["population"],
+        "population_vmap_ms": summary["population_vmap"],
         "loop_ms": summary["loop"],
         "speedup": summary["loop"]["median_ms"] / summary["population"]["median_ms"],
+        "speedup_over_vmap": summary["population_vmap"]["median_ms"] / summary["population"]["median_ms"],
+        "ns_per_member_param": summary["population"]["median_ms"] * 1e6 / (members * n_params),
+        "ns_per_member_param_vmap": summary["population_vmap"]["median_ms"] * 1e6 / (members * n_params),
         "member_steps_per_s_population": members / (summary["population"]["median_ms"] / 1e3),
         "member_steps_per_s_loop": members / (summary["loop"]["median_ms"] / 1e3),
         **provenance(device),
@@ -162,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
-                f"{row['task']:32s} M={members:3d}  population {row['population_ms']['median_ms']:9.2f} ms  "
-                f"loop {row['loop_ms']['median_ms']:9.2f} ms  speedup {row['speedup']:6.1f}x"
+                f"{row['task']:32s} M={members:3d}  population {row['population_ms']['median_ms']:8.2f} ms "
+                f"({row['ns_per_member_param']:.0f} ns/member-param)  "
+                f"vmap {row['population_vmap_ms']['median_ms']:8.2f} ms ({row['speedup_over_vmap']:.2f}x)  "
+                f"loop {row['loop_ms']['median_ms']:8.2f} ms ({row['speedup']:.1f}x)"
             )
     print(f"appended to {out}")
     return 0

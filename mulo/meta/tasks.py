@@ -58,6 +58,15 @@ class Task(abc.ABC):
     def batches(self, generator: torch.Generator, n: int):
         """``n`` independent batches stacked on a leading axis."""
 
+    def population_grads_and_losses(self, params: dict[str, torch.Tensor], batch):
+        """Every member's gradient and loss at once (``params`` and ``batch`` stacked on a leading member
+        axis): ``vmap(grad_and_value(self.loss))``; tasks with a faster batched form override it."""
+        return self._vmapped_grad(params, batch)
+
+    @functools.cached_property
+    def _vmapped_grad(self):
+        return torch.func.vmap(torch.func.grad_and_value(self.loss))
+
     def heldout_batches(self, generator: torch.Generator, n: int):
         """``n`` batches of the held-out split (never seen in training); tasks without one raise."""
         raise ValueError(f"{type(self).__name__} has no held-out split")
@@ -152,6 +161,42 @@ class ImageMLPTask(Task):
         x, y = batch
         logits = torch.func.functional_call(self.module, params, (x,))
         return F.cross_entropy(logits, y)
+
+    def population_grads_and_losses(
+        self, params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every member's gradient and loss at once: ``params`` stacked on a leading member axis M, ``batch``
+        (M, B, ...) inputs and (M, B) labels. The same values as ``vmap(grad_and_value(self.loss))``, by a
+        hand-written forward and backward of the MLP in batched matrix products (a few kernel calls per
+        layer instead of vmap's per-operator dispatch, which dominated a small task's inner step;
+        tests/meta/test_unroll.py checks it against the vmap form)."""
+        x, y = batch
+        depth = len(self.module.layers)
+        h = x.flatten(2).to(params["layers.0.weight"].dtype)
+        inputs, masks = [], []
+        for i in range(depth):
+            inputs.append(h)
+            z = torch.baddbmm(params[f"layers.{i}.bias"].unsqueeze(1), h, params[f"layers.{i}.weight"].transpose(1, 2))
+            masks.append(z > 0)
+            h = torch.relu(z)
+        mult = self.module.readout.output_mult / h.shape[-1] if self.parameterization == "mup" else 1.0
+        logits = torch.baddbmm(params["readout.bias"].unsqueeze(1), h, params["readout.weight"].transpose(1, 2))
+        logits = logits * mult
+        logp = torch.log_softmax(logits, dim=-1)
+        loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
+        # d loss / d logits = (softmax − onehot) / B, times the readout multiplier for its pre-activation
+        d = logp.exp()
+        d.scatter_add_(-1, y.unsqueeze(-1), -torch.ones_like(y, dtype=d.dtype).unsqueeze(-1))
+        d = d * (mult / y.shape[-1])
+        grads = {"readout.weight": torch.bmm(d.transpose(1, 2), h), "readout.bias": d.sum(1)}
+        d = torch.bmm(d, params["readout.weight"])
+        for i in reversed(range(depth)):
+            d = d * masks[i]
+            grads[f"layers.{i}.weight"] = torch.bmm(d.transpose(1, 2), inputs[i])
+            grads[f"layers.{i}.bias"] = d.sum(1)
+            if i:
+                d = torch.bmm(d, params[f"layers.{i}.weight"])
+        return {k: grads[k] for k in params}, loss
 
     def batches(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.data, ClassificationSource):

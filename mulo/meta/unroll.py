@@ -29,7 +29,7 @@ import torch
 
 from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
-from mulo.meta.inner import InnerSchedule, log_uniform, member_lr_step, reparam_global
+from mulo.meta.inner import InnerSchedule, log_uniform, member_lr_step
 from mulo.meta.tasks import META_LOSSES, Task, TaskFamily
 from mulo.meta.theta import population_weights, theta_size
 from mulo.meta.truncation import LogUniformTruncation
@@ -128,10 +128,6 @@ class PopulationUnroll(TruncatedStep):
             raise ValueError(f"reparam scale range must satisfy 0 < low ≤ high < inf, got {reparam!r}")
         self.weight_decay, self.reparam = weight_decay, reparam
         self._plain_step = self.schedule.is_constant and weight_decay == 0.0
-        if reparam is None:
-            self._grad_fn = torch.func.vmap(torch.func.grad_and_value(self.task.loss))
-        else:
-            self._grad_fn = torch.func.vmap(torch.func.grad_and_value(reparam_global(self.task.loss)))
 
     def _fresh_params(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inits = [self.task.init(generator) for _ in range(n)]
@@ -169,9 +165,13 @@ class PopulationUnroll(TruncatedStep):
     def grads_and_losses(self, state: dict, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient and loss on its slice of ``batch`` (stacked on the member axis), at its
         current parameters (for a reparameterized task: at s·w, the gradient with respect to w)."""
+        params, batched = state["params"], self.task.population_grads_and_losses
         if self.reparam is None:
-            return self._grad_fn(state["params"], batch)
-        return self._grad_fn(state["params"], batch, state["scale"])
+            return batched(params, batch)
+        scale = state["scale"]
+        expand = {k: scale.view(-1, *([1] * (v.dim() - 1))) for k, v in params.items()}
+        grads, losses = batched({k: v * expand[k] for k, v in params.items()}, batch)
+        return {k: g * expand[k] for k, g in grads.items()}, losses  # d loss(s·w) / dw = s · ∇loss(s·w)
 
     @torch.no_grad()
     def unroll(self, state: dict, thetas: torch.Tensor, steps: int, generator: torch.Generator) -> UnrollOutput:

@@ -158,3 +158,42 @@ def test_label_noise_replaces_a_fraction_of_labels_afresh_and_zero_noise_draws_n
     assert torch.equal(g2.get_state(), ref.get_state())
     with pytest.raises(ValueError, match="label_noise must lie in"):
         ImageMLPFamily(ImageMLPSpec("digits", 8, 2, 16, "mup", label_noise=1.0))
+
+
+@pytest.mark.parametrize("parameterization", ["mup", "sp"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_batched_mlp_gradients_equal_vmap_of_the_loss(parameterization, depth):
+    """The hand-written batched forward/backward (what the inner steps use) against vmap(grad(loss))."""
+    spec = ImageMLPSpec("digits", width=12, depth=depth, batch_size=9, parameterization=parameterization)
+    task = ImageMLPFamily(spec).sample(torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    inits = [task.init(gen) for _ in range(4)]
+    params = {k: torch.stack([p[k] for p in inits]).double() for k in inits[0]}
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    x, y = task.batches(gen, 4)
+    want_g, want_l = torch.func.vmap(torch.func.grad_and_value(task.loss))(params, (x.double(), y))
+    got_g, got_l = task.population_grads_and_losses(params, (x.double(), y))
+    torch.testing.assert_close(got_l, want_l, rtol=1e-12, atol=1e-14)
+    assert set(got_g) == set(want_g)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-13, msg=k)
+
+
+def test_reparameterized_gradients_are_the_chain_rule_of_the_scaled_loss():
+    from mulo.meta.inner import reparam_global
+
+    spec = ImageMLPSpec("digits", width=8, depth=2, batch_size=6)
+    unroll = PopulationUnroll(
+        ImageMLPFamily(spec), LogUniformTruncation(10, 20), num_pairs=2, lopt_config=LOptConfig(),
+        dtype=torch.float64, reparam=(1e-3, 1e3),
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(2)
+    state = unroll.init_state(gen)
+    x, y = unroll.task.batches(gen, 4)
+    batch = (x.double(), y)
+    got_g, got_l = unroll.grads_and_losses(state, batch)
+    fn = torch.func.vmap(torch.func.grad_and_value(reparam_global(unroll.task.loss)))
+    want_g, want_l = fn(state["params"], batch, state["scale"])
+    torch.testing.assert_close(got_l, want_l, rtol=1e-12, atol=1e-14)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-10, atol=1e-13, msg=k)
