@@ -1,6 +1,7 @@
 # make install — .venv with everything CI uses (idempotent; re-runs only when a pin or build file changes)
 # make test    — install if needed, then the whole test suite
-# make demo    — install if needed, then train a small μP MLP with MuLO and AdamW, print and plot both
+# make demo    — install if needed, then train a plain MLP on the digits with MuLO (after mulo.mup.prepare) and
+#                with AdamW at its best grid lr; prints and plots held-out and training loss
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -1,5 +1,5 @@
 """The torch.optim front end."""
 
-from mulo.optim.mulo import MuLO, MuLOOptions, PlaceholderMetaWeightsWarning
+from mulo.optim.mulo import MuLO, MuLOOptions, MuPWarning, PlaceholderMetaWeightsWarning
 
-__all__ = ["MuLO", "MuLOOptions", "PlaceholderMetaWeightsWarning"]
+__all__ = ["MuLO", "MuLOOptions", "MuPWarning", "PlaceholderMetaWeightsWarning"]
