@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -296,6 +297,12 @@ class MetaTrainer:
         from tqdm import tqdm
 
         cfg = self.config
+        if self.next_step >= cfg.outer_steps:  # a rerun of a finished run: say so instead of nothing
+            print(
+                f"mulo meta-train: {self.out} already holds all {cfg.outer_steps} outer steps; nothing to do "
+                "(raise --outer-steps to train on, or choose a new --out)",
+                file=sys.stderr,
+            )
         bar = tqdm(total=cfg.outer_steps, initial=self.next_step, disable=not self.progress, desc="meta-train")
         with open(self.out / LOG, "a") as log:
             while self.next_step < cfg.outer_steps:

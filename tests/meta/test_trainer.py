@@ -82,6 +82,10 @@ def test_cli_meta_train_and_bad_input(tmp_path, capsys):
     args = ["meta-train", "--out", str(out), "--outer-steps", "2", "--num-pairs", "2", "--no-progress"]
     assert cli.main(args) == 0
     assert len(read_log(out)) == 2 and (out / WEIGHTS_DIR / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert cli.main(args) == 0  # a rerun with nothing left to do says so, and changes nothing
+    assert "already holds all 2 outer steps; nothing to do" in capsys.readouterr().err
+    assert len(read_log(out)) == 2
 
     with pytest.raises(SystemExit) as e:
         cli.main(["meta-train", "--out", str(tmp_path / "x"), "--preset", "huge"])
