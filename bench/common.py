@@ -1,5 +1,5 @@
 """What every benchmark shares: parameter sets shaped like real models (with a μP role per tensor), the
-one setup factory for speed and memory runs, the byte/FLOP model of ALGORITHM.md §5, device floors
+one setup factory for speed and memory runs, the byte/FLOP model of docs/ALGORITHM.md §5, device floors
 measured in the same run, and provenance for every result row.
 
 Parameter sets follow the published architectures (PyTorch ``nn.Linear`` layout, (out, in)):
@@ -12,7 +12,7 @@ Parameter sets follow the published architectures (PyTorch ``nn.Linear`` layout,
 * ``*-tiny`` — the same layouts at toy width, for ``--quick`` on CPU.
 * ``synthetic-N`` — one (N/1024, 1024) hidden weight.
 
-Roles (ALGORITHM.md §4): embeddings and the patch embedding are ``input``; attention, MLP and fused QKV
+Roles (docs/ALGORITHM.md §4): embeddings and the patch embedding are ``input``; attention, MLP and fused QKV
 weights ``hidden`` (lr_scale = 1/fan_in); a separate classifier head ``output``; biases, norm gains,
 class token and position embeddings ``other``.
 """
@@ -251,7 +251,7 @@ def grad_sets_for(pset: ParamSet, itemsize: int, cache_bytes: int, free_bytes: i
     return k
 
 
-# ---- the byte / FLOP model (ALGORITHM.md §5) ---------------------------------------------------------------
+# ---- the byte / FLOP model (docs/ALGORITHM.md §5) ---------------------------------------------------------------
 MLP_MACS_PER_ELEMENT = 28 * 32 + 32 * 32 + 32 * 2  # 1,984: time features and norm scales fold into layer 1
 ADAMW_FLOPS_PER_ELEMENT = 15  # m: 3, v: 4, denominator: 3, step: 3, decoupled decay: 2
 
@@ -396,7 +396,7 @@ def measure_matmul_flops(device: torch.device, tf32: bool = False, iters: int = 
 
 
 def device_floors(device: torch.device) -> dict:
-    """Copy bandwidth and matmul peaks. The compute floor uses TF32 tensor cores on a GPU (ALGORITHM.md §3:
+    """Copy bandwidth and matmul peaks. The compute floor uses TF32 tensor cores on a GPU (docs/ALGORITHM.md §3:
     the per-element MLP is meant for tensor cores) and fp32 on a CPU."""
     bw = measure_copy_bandwidth(device)
     fp32 = measure_matmul_flops(device)

@@ -3,7 +3,7 @@
     python bench/distributed.py                       # 2 gloo ranks on CPU, model-shaped sets
     python bench/distributed.py --world 2 --sets gpt2-124m,llama-1b --step-sets gpt2-tiny,synthetic-1048576
 
-MuLO's per-tensor statistics (ALGORITHM.md §5) are summed over the shard group: after pass A the
+MuLO's per-tensor statistics (docs/ALGORITHM.md §5) are summed over the shard group: after pass A the
 non-finite count and the Adafactor vector that spans the split axis (+3 row-mean sums when the split axis
 is d1), after pass B the 28 channel sums of squares — ``mulo.distributed.summed_elements`` floats per
 tensor, bucketed into one ``all_reduce`` per pass. For every set (parameters as FSDP2 shards them,

@@ -3,7 +3,7 @@
     python bench/meta_throughput.py --quick                 # CPU: the tiny and small presets' tasks
     python bench/meta_throughput.py --device cuda --preset small
 
-One inner step of meta-training, for all 2N perturbed members of an estimator (ALGORITHM.md §7):
+One inner step of meta-training, for all 2N perturbed members of an estimator (docs/ALGORITHM.md §7):
 the loss and gradient of every member on its batch, then one μLO update per member with its own
 meta-weights θ ± ε_i.
 

@@ -1,4 +1,4 @@
-"""An independent float64 numpy oracle of one μLO step, written element by element from ALGORITHM.md.
+"""An independent float64 numpy oracle of one μLO step, written element by element from docs/ALGORITHM.md.
 
 It shares no code with mulo: its own constants, its own factored-dims rule (numpy's stable argsort), and
 per-element loops for the features and the MLP. The reference backend is checked against it.

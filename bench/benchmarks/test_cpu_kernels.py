@@ -5,7 +5,7 @@ Not part of ``make test`` (``tests/`` is what the default run collects). Run it 
     .venv/bin/python -m pytest bench/benchmarks --benchmark-json=bench/results/pytest_benchmark_cpu.json
 
 Each round sees the next of several rotating gradient sets (set untimed, in pedantic mode); ``extra_info``
-carries the element count, the bytes and FLOPs of ALGORITHM.md §5's model and the provenance of
+carries the element count, the bytes and FLOPs of docs/ALGORITHM.md §5's model and the provenance of
 ``bench.common.provenance`` (pytest-benchmark adds its own machine and commit info).
 """
 

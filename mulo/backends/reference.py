@@ -1,9 +1,9 @@
-"""The reference backend: the μLO step written as ALGORITHM.md §1–3 states it, in plain PyTorch.
+"""The reference backend: the μLO step written as docs/ALGORITHM.md §1–3 states it, in plain PyTorch.
 
 It is the oracle every fast backend is tested against. It runs on any device, in float64 when the
 parameters (or the state) are float64 and in float32 otherwise; nothing is fused or reordered.
 
-The step is written as the three passes of ALGORITHM.md §5, because the per-tensor statistics are sums
+The step is written as the three passes of docs/ALGORITHM.md §5, because the per-tensor statistics are sums
 that a tensor split across ranks (FSDP2, :mod:`mulo.distributed`) adds up between the passes:
 
 - A  :func:`pass_a`: sums of s = g² + 1e-30 over the factored axes d0 and d1, and the count of non-finite s;

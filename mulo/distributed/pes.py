@@ -1,5 +1,5 @@
 """Meta-training across ranks: the estimators of :class:`mulo.meta.trainer.MetaTrainer` split over
-``torch.distributed`` ranks (ALGORITHM.md §7, step 4).
+``torch.distributed`` ranks (docs/ALGORITHM.md §7, step 4).
 
 The trainer has one gradient estimator per task family (μLO_M: widths 128, 512, 1024), each with its own
 particles, its own RNG stream and its own persistent state. :class:`DistributedMetaTrainer` deals them

@@ -1,4 +1,4 @@
-"""Meta-training μLO (ALGORITHM.md §7–8), in small interfaces as learned_optimization has them.
+"""Meta-training μLO (docs/ALGORITHM.md §7–8), in small interfaces as learned_optimization has them.
 
 - :mod:`mulo.meta.tasks` — ``Task`` (init / loss / batches) and ``TaskFamily`` (sample); μP and SP image MLPs
   on an image set or a non-memorizable source with a held-out split (:mod:`mulo.data.procedural`).

@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "meta-train",
         help="meta-train μLO meta-weights with PES (resumes when --out holds a checkpoint)",
-        description="Meta-train μLO with PES (ALGORITHM.md §7). Rerunning with the same --out resumes exactly; "
+        description="Meta-train μLO with PES (docs/ALGORITHM.md §7). Rerunning with the same --out resumes exactly; "
         "the meta-weights land in OUT/meta_weights (use them with MuLO(meta_weights=OUT/meta_weights)).",
     )
     p.add_argument("--out", required=True, help="output directory: checkpoint.pt, log.jsonl, meta_weights/")
@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--meta-loss",
         choices=("normalized", "log"),
         default=None,
-        help="per-step loss PES differences: normalized (ALGORITHM.md §7) or log (weighs the low-loss end of "
+        help="per-step loss PES differences: normalized (docs/ALGORITHM.md §7) or log (weighs the low-loss end of "
         "training; default: the preset's)",
     )
     p.add_argument("--warmup-steps", type=int, default=None, help="outer LR warmup steps (default: the preset's)")

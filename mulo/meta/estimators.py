@@ -1,4 +1,4 @@
-"""Gradient estimators: PES and (truncated) ES behind one interface (ALGORITHM.md §7, steps 1 and 3).
+"""Gradient estimators: PES and (truncated) ES behind one interface (docs/ALGORITHM.md §7, steps 1 and 3).
 
 For N antithetic pairs with perturbations ε_i ~ N(0, σ²I), one window of T inner steps gives per step
 Δ_t = ℓ⁺_t − ℓ⁻_t, the mask m_t and h_t = 1 from the first step of the window at which ``done`` was set

@@ -1,4 +1,4 @@
-"""Meta-training configurations. ``mulo_m`` is the μLO_M recipe of ALGORITHM.md §7–8 (every default there);
+"""Meta-training configurations. ``mulo_m`` is the μLO_M recipe of docs/ALGORITHM.md §7–8 (every default there);
 ``mulo_cpu`` is the recipe of the shipped weights; ``small`` and ``tiny`` shrink the tasks and the horizon
 (``tiny`` also raises the outer LR so that 30 steps learn).
 
@@ -17,7 +17,7 @@ with ``--inner-backend cpu``, checkpoints every 100 outer steps (≈ 4 MB, every
 
 The paper meta-trains μLO_M on ImageNet 32×32; ``mulo_m`` defaults to the Hugging Face copy of CIFAR-10
 (same input size) because it needs no special access — pass ``--dataset`` to change it. SP twins
-(``--parameterization sp``) use step_mult 0.001, μLO uses 0.01 (ALGORITHM.md §8).
+(``--parameterization sp``) use step_mult 0.001, μLO uses 0.01 (docs/ALGORITHM.md §8).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class MetaTrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     step_mult: float = 0.01
-    #: the per-step loss PES differences: "normalized" (ALGORITHM.md §7) or "log" (its logarithm, which
+    #: the per-step loss PES differences: "normalized" (docs/ALGORITHM.md §7) or "log" (its logarithm, which
     #: keeps the low-loss end of training in the objective; see :meth:`mulo.meta.tasks.Task.meta_loss`)
     meta_loss: str = "normalized"
     # ---- how inner runs are trained (mulo.meta.inner); the defaults are the plain μLO inner run, and

@@ -1,7 +1,7 @@
 """Inner problems for meta-training (learned_optimization style): a ``Task`` has ``init``, ``loss`` and
 ``batches``; a ``TaskFamily`` samples tasks.
 
-Two families (ALGORITHM.md §8): a μP ReLU MLP classifying images (the model is :class:`mulo.mup.models.MuMLP`
+Two families (docs/ALGORITHM.md §8): a μP ReLU MLP classifying images (the model is :class:`mulo.mup.models.MuMLP`
 with its declared roles: hidden weights get lr/fan_in, readout zero-initialized with a 1/width output
 multiplier) and its SP twin (same architecture, plain Linear readout initialized like every other weight,
 every lr_scale 1 — the SP small_fc_lopt baseline). Biases start N(0, 1) as in the reference ``mu_mlp``.
@@ -43,7 +43,7 @@ class Task(abc.ABC):
 
     #: μP role of each parameter (gives its lr_scale).
     roles: dict[str, ParamRole]
-    #: upper clip of the normalized loss (ALGORITHM.md §7: 1.5·ln C for C classes).
+    #: upper clip of the normalized loss (docs/ALGORITHM.md §7: 1.5·ln C for C classes).
     loss_clip: float
 
     @abc.abstractmethod
@@ -80,7 +80,7 @@ class Task(abc.ABC):
         return torch.nan_to_num(loss, nan=self.loss_clip).clamp(0.0, self.loss_clip)
 
     def meta_loss(self, loss: torch.Tensor, kind: str = "normalized") -> torch.Tensor:
-        """The per-step loss PES differences: ``"normalized"`` is :meth:`normalized_loss` (ALGORITHM.md §7);
+        """The per-step loss PES differences: ``"normalized"`` is :meth:`normalized_loss` (docs/ALGORITHM.md §7);
         ``"log"`` is ln(normalized + LOG_LOSS_FLOOR · loss_clip), which weighs a halving of the loss the
         same at 1.0 and at 1e-4, so the late, low-loss phase of training is not drowned out by the first
         steps (a spike from 1e-4 to 1e-1 costs as much as the first steps' whole descent)."""

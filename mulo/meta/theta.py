@@ -1,4 +1,4 @@
-"""θ, the meta-parameters being meta-trained, as one flat vector (ALGORITHM.md §7).
+"""θ, the meta-parameters being meta-trained, as one flat vector (docs/ALGORITHM.md §7).
 
 θ is the meta-network's weights in ``LOptNet.state_dict()`` order (input, linear_0, …, output; weight then
 bias): 2,402 numbers for the 39→32→32→2 network. The decay offsets stay fixed at the config's values (the

@@ -1,4 +1,4 @@
-"""The meta-trainer: estimators (one per task family) → averaged meta-gradient → AdamW on θ (ALGORITHM.md §7).
+"""The meta-trainer: estimators (one per task family) → averaged meta-gradient → AdamW on θ (docs/ALGORITHM.md §7).
 
 Per outer step: each estimator returns ĝ (non-finite entries → 0), the ĝ are averaged, AdamW (β 0.9/0.999,
 eps 1e-8, weight decay 1e-4) proposes an update of θ, and the update is clipped to global norm 1.0; the

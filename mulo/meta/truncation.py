@@ -1,4 +1,4 @@
-"""Truncation schedules (ALGORITHM.md §7): how long an inner problem runs before it is reset.
+"""Truncation schedules (docs/ALGORITHM.md §7): how long an inner problem runs before it is reset.
 
 Each inner problem's length is drawn log-uniformly, L = ⌊exp(U[ln min, ln max])⌋ (μLO: 100..1000), and at
 initialization each particle's inner step starts at randint[0, max_initial_offset) (μLO: 50) so that the

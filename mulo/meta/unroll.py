@@ -1,4 +1,4 @@
-"""Truncated unrolls of a population of inner problems (ALGORITHM.md §7, step 2).
+"""Truncated unrolls of a population of inner problems (docs/ALGORITHM.md §7, step 2).
 
 A :class:`TruncatedStep` owns N particles, each with a "+" and a "−" member (2N members in all, "+" first);
 ``unroll(state, thetas, T, generator)`` advances every member T inner steps, member j using meta-parameters

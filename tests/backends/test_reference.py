@@ -167,7 +167,7 @@ def _one_step_update(g, p, net):
 
 @pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5), (9,), (1,)], ids=shape_id)
 def test_gradient_scale_changes_only_epsilon_terms(shape, monkeypatch):
-    """With every ε of ALGORITHM.md set to 0 the step is invariant to g → c·g (exactly, up to rounding);
+    """With every ε of docs/ALGORITHM.md set to 0 the step is invariant to g → c·g (exactly, up to rounding);
     with the real ε's it is not, for gradients small enough that the ε's dominate."""
     net = random_net()
     g, p = hetero_grad(shape), torch.randn(shape, dtype=torch.float64)
@@ -232,7 +232,7 @@ def test_oracle_constants_agree_with_package():
     cfg = LOptConfig()
     np.testing.assert_allclose(cfg.momentum_decays, oracle.BM, rtol=0, atol=0)
     np.testing.assert_allclose(cfg.adafactor_decays, oracle.BF, rtol=0, atol=0)
-    # the effective values quoted in ALGORITHM.md §1 (5 decimals)
+    # the effective values quoted in docs/ALGORITHM.md §1 (5 decimals)
     np.testing.assert_allclose(cfg.momentum_decays, (0.54203, 0.95844, 0.99802), atol=6e-6)
     np.testing.assert_allclose(cfg.rms_decay, 0.99889, atol=6e-6)
     np.testing.assert_allclose(cfg.adafactor_decays, (0.35622, 0.99663, 0.99946), atol=6e-6)

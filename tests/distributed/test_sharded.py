@@ -1,5 +1,5 @@
 """MuLO across 2 gloo ranks on CPU: DTensor/FSDP2-sharded steps equal single-process steps on the whole
-tensors (ALGORITHM.md §5: the per-tensor statistics are all-reduced between the passes), and DDP / FSDP2
+tensors (docs/ALGORITHM.md §5: the per-tensor statistics are all-reduced between the passes), and DDP / FSDP2
 training equals single-process training on the same global batch.
 
 All 2-rank work runs in ONE spawn (module fixture: process start-up dominates); each test compares one job.
