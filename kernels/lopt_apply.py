@@ -10,6 +10,8 @@ operand precision: "tf32" (default on GPU), "ieee" (exact float32), "bf16" (bf16
 "tf32_emulated" (tf32-rounded operands: to measure tf32's effect on a CPU; the interpreter runs "tf32" as
 exact float32).
 A tensor whose pass-A flag counted a non-finite s stores nothing; its ``nonfinite_skips`` grows instead.
+The meta-network's layers may hold K stacked sets, one per member of a population; each tensor's row of the
+segment table says which set it uses, so one launch steps every member's tensors.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from mulo.kernels.lopt_common import (
     EPS_NORMALIZE,
     EPS_RMS,
     EPS_SAFE_RSQRT,
+    M_N,
+    M_WIDX,
+    M_WS_T,
+    NMETA,
+    WS_SUMSQ,
+    WS_T,
     factor_vectors,
     safe_rsqrt,
     tile_coords,
@@ -192,20 +200,30 @@ def lopt_apply_kernel(
 ):
     """x = 28 features · scale (scale_j = rsqrt(1e-5 + Σx_j²/n), folded into W1) ⊕ tanh(t/τ − 1) (folded
     into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
-    p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite."""
+    p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite.
+    The layers hold K stacked meta-weight sets ((K, HID, 39), (K, HID), ...); a tensor uses set
+    ``meta[M_WIDX]`` (its population member; K = 1 and index 0 for a single optimizer)."""
     SB: tl.constexpr = BX * BY
     pid = tl.program_id(0)
     tensor = tl.load(chunks + pid * 4).to(tl.int64)
-    wsT = ws + tl.load(meta + tensor * 24 + 23).to(IDX)
-    numel = tl.load(meta + tensor * 24).to(tl.float32)
-    step_t = tl.load(wsT + 1)
+    wsT = ws + tl.load(meta + tensor * NMETA + M_WS_T).to(IDX)
+    numel = tl.load(meta + tensor * NMETA + M_N).to(tl.float32)
+    step_t = tl.load(wsT + WS_T)
+    # this tensor's meta-weight set: the layers are stacked (K, ...), one set per population member
+    widx = tl.load(meta + tensor * NMETA + M_WIDX)
+    w1 = w1 + widx * (HID * 39)
+    b1 = b1 + widx * HID
+    w2 = w2 + widx * (HID * HID)
+    b2 = b2 + widx * HID
+    w3 = w3 + widx * (2 * HID)
+    b3 = b3 + widx * 2
 
     # ---- fold normalization into W1's columns and the time features into b1 (once per program) ----
     slot = tl.arange(0, 32)
     chan = tl.load(perm + slot)
     real = chan < 28
     hid = tl.arange(0, HID)
-    sumsq = tl.load(wsT + 2 + chan, mask=real, other=0.0)
+    sumsq = tl.load(wsT + WS_SUMSQ + chan, mask=real, other=0.0)
     scale = tl.where(real, tl.rsqrt(sumsq / numel + EPS_NORMALIZE), 0.0)
     w1f = tl.load(w1 + hid[None, :] * 39 + chan[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     ti = tl.arange(0, 16)
@@ -365,7 +383,7 @@ def lopt_apply(
         block_x,
         block_y,
         nsub,
-        w2.shape[0],
+        w2.shape[-1],
         dot,
         tl.int64 if plan.use_int64 else tl.int32,
         num_warps=NUM_WARPS,

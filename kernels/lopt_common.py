@@ -9,6 +9,7 @@ import os
 
 import triton
 import triton.language as tl
+from mulo.kernels import lopt_plan
 
 from mulo.lopt import spec
 
@@ -22,8 +23,18 @@ EPS_RMS = tl.constexpr(spec.EPS_RMS)
 EPS_ACC_FEATURE = tl.constexpr(spec.EPS_ACC_FEATURE)
 EPS_NORMALIZE = tl.constexpr(spec.EPS_NORMALIZE)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
-NMETA = tl.constexpr(24)
-WS_BATCH = tl.constexpr(34)
+
+
+def _constexprs(*names: str):
+    return tuple(tl.constexpr(getattr(lopt_plan, n)) for n in names)
+
+
+# the segment table's named columns and the workspace offsets (kernels/lopt_plan.py), as constexprs
+NMETA, M_N, M_NX, M_NY, M_NBATCH, M_NB, M_NC = _constexprs("NMETA", "M_N", "M_NX", "M_NY", "M_NBATCH", "M_NB", "M_NC")
+M_SA, M_SX, M_SB, M_SY, M_XA, M_XX, M_XB = _constexprs("M_SA", "M_SX", "M_SB", "M_SY", "M_XA", "M_XX", "M_XB")
+M_YA, M_YB, M_YY, M_LX, M_LY, M_FLAGS = _constexprs("M_YA", "M_YB", "M_YY", "M_LX", "M_LY", "M_FLAGS")
+M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = _constexprs("M_WS_SX", "M_WS_SY", "M_WS_NX", "M_WS_NY", "M_WS_T")
+M_WIDX, WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = _constexprs("M_WIDX", "WS_FLAG", "WS_T", "WS_SUMSQ", "WS_BATCH")
 
 
 @triton.jit
@@ -37,12 +48,12 @@ def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.conste
     xt = tl.load(chunks + pid * 4 + 2) * XSUB + sub
     yt = tl.load(chunks + pid * 4 + 3)
     row = meta + t.to(tl.int64) * NMETA
-    n = tl.load(row + 0).to(IDX)
-    nx = tl.load(row + 1).to(IDX)
-    ny = tl.load(row + 2).to(IDX)
-    nbatch = tl.load(row + 3).to(IDX)
-    nb = tl.load(row + 4).to(IDX)
-    nc = tl.load(row + 5).to(IDX)
+    n = tl.load(row + M_N).to(IDX)
+    nx = tl.load(row + M_NX).to(IDX)
+    ny = tl.load(row + M_NY).to(IDX)
+    nbatch = tl.load(row + M_NBATCH).to(IDX)
+    nb = tl.load(row + M_NB).to(IDX)
+    nc = tl.load(row + M_NC).to(IDX)
     bidx = bidx.to(IDX)
     xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
     ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
@@ -50,21 +61,21 @@ def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.conste
     ab = bidx // nc
     b_ = ab % nb
     a_ = ab // nb
-    base = a_ * tl.load(row + 6).to(IDX) + b_ * tl.load(row + 8).to(IDX) + c_
-    off = base + xs[:, None] * tl.load(row + 7).to(IDX) + ys[None, :] * tl.load(row + 9).to(IDX)
+    base = a_ * tl.load(row + M_SA).to(IDX) + b_ * tl.load(row + M_SB).to(IDX) + c_
+    off = base + xs[:, None] * tl.load(row + M_SX).to(IDX) + ys[None, :] * tl.load(row + M_SY).to(IDX)
     mx = xs < nx
     my = ys < ny
     mask = mx[:, None] & my[None, :] & (off < n)
-    ix = a_ * tl.load(row + 10).to(IDX) + xs * tl.load(row + 11).to(IDX) + b_ * tl.load(row + 12).to(IDX) + c_
-    iy = a_ * tl.load(row + 13).to(IDX) + b_ * tl.load(row + 14).to(IDX) + ys * tl.load(row + 15).to(IDX) + c_
-    lx = tl.load(row + 16).to(IDX)
-    ly = tl.load(row + 17).to(IDX)
-    flags = tl.load(row + 18).to(tl.int32)
-    ws_sx = tl.load(row + 19).to(IDX)
-    ws_sy = tl.load(row + 20).to(IDX)
-    ws_nx = tl.load(row + 21).to(IDX)
-    ws_ny = tl.load(row + 22).to(IDX)
-    ws_t = tl.load(row + 23).to(IDX)
+    ix = a_ * tl.load(row + M_XA).to(IDX) + xs * tl.load(row + M_XX).to(IDX) + b_ * tl.load(row + M_XB).to(IDX) + c_
+    iy = a_ * tl.load(row + M_YA).to(IDX) + b_ * tl.load(row + M_YB).to(IDX) + ys * tl.load(row + M_YY).to(IDX) + c_
+    lx = tl.load(row + M_LX).to(IDX)
+    ly = tl.load(row + M_LY).to(IDX)
+    flags = tl.load(row + M_FLAGS).to(tl.int32)
+    ws_sx = tl.load(row + M_WS_SX).to(IDX)
+    ws_sy = tl.load(row + M_WS_SY).to(IDX)
+    ws_nx = tl.load(row + M_WS_NX).to(IDX)
+    ws_ny = tl.load(row + M_WS_NY).to(IDX)
+    ws_t = tl.load(row + M_WS_T).to(IDX)
     return (
         t,
         bidx,

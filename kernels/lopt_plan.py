@@ -36,7 +36,8 @@ M_YA, M_YB, M_YY = 13, 14, 15  # accY index: a·YA + b·YB + y·YY + c
 M_LX, M_LY = 16, 17  # elements of accX / accY per decay
 M_FLAGS = 18  # bit 0: factored; bit 1: d0 is the X axis (row accumulator = accY)
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = 19, 20, 21, 22, 23
-NMETA = 24
+M_WIDX = 24  # which meta-weight set the tensor uses (a population member; 0 for a single optimizer)
+NMETA = 25
 FLAG_FACTORED, FLAG_D0_IS_X = 1, 2
 
 # pointer table columns (int64 addresses per tensor)
@@ -108,12 +109,20 @@ def _chunks(layouts: tuple[TensorLayout, ...], bx: int, by: int) -> torch.Tensor
 
 
 def build_plan(
-    shapes: tuple[tuple[int, ...], ...], layout: str, block_x: int, block_y: int, block_xc: int, device: torch.device
+    shapes: tuple[tuple[int, ...], ...],
+    layout: str,
+    block_x: int,
+    block_y: int,
+    block_xc: int,
+    device: torch.device,
+    weight_index: tuple[int, ...] | None = None,
 ) -> Plan:
+    """Tables for tensors of ``shapes``; ``weight_index[i]``: the meta-weight set tensor i uses (default 0)."""
     layouts = tuple(tensor_layout(s, layout, block_y) for s in shapes)
+    weight_index = weight_index or (0,) * len(shapes)
     meta = []
     ws = 0
-    for lay in layouts:
+    for lay, widx in zip(layouts, weight_index, strict=True):
         nbatch = lay.n_a * lay.n_b * lay.n_c
         row = [0] * NMETA
         row[M_N], row[M_NX], row[M_NY], row[M_NBATCH], row[M_NB], row[M_NC] = (
@@ -139,6 +148,7 @@ def build_plan(
         row[M_LY] = lay.n_a * lay.n_b * lay.ny * lay.n_c
         row[M_FLAGS] = (FLAG_FACTORED if lay.factored else 0) | (FLAG_D0_IS_X if lay.d0_is_x else 0)
         row[M_WS_T] = ws
+        row[M_WIDX] = widx
         ws += WS_BATCH + 4 * nbatch
         if lay.factored:
             row[M_WS_SX] = ws

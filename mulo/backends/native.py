@@ -303,11 +303,12 @@ class CpuBackend(_NativeBackend):
 
     def population_step(self, params, grads, states, lrs, weight_decays, weights) -> None:
         """:func:`mulo.backends.population.population_step` in ONE call per pass: every member's tensors
-        (views of the stacked (M, *S) tensors, no copies) in one list, with a meta-weight index per tensor."""
+        (views of the stacked (M, *S) tensors, no copies) in one list, with a meta-weight index per tensor;
+        ``lrs[i]`` is a float shared by the members or M floats, one per member."""
+        from mulo.backends.population import member_lr, population_step
+
         m = weights.size
         if not network_supported(weights.member(0)) or any(st["momentum"].dtype not in STATE_DTYPES for st in states):
-            from mulo.backends.population import population_step
-
             population_step(params, grads, states, lrs, weight_decays, weights)
             return
         ps = [p[j] for j in range(m) for p in params]  # views: the kernels write through them
@@ -323,7 +324,8 @@ class CpuBackend(_NativeBackend):
         sums, finite = reduce(gs, dims)
         sq = sumsq(ps, gs, sts, sums, finite, dims, weights)
         index = [j for j in range(m) for _ in params]
-        apply(ps, gs, sts, sums, sq, finite, list(lrs) * m, list(weight_decays) * m, dims, weights, index)
+        member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
+        apply(ps, gs, sts, sums, sq, finite, member_lrs, list(weight_decays) * m, dims, weights, index)
 
     @property
     def isa(self) -> str:

@@ -12,7 +12,9 @@ its own per-tensor normalization statistics. This module defines what that call 
   ``step`` (M,), ``nonfinite_skips`` (M,), ``momentum`` (M, 3, *P), ``second_moment`` (M, *P),
   ``row``/``col`` (M, 3, …) or ``full`` (M, 3, *P) — member ``j``'s slice ``[j]`` is exactly the single
   optimizer's state of :mod:`mulo.backends.reference` (the backend contract in ARCHITECTURE.md).
-- ``lrs[i]``, ``weight_decays[i]``: Python floats shared by the members (μP lr_scale already applied).
+- ``lrs[i]``: a Python float shared by the members, or a sequence of M floats (member j's tensor ``i`` steps
+  with ``lrs[i][j]``: per-member learning-rate schedules); μP lr_scale already applied.
+- ``weight_decays[i]``: a Python float shared by the members.
 - ``weights``: :class:`PopulationMetaWeights`, the meta-network layers with a leading axis ``M``.
 
 Semantics: identical to calling ``mulo.backends.reference.step_one`` on each member alone with
@@ -26,6 +28,7 @@ meta-weight index per segment.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +41,15 @@ from mulo.lopt.shapes import accumulator_shapes, factored_dims, math_shape, phys
 # Rows (elements × members) per batched MLP evaluation: small enough that the hidden activations stay in
 # cache (measured on CPU: 2^14 rows is ~2× faster than 2^18). Changes no value, only the chunking.
 POPULATION_MLP_CHUNK = 1 << 14
+
+
+def member_lr(lr, j: int, members: int) -> float:
+    """Member ``j``'s learning rate from ``lrs[i]``: a float shared by the ``members``, or one per member."""
+    if isinstance(lr, numbers.Real) or (isinstance(lr, torch.Tensor) and lr.dim() == 0):
+        return float(lr)
+    if len(lr) != members:
+        raise ValueError(f"population_step: a per-member lr needs one float per member ({members}), got {len(lr)}")
+    return float(lr[j])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,11 +249,11 @@ def step_tensor(
     param: torch.Tensor,
     grad: torch.Tensor,
     state: dict[str, torch.Tensor],
-    lr: float,
+    lr: float | Sequence[float],
     weight_decay: float,
     w: PopulationMetaWeights,
 ) -> None:
-    """One μLO update of tensor ``param`` (M, *S) of every member, in place."""
+    """One μLO update of tensor ``param`` (M, *S) of every member, in place (``lr``: shared or one per member)."""
     if param.shape[0] != w.size or grad.shape != param.shape:
         raise ValueError(
             f"population_step: param {tuple(param.shape)} and grad {tuple(grad.shape)} must share the "
@@ -258,6 +270,9 @@ def step_tensor(
 
     feats, new = features_and_state(g, p, views, w)
     update = lopt_step(normalize(feats), time_features(state["step"], cd), w)
+    if not isinstance(lr, numbers.Real):  # one per member, broadcast over each member's elements
+        lrs = [member_lr(lr, j, w.size) for j in range(w.size)]
+        lr = torch.tensor(lrs, dtype=cd, device=p.device).view(-1, *([1] * (p.dim() - 1)))
     p_new = p - lr * update
     if weight_decay != 0.0:
         p_new = p_new - weight_decay * lr * p_new
@@ -287,42 +302,53 @@ def population_step(
         step_tensor(p, g, st, lr, wd, weights)
 
 
+population_step.per_member_lrs = True  # lrs[i] may be M floats (mulo.meta.inner passes schedules through)
+
+
 def backend_population_step(backend: str = "reference", device: torch.device | str = "cpu"):
-    """The population entry point that runs each member through ``backend``'s fused single-optimizer step.
+    """The population entry point of ``backend``: one call steps every member (per-member lrs accepted).
 
     ``"reference"`` is :func:`population_step` (vectorized over the members); ``"auto"`` picks the best
-    backend available on ``device``. A backend with a ``population_step`` (``"cpu"``) runs all members in
-    one call per pass, every tensor carrying the index of its member's meta-weight set; the others
-    (``"cuda"``, ``"triton"``) get one ``step`` call per member. Either way on views of the stacked tensors —
-    member ``j``'s slice of every parameter and state tensor is exactly a single optimizer's (contiguous, no
-    copies). Same semantics: equal to :func:`population_step` within the backend's tolerance.
+    backend available on ``device``. A backend declaring the ``"population"`` capability (``"cpu"``,
+    ``"triton"``) runs all members in one call per pass, every tensor carrying the index of its member's
+    meta-weight set; the others (``"cuda"``) get one ``step`` call per member. Either way on views of the
+    stacked tensors — member ``j``'s slice of every parameter and state tensor is exactly a single
+    optimizer's (contiguous, no copies). Same semantics: equal to :func:`population_step` within the
+    backend's tolerance.
     """
-    from mulo.backends import resolve_backend
+    from mulo.backends import has_capability, resolve_backend
 
     impl = resolve_backend(backend, torch.device(device))  # "auto": the best one there; errors name the fix
     if impl.name == "reference":
         return population_step
-    if hasattr(impl, "population_step"):  # one call per pass for all members (meta-weight index per tensor)
+    if has_capability(impl.name, "population"):  # one call per pass for all members (meta-weight index per tensor)
 
-        def batched(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
+        def step(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
             impl.population_step(params, grads, states, lrs, weight_decays, weights)
 
-        batched.backend = impl.name
-        return batched
+    else:
 
-    def step(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
-        for j in range(weights.size):
-            impl.step(
-                [p[j] for p in params],
-                [g[j] for g in grads],
-                [{k: v[j] for k, v in st.items()} for st in states],
-                lrs,
-                weight_decays,
-                weights.member(j),
-            )
+        def step(params, grads, states, lrs, weight_decays, weights: PopulationMetaWeights) -> None:
+            m = weights.size
+            for j in range(m):
+                impl.step(
+                    [p[j] for p in params],
+                    [g[j] for g in grads],
+                    [{k: v[j] for k, v in st.items()} for st in states],
+                    [member_lr(lr, j, m) for lr in lrs],
+                    weight_decays,
+                    weights.member(j),
+                )
 
     step.backend = impl.name
+    step.per_member_lrs = True
     return step
 
 
-__all__ = ["PopulationMetaWeights", "backend_population_step", "init_population_state", "population_step"]
+__all__ = [
+    "PopulationMetaWeights",
+    "backend_population_step",
+    "init_population_state",
+    "member_lr",
+    "population_step",
+]

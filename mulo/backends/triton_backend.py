@@ -19,6 +19,7 @@ import torch
 import triton  # noqa: F401  (ImportError here tells the registry the backend is unavailable)
 import triton.language as tl
 
+from mulo.backends.population import PopulationMetaWeights, member_lr
 from mulo.kernels import lopt_common, lopt_plan
 from mulo.kernels.lopt_apply import DOT_MODES, lopt_apply
 from mulo.kernels.lopt_reduce import lopt_reduce
@@ -101,7 +102,7 @@ class TritonBackend:
         weight_decays: list[float],
         weights: MetaWeights,
     ) -> None:
-        _check_weights(weights)
+        _check_weights(weights.layers)
         # a non-contiguous parameter (a transposed view, channels_last) steps through a contiguous copy, written
         # back after: state is indexed in the parameter's logical order, as by every backend
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
@@ -110,7 +111,36 @@ class TritonBackend:
             if w is not p:
                 p.copy_(w)
 
-    def _step_contiguous(self, params, grads, states, lrs, weight_decays, weights: MetaWeights) -> None:
+    def population_step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, torch.Tensor]],
+        lrs: list,
+        weight_decays: list[float],
+        weights: PopulationMetaWeights,
+    ) -> None:
+        """:func:`mulo.backends.population.population_step` in ONE launch per pass: every member's tensors
+        (views of the stacked (M, *S) tensors, no copies) in one segment table whose rows carry the member's
+        meta-weight set; ``lrs[i]`` is a float shared by the members or M floats, one per member."""
+        m = weights.size
+        _check_weights(weights.layers, members=m)
+        for i, p in enumerate(params):
+            if not p.is_contiguous() or p.dim() == 0 or p.shape[0] != m:
+                raise TypeError(
+                    f"backend 'triton' population step: params[{i}] must be a contiguous (M = {m}, ...) stack, got "
+                    f"shape {tuple(p.shape)}{'' if p.is_contiguous() else ' (non-contiguous)'}"
+                )
+        ps = [p[j] for j in range(m) for p in params]  # views: the kernels write through them
+        gs = [g[j] for j in range(m) for g in grads]
+        sts = [{k: v[j] for k, v in st.items()} for j in range(m) for st in states]
+        member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
+        index = [j for j in range(m) for _ in params]
+        self._step_contiguous(ps, gs, sts, member_lrs, list(weight_decays) * m, weights, index)
+
+    def _step_contiguous(self, params, grads, states, lrs, weight_decays, weights, weight_index=None) -> None:
+        """One custom-op call (three launches) per (gradient dtype, state dtype) group; ``weight_index[i]``:
+        the meta-weight set of tensor i when ``weights`` stacks several (a population)."""
         groups: dict[tuple, list[int]] = {}
         for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
             _check_tensor(i, p, g, st)
@@ -118,7 +148,7 @@ class TritonBackend:
                 st["step"].add_(1.0)  # nothing to update; the reference counts the step
                 continue
             groups.setdefault((g.dtype, st["momentum"].dtype), []).append(i)
-        flat = [t for layer in weights.layers for t in layer]
+        flat = [t.contiguous() for layer in weights.layers for t in layer]
         decays = [*weights.momentum_decays, weights.rms_decay, *weights.adafactor_decays, 1.0 - weights.rms_decay]
         for idx in groups.values():
             accs = []
@@ -142,19 +172,22 @@ class TritonBackend:
                 weights.layout,
                 self.dot,
                 [*self.tiles, self.apply_subtiles, int(self.index64)],
+                None if weight_index is None else [weight_index[i] for i in idx],
             )
 
     # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
     def prepare(self, params, grads, momentum, second_moment, accs, steps, skips, lrs, wds, flat, decays, exp_mult,
-                step_mult, layout) -> Workspace:  # fmt: skip
+                step_mult, layout, weight_index=None) -> Workspace:  # fmt: skip
         """Tables and a zeroed workspace for one group (no kernel runs)."""
         device = params[0].device
         bx, by, bxc = self.tiles
         shapes = tuple(tuple(p.shape) for p in params)
-        key = (shapes, layout, device)
+        widx = None if weight_index is None else tuple(weight_index)
+        key = (shapes, layout, device, widx)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = lopt_plan.build_plan(shapes, layout, bx, by, bxc * self.apply_subtiles, device)
+            plan = lopt_plan.build_plan(shapes, layout, bx, by, bxc * self.apply_subtiles, device, widx)
+            self._plans[key] = plan
             plan.use_int64 = plan.use_int64 or self.index64
         rows, a = [], 0
         for i, (p, lay) in enumerate(zip(params, plan.layouts)):
@@ -231,21 +264,19 @@ class TritonBackend:
         return self._consts[key]
 
 
-def _check_weights(w: MetaWeights) -> None:
-    shapes = [tuple(t.shape) for layer in w.layers for t in layer]
-    hid = shapes[0][0] if shapes else 0
-    ok = (
-        len(w.layers) == 3
-        and shapes == [(hid, C.INPUT_SIZE), (hid,), (hid, hid), (hid,), (2, hid), (2,)]
-        and hid >= 16
-        and hid & (hid - 1) == 0
-    )
+def _check_weights(layers, members: int | None = None) -> None:
+    """The 39→H→H→2 network in float32; with ``members``, every layer stacks that many sets on a leading axis."""
+    lead = () if members is None else (members,)
+    shapes = [tuple(t.shape) for layer in layers for t in layer]
+    hid = shapes[0][len(lead)] if shapes and len(shapes[0]) > len(lead) else 0
+    want = [(hid, C.INPUT_SIZE), (hid,), (hid, hid), (hid,), (2, hid), (2,)]
+    ok = len(layers) == 3 and shapes == [lead + s for s in want] and hid >= 16 and hid & (hid - 1) == 0
     if not ok:
         raise ValueError(
             f"the triton backend runs the 39→H→H→2 network with one hidden layer and H a power of two ≥ 16; "
             f"these meta-weights have layers {shapes}. Use backend='reference' for them."
         )
-    if any(t.dtype != torch.float32 for layer in w.layers for t in layer):
+    if any(t.dtype != torch.float32 for layer in layers for t in layer):
         raise ValueError("the triton backend needs float32 meta-weights (MetaWeights from LOptNet.meta_weights)")
 
 
@@ -288,11 +319,13 @@ def triton_lopt_step_(
     layout: str,
     dot: str,
     tiles: list[int],
+    weight_index: list[int] | None = None,
 ) -> None:
     """One μLO step of a group (same device, parameter dtype, gradient dtype and state dtype): passes A, B, C.
 
     ``accumulators`` holds ``row, col`` for each rank ≥ 2 parameter and ``full`` for each other one, in order;
-    ``net`` the six meta-weight tensors (W, b per layer); ``decays`` β_m (3), β_v, β_f (3), 1 − β_v;
+    ``net`` the six meta-weight tensors (W, b per layer), each with a leading axis K when ``weight_index``
+    gives each tensor's set (a population); ``decays`` β_m (3), β_v, β_f (3), 1 − β_v;
     ``tiles`` = (block_x, block_y, block_xc, apply_subtiles, index64).
     """
     key = (dot, *tiles)
@@ -301,7 +334,7 @@ def triton_lopt_step_(
         *blocks, nsub, index64 = tiles
         backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
     w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net,
-                        decays, exp_mult, step_mult, layout)  # fmt: skip
+                        decays, exp_mult, step_mult, layout, weight_index)  # fmt: skip
     backend.reduce(w)
     backend.sumsq(w)
     backend.apply(w)
@@ -309,5 +342,5 @@ def triton_lopt_step_(
 
 @triton_lopt_step_.register_fake
 def _(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net, decays, exp_mult,
-      step_mult, layout, dot, tiles) -> None:  # fmt: skip
+      step_mult, layout, dot, tiles, weight_index=None) -> None:  # fmt: skip
     return None

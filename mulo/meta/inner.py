@@ -10,13 +10,11 @@ run's last step t = L−1. MuLO's ``lr`` multiplies the learned step, so this is
 under a scheduler. Every particle has its own L and phase: the two members of a pair share m, different
 pairs do not.
 
-**Per-member learning rates.** :func:`mulo.backends.population.population_step` takes one Python float per
-tensor, shared by the members. :func:`member_lr_step` adapts a population step to per-member lrs
-(``lrs[i]`` = a list of M floats): a step function marked ``per_member_lrs = True`` receives them as they
-are; any other is called once with lr ``base_i`` = the largest of ``lrs[i]`` and weight decay 0, and member
-j's change of tensor i is scaled by ``lrs[i][j] / base_i`` (the learned step is linear in lr and nothing
-else depends on it), then decayed by ``wd·lrs[i][j]`` where the step was applied — the update of
-``reference.step_one`` at lr ``lrs[i][j]``, to rounding (tested against it).
+**Per-member learning rates.** Every population entry point (:func:`mulo.backends.population.
+population_step` and the fused steps of :func:`~mulo.backends.population.backend_population_step`) takes
+``lrs[i]`` as a list of M floats, one per member, so :func:`member_lr_step` passes them straight through:
+member j's tensor i steps with ``lrs[i][j]`` and decays by ``wd·lrs[i][j]`` after the step, where the step
+was applied — the update of ``reference.step_one`` at that lr (tested against it).
 
 **Reparam global** (learned_optimization's ReparamWeights, global level): per task a scale s log-uniform in
 ``REPARAM_GLOBAL_RANGE`` = [1e-3, 1e3]; the task's parameters start at w₀/s and its loss is evaluated at s·w,
@@ -88,27 +86,9 @@ class InnerSchedule:
 
 
 def member_lr_step(step_fn: Callable) -> Callable:
-    """A population step taking per-member ``lrs[i]`` (M floats each) — see the module docstring."""
-    if getattr(step_fn, "per_member_lrs", False):
-        return step_fn
-
-    @torch.no_grad()
-    def step(params, grads, states, lrs, weight_decays, weights) -> None:
-        bases = [max((abs(v) for v in member), default=0.0) or 1.0 for member in lrs]
-        before = [p.clone() for p in params]
-        skips = [st["nonfinite_skips"].clone() for st in states]
-        step_fn(params, grads, states, bases, [0.0] * len(params), weights)
-        for p, p0, st, s0, member, base, wd in zip(params, before, states, skips, lrs, bases, weight_decays):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            lr = torch.tensor(member, dtype=p.dtype, device=p.device).view(shape)
-            if any(v != base for v in member):
-                p.copy_(torch.lerp(p0, p, lr / base))
-            if wd != 0.0:  # decoupled, after the step, only where it was applied (finite gradient)
-                applied = (st["nonfinite_skips"] == s0).view(shape)
-                p.copy_(torch.where(applied, p - wd * lr * p, p))
-
-    step.backend = getattr(step_fn, "backend", "reference")
-    return step
+    """A population step taking per-member ``lrs[i]`` (M floats each): ``step_fn`` itself, since every
+    population entry point takes them (see the module docstring)."""
+    return step_fn
 
 
 def log_uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:

@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from mulo.backends import reference as ref
-from mulo.backends.population import PopulationMetaWeights, init_population_state, population_step
+from mulo.backends.population import PopulationMetaWeights, init_population_state, member_lr, population_step
 from tests.helpers import SHAPES, hetero_grad, random_net
 from tests.tolerances import assert_close
 
 MEMBERS = 3
+
+
+def zoo_lrs(shapes) -> list:
+    """μP-like per-tensor lrs; every other tensor gets one lr per member (per-member schedules)."""
+    return [1.0 / (1 + i) if i % 2 else [(0.5 + j) / (1 + i) for j in range(MEMBERS)] for i in range(len(shapes))]
 
 
 def member_weights(dtype, layout):
@@ -20,15 +25,16 @@ def member_weights(dtype, layout):
 @pytest.mark.parametrize("layout", ["torch", "jax"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_population_step_equals_each_member_alone(dtype, layout):
-    """All shapes of the zoo in ONE call, 4 steps, per-tensor lr (μP scales) and weight decay, one member
-    with a non-finite gradient at step 1: parameters and every state tensor of every member match."""
+    """All shapes of the zoo in ONE call, 4 steps, per-tensor lr (μP scales; per-member lrs on every other
+    tensor) and weight decay, one member with a non-finite gradient at step 1: parameters and every state
+    tensor of every member match."""
     weights = member_weights(dtype, layout)
     pop_w = PopulationMetaWeights.stack(weights)
     params = [torch.randn(MEMBERS, *s, dtype=dtype) for s in SHAPES]
     states = [init_population_state(p, layout) for p in params]
     alone_p = [[p[j].clone() for p in params] for j in range(MEMBERS)]
     alone_s = [[{k: v[j].clone() for k, v in st.items()} for st in states] for j in range(MEMBERS)]
-    lrs = [1.0 / (1 + i) for i in range(len(SHAPES))]  # like μP lr_scale groups
+    lrs = zoo_lrs(SHAPES)
     wds = [0.1 if i % 2 else 0.0 for i in range(len(SHAPES))]
     for step in range(4):
         grads = [torch.stack([hetero_grad(s, dtype=dtype) for _ in range(MEMBERS)]) for s in SHAPES]
@@ -36,7 +42,8 @@ def test_population_step_equals_each_member_alone(dtype, layout):
             grads[3][1].view(-1)[0] = float("inf")  # member 1 skips tensor 3 this step, others don't
         population_step(params, grads, states, lrs, wds, pop_w)
         for j in range(MEMBERS):
-            ref.ReferenceBackend().step(alone_p[j], [g[j] for g in grads], alone_s[j], lrs, wds, weights[j])
+            member_lrs = [member_lr(lr, j, MEMBERS) for lr in lrs]
+            ref.ReferenceBackend().step(alone_p[j], [g[j] for g in grads], alone_s[j], member_lrs, wds, weights[j])
         for i, shape in enumerate(SHAPES):
             for j in range(MEMBERS):
                 what = f"step {step}, shape {shape}, member {j}"
@@ -99,18 +106,33 @@ def test_population_step_across_mlp_chunks(dtype):
             assert_close(value[j], sj[key], ("population", dtype), f"member {j}: state {key}")
 
 
-def test_population_through_the_cpu_kernels_equals_the_reference_population(monkeypatch):
-    """backend_population_step("cpu"): all members in ONE call per pass (each tensor carrying its member's
-    meta-weight index) on views of the stacked tensors (no copies) — parameters and every state tensor
-    match the vectorized reference population."""
-    from mulo.backends import native
+def _record_pass_calls(backend: str, monkeypatch) -> list[tuple[str, int]]:
+    """(pass, number of tensors) of every kernel call of ``backend``'s passes, in order."""
+    calls = []
+    if backend == "cpu":
+        from mulo.backends import native as module
+
+        names, count = ("reduce", "sumsq", "apply"), lambda args: len(args[0])
+    else:
+        module = pytest.importorskip("mulo.backends.triton_backend", reason="needs triton")
+        names, count = ("lopt_reduce", "lopt_sumsq", "lopt_apply"), lambda args: args[0].meta.shape[0]
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _n=name, _f=real, **k: calls.append((_n, count(a))) or _f(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_population_through_fused_kernels_equals_the_reference_population(backend, monkeypatch):
+    """backend_population_step(backend): all members in ONE call per pass (each tensor carrying its member's
+    meta-weight index) on views of the stacked tensors (no copies), per-member lrs on every other tensor —
+    parameters and every state tensor match the vectorized reference population. On CPU the triton kernels
+    run in Triton's interpreter."""
     from mulo.backends.population import backend_population_step
 
-    calls = []
-    real_apply = native.apply
-    monkeypatch.setattr(native, "apply", lambda *a, **k: calls.append(len(a[0])) or real_apply(*a, **k))
-    step = backend_population_step("cpu", "cpu")  # the build is part of `make install`: a failure if missing
-    assert step.backend == "cpu" and backend_population_step("reference") is population_step
+    calls = _record_pass_calls(backend, monkeypatch)
+    step = backend_population_step(backend, "cpu")  # the cpu build is part of `make install`: a failure if missing
+    assert step.backend == backend and backend_population_step("reference") is population_step
     weights = member_weights(torch.float32, "torch")
     pop_w = PopulationMetaWeights.stack(weights)
     params = [torch.randn(MEMBERS, *s) for s in SHAPES]
@@ -118,7 +140,7 @@ def test_population_through_the_cpu_kernels_equals_the_reference_population(monk
     start = [p.clone() for p in params]
     ref_p = [p.clone() for p in params]
     ref_s = [{k: v.clone() for k, v in st.items()} for st in states]
-    lrs = [1.0 / (1 + i) for i in range(len(SHAPES))]
+    lrs = zoo_lrs(SHAPES)
     wds = [0.1 if i % 2 else 0.0 for i in range(len(SHAPES))]
     for _ in range(3):
         grads = [torch.stack([hetero_grad(s, dtype=torch.float32) for _ in range(MEMBERS)]) for s in SHAPES]
@@ -126,18 +148,21 @@ def test_population_through_the_cpu_kernels_equals_the_reference_population(monk
         population_step(ref_p, grads, ref_s, lrs, wds, pop_w)
     for i, shape in enumerate(SHAPES):
         for j in range(MEMBERS):
-            what = f"shape {shape}, member {j}"
+            what = f"{backend}: shape {shape}, member {j}"
             assert_close(params[i][j], ref_p[i][j], ("kernel", torch.float32), f"{what}: param")
             for key, value in states[i].items():
                 assert_close(value[j], ref_s[i][key][j], ("kernel", torch.float32), f"{what}: state {key}")
         assert states[i]["step"].tolist() == [3.0] * MEMBERS
         assert not torch.equal(params[i], start[i])  # the kernels wrote through the member views
-    assert calls == [MEMBERS * len(SHAPES)] * 3  # one pass-C call per step for every member's tensors
+    n = MEMBERS * len(SHAPES)
+    assert [c for _, c in calls] == [n] * 9, calls  # one call per pass and step for every member's tensors
+    assert [name for name, _ in calls[:3]] == [name for name, _ in calls[3:6]] and len({c[0] for c in calls}) == 3
 
 
 def test_cpu_kernels_reject_a_bad_meta_weight_index():
     from mulo.backends import native
 
+    native.load_extension()  # registers the ops (also when this test runs alone)
     weights = PopulationMetaWeights.stack(member_weights(torch.float32, "torch"))
     p = torch.randn(2, 4, 3)
     st = [
@@ -154,12 +179,22 @@ def test_cpu_kernels_reject_a_bad_meta_weight_index():
         native.apply(ps, gs, st, sums, sq, finite, [1.0, 1.0], [0.0, 0.0], dims, weights, [0])
 
 
-def test_cpu_population_step_rejects_a_non_contiguous_stack():
-    from mulo.backends import native
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_fused_population_step_rejects_a_non_contiguous_stack(backend):
+    from mulo.backends import load_backend
 
+    if backend == "triton":
+        pytest.importorskip("mulo.backends.triton_backend", reason="needs triton")
     weights = PopulationMetaWeights.stack(member_weights(torch.float32, "torch"))
     p = torch.randn(4, 5, MEMBERS).permute(2, 0, 1)  # (M, 4, 5) but not contiguous: writes would be lost
     with pytest.raises(TypeError, match=r"params\[0\] must be a contiguous"):
-        native.CpuBackend().population_step(
+        load_backend(backend).population_step(
             [p], [torch.randn(MEMBERS, 4, 5)], [init_population_state(p)], [1.0], [0.0], weights
         )
+
+
+def test_a_per_member_lr_needs_one_float_per_member():
+    weights = PopulationMetaWeights.stack(member_weights(torch.float64, "torch"))
+    p = torch.randn(MEMBERS, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"one float per member \\({MEMBERS}\\), got 2"):
+        population_step([p], [p.clone()], [init_population_state(p)], [[1.0, 0.5]], [0.0], weights)
