@@ -160,6 +160,20 @@ part "step_time at scale" "$T_BENCH" "$PY" bench/step_time.py --device "$DEVICE"
     --out "$ROWS" --out bench/results/step_time.jsonl
 "$PY" bench/plot.py --results "$ROWS" --out-dir "$OUT_DIR" >>"$LOG" 2>&1 || say "plot failed (see log)"
 
+# ---- 4b. the static performance model against this GPU (bench/gpu_static.py; issue 14) -----------------
+# Added as its own step: compiles one variant per Triton kernel for sm_90 and reads the extension just built,
+# writes the H100 prediction for the 1.3B set, then predicts again for this device (its preset at the copy
+# bandwidth step 4 measured) and compares with step 4's step times ($ROWS) and with per-pass device times of
+# real steps (torch.profiler, --measure). Rows: $OUT_DIR/gpu_static.jsonl, appended to
+# bench/results/gpu_static.jsonl. Time limit MULO_T_STATIC (default 150 s). On CPU: the static model only.
+T_STATIC=${MULO_T_STATIC:-150}
+if [ "$DEVICE" = cuda ]; then
+    part "gpu_static: prediction vs measurement" "$T_STATIC" "$PY" bench/gpu_static.py --check --readme \
+        --compare "$ROWS" --measure --out "$OUT_DIR/gpu_static.jsonl" --out bench/results/gpu_static.jsonl
+else
+    part "gpu_static --check (static model only)" "$T_STATIC" "$PY" bench/gpu_static.py --check --no-write
+fi
+
 # ---- 5. summary ------------------------------------------------------------------------------------------
 {
     echo "gpu_validate: $(date -u +%FT%TZ), $(($(date +%s) - START)) s, git ${MULO_GIT_SHA:-unknown}"
