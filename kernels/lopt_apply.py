@@ -25,8 +25,13 @@ from mulo.kernels.lopt_common import (
     EPS_NORMALIZE,
     EPS_RMS,
     EPS_SAFE_RSQRT,
-    M_N,
+    FLAG_D0_IS_X,
+    FLAG_FACTORED,
+    FLAG_ROW_MEAN_GIVEN,
     M_WIDX,
+    M_WN,
+    M_WNX,
+    M_WNY,
     M_WS_T,
     NMETA,
     WS_SUMSQ,
@@ -110,14 +115,15 @@ def _decay_features(
     ix,
     iy,
     n,
-    nx,
-    ny,
+    wnx,
+    wny,
     lx,
     ly,
     bidx,
     nbatch,
     factored,
     d0x,
+    given,
     mp,
     ax_p,
     ws,
@@ -135,7 +141,7 @@ def _decay_features(
     if factored:
         ax = tl.load(ws + ws_nx + k * lx + ix, mask=mx, other=1.0)
         ay = tl.load(ws + ws_ny + k * ly + iy, mask=my, other=1.0)
-        fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, nx, ny, d0x)
+        fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, wnx, wny, d0x, given)
         facg = fx[:, None] * fy[None, :]
         facm = facg
         zero = g * 0.0
@@ -206,11 +212,14 @@ def lopt_apply_kernel(
     SB: tl.constexpr = BX * BY
     pid = tl.program_id(0)
     tensor = tl.load(chunks + pid * 4).to(tl.int64)
-    wsT = ws + tl.load(meta + tensor * NMETA + M_WS_T).to(IDX)
-    numel = tl.load(meta + tensor * NMETA + M_N).to(tl.float32)
+    mrow = meta + tensor * NMETA  # this tensor's row of the segment table
+    wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
+    numel = tl.load(mrow + M_WN).to(tl.float32)  # the whole tensor's (this may be a shard of it)
+    wnx = tl.load(mrow + M_WNX)
+    wny = tl.load(mrow + M_WNY)
     step_t = tl.load(wsT + WS_T)
     # this tensor's meta-weight set: the layers are stacked (K, ...), one set per population member
-    widx = tl.load(meta + tensor * NMETA + M_WIDX)
+    widx = tl.load(mrow + M_WIDX)
     w1 = w1 + widx * (HID * 39)
     b1 = b1 + widx * HID
     w2 = w2 + widx * (HID * HID)
@@ -267,8 +276,9 @@ def lopt_apply_kernel(
         ) = tile_coords(chunks, meta, BX, BY, IDX, NSUB, sub)
         prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
         ok = tl.load(wsT) == 0.0
-        factored = (flags & 1) != 0
-        d0x = (flags & 2) != 0
+        factored = (flags & FLAG_FACTORED) != 0
+        d0x = (flags & FLAG_D0_IS_X) != 0
+        given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
         # ---- features ----
         pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
         g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)
@@ -281,16 +291,16 @@ def lopt_apply_kernel(
         rv = tl.rsqrt(v + EPS_RMS)
         s = g * g + EPS_GRAD_SQ
         m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
-            0, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-            ws_nx, ws_ny, decays, SB,
+            0, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
+            ws, wsT, ws_nx, ws_ny, decays, SB,
         )  # fmt: skip
         m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
-            1, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-            ws_nx, ws_ny, decays, SB,
+            1, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
+            ws, wsT, ws_nx, ws_ny, decays, SB,
         )  # fmt: skip
         m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
-            2, g, s, rv, off, mask, mx, my, ix, iy, n, nx, ny, lx, ly, bidx, nbatch, factored, d0x, mp, ax_p, ws, wsT,
-            ws_nx, ws_ny, decays, SB,
+            2, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
+            ws, wsT, ws_nx, ws_ny, decays, SB,
         )  # fmt: skip
         z = tl.zeros([SB], dtype=tl.float32)
         x = _join32(

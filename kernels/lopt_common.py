@@ -34,7 +34,9 @@ NMETA, M_N, M_NX, M_NY, M_NBATCH, M_NB, M_NC = _constexprs("NMETA", "M_N", "M_NX
 M_SA, M_SX, M_SB, M_SY, M_XA, M_XX, M_XB = _constexprs("M_SA", "M_SX", "M_SB", "M_SY", "M_XA", "M_XX", "M_XB")
 M_YA, M_YB, M_YY, M_LX, M_LY, M_FLAGS = _constexprs("M_YA", "M_YB", "M_YY", "M_LX", "M_LY", "M_FLAGS")
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = _constexprs("M_WS_SX", "M_WS_SY", "M_WS_NX", "M_WS_NY", "M_WS_T")
-M_WIDX, WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = _constexprs("M_WIDX", "WS_FLAG", "WS_T", "WS_SUMSQ", "WS_BATCH")
+M_WIDX, M_WNX, M_WNY, M_WN = _constexprs("M_WIDX", "M_WNX", "M_WNY", "M_WN")
+WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = _constexprs("WS_FLAG", "WS_T", "WS_SUMSQ", "WS_BATCH")
+FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = _constexprs("FLAG_FACTORED", "FLAG_D0_IS_X", "FLAG_ROW_MEAN_GIVEN")
 
 
 @triton.jit
@@ -108,16 +110,17 @@ def safe_rsqrt(x):
 
 
 @triton.jit
-def factor_vectors(ax, ay, wsT, bidx, nbatch, k: tl.constexpr, bf, nx, ny, d0x):
+def factor_vectors(ax, ay, wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given):
     """Row factor safe_rsqrt(r/(mean r + 1e-9)) and column factor safe_rsqrt(c) on the tile's NEW accX
     ([BX]) and accY ([BY]) vectors: the row accumulator is accY when d0 is the X axis, else accX. The mean
     of the new row accumulator over its d1 axis (for this tile's batch) comes from the sums pass A left:
-    β·Σ r_old/n_d1 + (1−β)·Σ s/(n_d0·n_d1)."""
-    nd0 = tl.where(d0x, nx, ny).to(tl.float32)
-    nd1 = tl.where(d0x, ny, nx).to(tl.float32)
+    β·Σ r_old/n_d1 + (1−β)·Σ s/(n_d0·n_d1) — or, when ``given`` (a shard), Σ r_new/n_d1. ``wnx``, ``wny``:
+    the whole tensor's sizes along X and Y."""
+    nd0 = tl.where(d0x, wnx, wny).to(tl.float32)
+    nd1 = tl.where(d0x, wny, wnx).to(tl.float32)
     plane = tl.load(wsT + WS_BATCH + bidx)
-    r_old = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
-    rm = bf * r_old / nd1 + (1.0 - bf) * plane / (nd0 * nd1)
+    r_sum = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
+    rm = tl.where(given, r_sum / nd1, bf * r_sum / nd1 + (1.0 - bf) * plane / (nd0 * nd1))
     # (device-function calls are expensive in the interpreter: safe_rsqrt is written out)
     fx = tl.where(d0x, tl.maximum(ax, EPS_SAFE_RSQRT), tl.maximum(ax / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT))
     fy = tl.where(d0x, tl.maximum(ay / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT), tl.maximum(ay, EPS_SAFE_RSQRT))

@@ -9,14 +9,21 @@ that keeps Y ("accY") over (a, b, y, c) — exactly the contract's ``row``/``col
 accumulator (d0 reduced) is accY when d0 = X, else accX. Rank < 2 tensors (and 0-d) are a flat vector
 folded into an ``nX × nY`` plane (nY = min(n, BLOCK_Y)) with no factoring.
 
+A tensor may be a LOCAL shard of a larger one (the pass contract, :mod:`mulo.backends.passes`): its tiles
+cover the shard, while the factored axes, the sizes the Adafactor means divide by (``wnX``, ``wnY``) and the
+element count that normalizes the features (``wn``) are the WHOLE tensor's; such plans also set
+FLAG_ROW_MEAN_GIVEN: the per-batch sums of the old row accumulators are replaced by sums over d1 of the
+NEW row accumulators, which the caller computes from the statistics summed across ranks.
+
 A chunk is one tile ``(tensor, batch, x-tile, y-tile)``; the kernels of a pass take one program per chunk,
 so biases and matrices share launches (apex's multi-tensor-apply with 2-d tiles instead of 1-d chunks).
 
 The workspace (float32, zeroed once per step) holds, per tensor, at ``ws_t``: [0] the count of non-finite
 s = g² + 1e-30, [1] the step counter t read before the step, [2:34] the 28 (padded to 32) per-channel
 sums of squares, [34 : 34+nb] per-batch sums of s, [34+nb : 34+4nb] per-batch sums of the old row
-accumulators over their d1 axis; and for factored tensors ``sum X`` (LX), ``sum Y`` (LY) — the sums of s
-that update accX / accY — and the new accumulators ``new X`` (3·LX), ``new Y`` (3·LY).
+accumulators over their d1 axis (with FLAG_ROW_MEAN_GIVEN: of the new ones); and for factored tensors
+``sum X`` (LX), ``sum Y`` (LY) — the sums of s that update accX / accY — and the new accumulators
+``new X`` (3·LX), ``new Y`` (3·LY).
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ M_SA, M_SX, M_SB, M_SY = 6, 7, 8, 9
 M_XA, M_XX, M_XB = 10, 11, 12  # accX index: a·XA + x·XX + b·XB + c
 M_YA, M_YB, M_YY = 13, 14, 15  # accY index: a·YA + b·YB + y·YY + c
 M_LX, M_LY = 16, 17  # elements of accX / accY per decay
-M_FLAGS = 18  # bit 0: factored; bit 1: d0 is the X axis (row accumulator = accY)
+M_FLAGS = 18  # bit 0: factored; bit 1: d0 is the X axis (row accumulator = accY); bit 2: row means given
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = 19, 20, 21, 22, 23
 M_WIDX = 24  # which meta-weight set the tensor uses (a population member; 0 for a single optimizer)
-NMETA = 25
-FLAG_FACTORED, FLAG_D0_IS_X = 1, 2
+M_WNX, M_WNY, M_WN = 25, 26, 27  # the whole tensor's sizes along X and Y and its element count
+NMETA = 28
+FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = 1, 2, 4
 
 # pointer table columns (int64 addresses per tensor)
 P_PARAM, P_GRAD, P_MOM, P_V, P_ACCX, P_ACCY, P_STEP, P_SKIPS = range(8)
@@ -64,9 +72,12 @@ class TensorLayout:
     d0_is_x: bool
 
 
-def tensor_layout(shape: tuple[int, ...], layout: str, block_y: int) -> TensorLayout:
+def tensor_layout(
+    shape: tuple[int, ...], layout: str, block_y: int, whole: tuple[int, ...] | None = None
+) -> TensorLayout:
+    """How a tensor of ``shape`` is tiled; a shard of a tensor of shape ``whole`` keeps the whole one's axes."""
     n = math.prod(shape)
-    dims = physical_factored_dims(shape, layout)
+    dims = physical_factored_dims(shape if whole is None else whole, layout)
     if dims is None:
         ny = max(1, min(n, block_y))
         return TensorLayout(n, -(-n // ny), ny, 1, 1, 1, False, False)
@@ -94,6 +105,7 @@ class Plan:
     ws_size: int
     use_int64: bool
     layouts: tuple[TensorLayout, ...]
+    rows: list[list[int]]  # the meta table on the host
 
 
 def _chunks(layouts: tuple[TensorLayout, ...], bx: int, by: int) -> torch.Tensor:
@@ -116,13 +128,15 @@ def build_plan(
     block_xc: int,
     device: torch.device,
     weight_index: tuple[int, ...] | None = None,
+    wholes: tuple[tuple[int, ...], ...] | None = None,
 ) -> Plan:
-    """Tables for tensors of ``shapes``; ``weight_index[i]``: the meta-weight set tensor i uses (default 0)."""
-    layouts = tuple(tensor_layout(s, layout, block_y) for s in shapes)
+    """Tables for tensors of ``shapes``; ``weight_index[i]``: the meta-weight set tensor i uses (default 0);
+    ``wholes[i]``: the whole tensor's physical shape when tensor i is a local shard of it (default: itself)."""
+    layouts = tuple(tensor_layout(s, layout, block_y, w) for s, w in zip(shapes, wholes or (None,) * len(shapes)))
     weight_index = weight_index or (0,) * len(shapes)
     meta = []
     ws = 0
-    for lay, widx in zip(layouts, weight_index, strict=True):
+    for t, (lay, widx) in enumerate(zip(layouts, weight_index, strict=True)):
         nbatch = lay.n_a * lay.n_b * lay.n_c
         row = [0] * NMETA
         row[M_N], row[M_NX], row[M_NY], row[M_NBATCH], row[M_NB], row[M_NC] = (
@@ -149,6 +163,14 @@ def build_plan(
         row[M_FLAGS] = (FLAG_FACTORED if lay.factored else 0) | (FLAG_D0_IS_X if lay.d0_is_x else 0)
         row[M_WS_T] = ws
         row[M_WIDX] = widx
+        row[M_WNX], row[M_WNY], row[M_WN] = lay.nx, lay.ny, lay.n
+        if wholes is not None:
+            whole = wholes[t]
+            row[M_WN] = math.prod(whole)
+            if lay.factored:
+                row[M_FLAGS] |= FLAG_ROW_MEAN_GIVEN
+                lo, hi = sorted(physical_factored_dims(whole, layout))
+                row[M_WNX], row[M_WNY] = whole[lo], whole[hi]
         ws += WS_BATCH + 4 * nbatch
         if lay.factored:
             row[M_WS_SX] = ws
@@ -168,6 +190,7 @@ def build_plan(
         ws_size=ws,
         use_int64=biggest >= 2**31 - 1,
         layouts=layouts,
+        rows=meta,
     )
 
 

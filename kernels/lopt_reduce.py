@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from mulo.kernels.lopt_common import EPS_GRAD_SQ, FLT_MAX, WS_BATCH, tile_coords
+from mulo.kernels.lopt_common import EPS_GRAD_SQ, FLAG_D0_IS_X, FLAG_FACTORED, FLT_MAX, WS_BATCH, tile_coords
 
 NUM_WARPS = 4
 
@@ -39,13 +39,13 @@ def lopt_reduce_kernel(
     nbad = tl.sum(tl.where(mask & ~(s <= FLT_MAX), 1.0, 0.0))
     wsT = ws + ws_t
     tl.atomic_add(wsT, nbad, mask=nbad > 0.0)
-    if (flags & 1) != 0:
+    if (flags & FLAG_FACTORED) != 0:
         sx = tl.sum(s, axis=1)
         sy = tl.sum(s, axis=0)
         tl.atomic_add(ws + ws_sx + ix, sx, mask=mx)
         tl.atomic_add(ws + ws_sy + iy, sy, mask=my)
         tl.atomic_add(wsT + WS_BATCH + bidx, tl.sum(sx))
-        if (flags & 2) != 0:  # d0 = X: the row accumulator is accY, its d1 axis is Y
+        if (flags & FLAG_D0_IS_X) != 0:  # d0 = X: the row accumulator is accY, its d1 axis is Y
             if xt == 0:
                 ay = tl.load(prow + 5).to(tl.pointer_type(S_DT))
                 for k in tl.static_range(3):

@@ -18,6 +18,12 @@ from mulo.kernels.lopt_common import (
     EPS_GRAD_SQ,
     EPS_RMS,
     EPS_SAFE_RSQRT,
+    FLAG_D0_IS_X,
+    FLAG_FACTORED,
+    FLAG_ROW_MEAN_GIVEN,
+    M_WNX,
+    M_WNY,
+    NMETA,
     factor_vectors,
     safe_rsqrt,
     tile_coords,
@@ -46,6 +52,9 @@ def lopt_sumsq_kernel(
         tile_coords(chunks, meta, BX, BY, IDX, 1, 0)
     )
     prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
+    mrow = meta + t.to(tl.int64) * NMETA  # and of the segment table
+    wnx = tl.load(mrow + M_WNX).to(tl.float32)  # the whole tensor's sizes (this may be a shard of it)
+    wny = tl.load(mrow + M_WNY).to(tl.float32)
     wsT = ws + ws_t
     if (xt == 0) & (yt == 0) & (bidx == 0):
         tl.store(wsT + 1, tl.load(tl.load(prow + 6).to(tl.pointer_type(tl.float32))))
@@ -65,8 +74,9 @@ def lopt_sumsq_kernel(
     acc = acc + tl.where(ch == 1, tl.sum(tl.where(mask, (p) * (p), 0.0)), 0.0)
     acc = acc + tl.where(ch == 5, tl.sum(tl.where(mask, (v) * (v), 0.0)), 0.0)
     acc = acc + tl.where(ch == 9, tl.sum(tl.where(mask, (rv) * (rv), 0.0)), 0.0)
-    factored = (flags & 1) != 0
-    d0x = (flags & 2) != 0
+    factored = (flags & FLAG_FACTORED) != 0
+    d0x = (flags & FLAG_D0_IS_X) != 0
+    given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
     ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
     ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
     for k in tl.static_range(3):
@@ -77,10 +87,10 @@ def lopt_sumsq_kernel(
         acc = acc + tl.where(ch == 6 + k, tl.sum(tl.where(mask, (m * rv) * (m * rv), 0.0)), 0.0)
         if factored:
             ax = bf * tl.load(ax_p + k * lx + ix, mask=mx, other=0.0).to(tl.float32)
-            ax += (1.0 - bf) * tl.load(ws + ws_sx + ix, mask=mx, other=0.0) / ny.to(tl.float32)
+            ax += (1.0 - bf) * tl.load(ws + ws_sx + ix, mask=mx, other=0.0) / wny
             ay = bf * tl.load(ay_p + k * ly + iy, mask=my, other=0.0).to(tl.float32)
-            ay += (1.0 - bf) * tl.load(ws + ws_sy + iy, mask=my, other=0.0) / nx.to(tl.float32)
-            fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, nx, ny, d0x)
+            ay += (1.0 - bf) * tl.load(ws + ws_sy + iy, mask=my, other=0.0) / wnx
+            fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, wnx, wny, d0x, given)
             fac = fx[:, None] * fy[None, :]
             acc = acc + tl.where(ch == 10 + k, tl.sum(tl.where(mask, (g * fac) * (g * fac), 0.0)), 0.0)
             acc = acc + tl.where(ch == 25 + k, tl.sum(tl.where(mask, (m * fac) * (m * fac), 0.0)), 0.0)

@@ -200,7 +200,7 @@ register_backend(
         priority=20,
         fix="pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)",
         auto_device_types=("cuda",),
-        capabilities=frozenset({"population"}),
+        capabilities=frozenset({"passes", "population"}),
     )
 )
 register_backend(

@@ -7,6 +7,12 @@ fake implementation for ``torch.compile``). Launches go to the current stream; n
 the step counter stays on the device. Tables are cached per group signature, pointer and lr tables per
 pointer / value set, so steady-state steps with static tensors (e.g. under CUDA-graph capture) copy nothing.
 
+The same kernels implement :meth:`TritonBackend.population_step` (every member's tensors in one segment table,
+each row naming its member's meta-weight set: one launch per pass for the whole population) and the pass
+contract of :mod:`mulo.backends.passes` (``pass_a``/``pass_b``/``pass_c`` on local shards, planned with the
+whole tensors' geometry; the statistics summed across ranks are written back into the workspace between the
+passes, and a shard without local elements runs the reference's passes).
+
 Imported only when the registry is asked for ``"triton"``: importing :mod:`mulo` never imports Triton.
 On CPU the kernels run only through Triton's interpreter (``TRITON_INTERPRET=1`` before the first import).
 """
@@ -19,6 +25,8 @@ import torch
 import triton  # noqa: F401  (ImportError here tells the registry the backend is unavailable)
 import triton.language as tl
 
+from mulo.backends import reference
+from mulo.backends.passes import ShardGeometry, TensorStats
 from mulo.backends.population import PopulationMetaWeights, member_lr
 from mulo.kernels import lopt_common, lopt_plan
 from mulo.kernels.lopt_apply import DOT_MODES, lopt_apply
@@ -26,6 +34,7 @@ from mulo.kernels.lopt_reduce import lopt_reduce
 from mulo.kernels.lopt_sumsq import lopt_sumsq
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
+from mulo.lopt.shapes import factored_dims, math_shape
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _STATE_KEYS = ("momentum", "second_moment")
@@ -84,6 +93,7 @@ class TritonBackend:
         self._plans: dict = {}
         self._tables: dict = {}
         self._consts: dict = {}
+        self._fallback = None  # the reference backend, for shards without local elements
 
     # ---- registry interface ------------------------------------------------------------------------
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
@@ -141,52 +151,96 @@ class TritonBackend:
     def _step_contiguous(self, params, grads, states, lrs, weight_decays, weights, weight_index=None) -> None:
         """One custom-op call (three launches) per (gradient dtype, state dtype) group; ``weight_index[i]``:
         the meta-weight set of tensor i when ``weights`` stacks several (a population)."""
-        groups: dict[tuple, list[int]] = {}
-        for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
-            _check_tensor(i, p, g, st)
-            if p.numel() == 0:
-                st["step"].add_(1.0)  # nothing to update; the reference counts the step
-                continue
-            groups.setdefault((g.dtype, st["momentum"].dtype), []).append(i)
-        flat = [t.contiguous() for layer in weights.layers for t in layer]
-        decays = [*weights.momentum_decays, weights.rms_decay, *weights.adafactor_decays, 1.0 - weights.rms_decay]
+        groups, empty = _groups(params, grads, states)
+        for i in empty:
+            states[i]["step"].add_(1.0)  # nothing to update; the reference counts the step
+        net = _net(weights)
         for idx in groups.values():
-            accs = []
-            for i in idx:
-                st = states[i]
-                accs.extend([st["row"], st["col"]] if "row" in st else [st["full"]])
             torch.ops.mulo.triton_lopt_step_(
-                [params[i] for i in idx],
-                [grads[i].contiguous() for i in idx],
-                [states[i]["momentum"] for i in idx],
-                [states[i]["second_moment"] for i in idx],
-                accs,
-                [states[i]["step"] for i in idx],
-                [states[i]["nonfinite_skips"] for i in idx],
+                *_op_tensors(params, grads, states, idx),
                 [float(lrs[i]) for i in idx],
                 [float(weight_decays[i]) for i in idx],
-                flat,
-                decays,
-                float(weights.exp_mult),
-                float(weights.step_mult),
-                weights.layout,
+                *net,
                 self.dot,
                 [*self.tiles, self.apply_subtiles, int(self.index64)],
                 None if weight_index is None else [weight_index[i] for i in idx],
             )
 
+    # ---- the pass contract (mulo.backends.passes): the same kernels on local shards ------------------------
+    def pass_a(self, params, grads, states, geoms, weights: MetaWeights) -> list[TensorStats]:
+        """Pass A on each shard: :class:`TensorStats` of plain sums (views of the workspace); ``row_acc_sum``
+        (Σ over d1 of the new row accumulator) for shards split along d1."""
+        out: list = [None] * len(params)
+        for idx, w in self._shard_groups(params, grads, states, geoms, weights, out, "pass_a"):
+            self.reduce(w)
+            for t, i in enumerate(idx):
+                out[i] = _shard_stats(w, t, states[i], geoms[i], weights)
+        return out
+
+    def pass_b(self, params, grads, states, stats, geoms, weights: MetaWeights) -> list[torch.Tensor]:
+        """Pass B on each shard, given pass A's statistics summed over the shard group: (28,) sums of squares."""
+        out: list = [None] * len(params)
+        work = _contiguous(params)
+        for idx, w in self._shard_groups(work, grads, states, geoms, weights, out, "pass_b", stats):
+            _load_stats(self, w, idx, states, stats, geoms, weights)
+            self.sumsq(w)
+            for t, i in enumerate(idx):
+                ws_t = w.plan.rows[t][lopt_plan.M_WS_T] + lopt_plan.WS_SUMSQ
+                out[i] = w.ws[ws_t : ws_t + lopt_plan.NCHAN]
+        return out
+
+    def pass_c(self, params, grads, states, stats, sumsqs, geoms, lrs, weight_decays, weights: MetaWeights) -> None:
+        """Pass C on each shard, given the summed statistics and sums of squares: the update, in place."""
+        work = _contiguous(params)
+        shards = self._shard_groups(work, grads, states, geoms, weights, None, "pass_c", stats, sumsqs, lrs=lrs,
+                                    wds=weight_decays)  # fmt: skip
+        for idx, w in shards:
+            _load_stats(self, w, idx, states, stats, geoms, weights, sumsqs)
+            self.apply(w)
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
+
+    def _shard_groups(self, params, grads, states, geoms, weights, out, method, *per_tensor, lrs=None, wds=None):
+        """(tensor indices, Workspace) of every group of shards with local elements, planned with the whole
+        tensors' geometry. Shards without local elements (and tensors without any) run ``method`` of the
+        reference backend here, their results stored in ``out``: they have nothing for a kernel to tile."""
+        _check_weights(weights.layers)
+        groups, empty = _groups(params, grads, states)
+        if empty:
+            pick = [[arg[i] for i in empty] for arg in (params, grads, states, *per_tensor, geoms)]
+            if method == "pass_c":
+                pick += [[lrs[i] for i in empty], [wds[i] for i in empty]]
+            result = getattr(self._reference(), method)(*pick, weights)
+            for i, r in zip(empty, result or ()):
+                out[i] = r
+        net = _net(weights)
+        for idx in groups.values():
+            lr = [float(lrs[i]) if lrs is not None else 0.0 for i in idx]
+            wd = [float(wds[i]) if wds is not None else 0.0 for i in idx]
+            wholes = tuple(tuple(geoms[i].shape) for i in idx)
+            yield idx, self.prepare(*_op_tensors(params, grads, states, idx), lr, wd, *net, None, wholes)
+
+    def _reference(self):
+        if self._fallback is None:
+            from mulo.backends.reference import ReferenceBackend
+
+            self._fallback = ReferenceBackend()
+        return self._fallback
+
     # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
     def prepare(self, params, grads, momentum, second_moment, accs, steps, skips, lrs, wds, flat, decays, exp_mult,
-                step_mult, layout, weight_index=None) -> Workspace:  # fmt: skip
-        """Tables and a zeroed workspace for one group (no kernel runs)."""
+                step_mult, layout, weight_index=None, wholes=None) -> Workspace:  # fmt: skip
+        """Tables and a zeroed workspace for one group (no kernel runs); ``wholes``: the whole tensors' shapes
+        when ``params`` are local shards (the pass contract)."""
         device = params[0].device
         bx, by, bxc = self.tiles
         shapes = tuple(tuple(p.shape) for p in params)
         widx = None if weight_index is None else tuple(weight_index)
-        key = (shapes, layout, device, widx)
+        key = (shapes, layout, device, widx, wholes)
         plan = self._plans.get(key)
         if plan is None:
-            plan = lopt_plan.build_plan(shapes, layout, bx, by, bxc * self.apply_subtiles, device, widx)
+            plan = lopt_plan.build_plan(shapes, layout, bx, by, bxc * self.apply_subtiles, device, widx, wholes)
             self._plans[key] = plan
             plan.use_int64 = plan.use_int64 or self.index64
         rows, a = [], 0
@@ -222,8 +276,10 @@ class TritonBackend:
         dot = self.dot
         if lopt_common.INTERPRET and dot == "bf16":
             dot = "bf16_emulated"  # the interpreter mishandles bf16 tl.dot; same rounding through fp32
-        return Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, dtypes, self.tiles,
-                         self.apply_subtiles, dot)  # fmt: skip
+        w = Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, dtypes, self.tiles,
+                      self.apply_subtiles, dot)  # fmt: skip
+        w.key = key
+        return w
 
     @staticmethod
     def reduce(w: Workspace) -> None:
@@ -262,6 +318,119 @@ class TritonBackend:
         if key not in self._consts:
             self._consts[key] = torch.tensor(values, dtype=dtype).to(device)
         return self._consts[key]
+
+
+def _groups(params, grads, states) -> tuple[dict[tuple, list[int]], list[int]]:
+    """Indices of the tensors with elements by (gradient dtype, state dtype) — one launch per pass each — and
+    of those without elements."""
+    groups: dict[tuple, list[int]] = {}
+    empty = []
+    for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
+        _check_tensor(i, p, g, st)
+        if p.numel() == 0:
+            empty.append(i)
+        else:
+            groups.setdefault((g.dtype, st["momentum"].dtype), []).append(i)
+    return groups, empty
+
+
+def _op_tensors(params, grads, states, idx) -> tuple[list[torch.Tensor], ...]:
+    """(params, grads, momentum, second_moment, accumulators, steps, skips) of tensors ``idx``, as
+    ``mulo::triton_lopt_step_`` and :meth:`TritonBackend.prepare` take them."""
+    accs = []
+    for i in idx:
+        st = states[i]
+        accs.extend([st["row"], st["col"]] if "row" in st else [st["full"]])
+    return (
+        [params[i] for i in idx],
+        [grads[i].contiguous() for i in idx],
+        [states[i]["momentum"] for i in idx],
+        [states[i]["second_moment"] for i in idx],
+        accs,
+        [states[i]["step"] for i in idx],
+        [states[i]["nonfinite_skips"] for i in idx],
+    )
+
+
+def _net(weights) -> tuple:
+    """(the six layer tensors, the decay vector, exp_mult, step_mult, layout) as the custom op takes them."""
+    flat = [t.contiguous() for layer in weights.layers for t in layer]
+    decays = [*weights.momentum_decays, weights.rms_decay, *weights.adafactor_decays, 1.0 - weights.rms_decay]
+    return flat, decays, float(weights.exp_mult), float(weights.step_mult), weights.layout
+
+
+def _contiguous(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p if p.is_contiguous() else p.contiguous() for p in params]
+
+
+# ---- shards: pass A's statistics in and out of the workspace (ALGORITHM.md §5) ----------------------------
+def _new_accumulators(st, stats: TensorStats, geom: ShardGeometry, weights: MetaWeights):
+    """The new row and column accumulators of a factored shard from pass A's summed sums, by the reference's
+    formulas (a shard without elements runs the reference: replicated accumulators agree on every rank)."""
+    shape = math_shape(geom.shape, weights.layout)
+    d1, _ = factored_dims(shape)
+    row = reference._row_accumulator(st, stats, weights, shape)
+    beta = reference._decays(weights.adafactor_decays, stats.col_sum.dim(), stats.col_sum)
+    col = beta * st["col"].to(stats.col_sum.dtype) + (1 - beta) * stats.col_sum / shape[d1]
+    return row, col
+
+
+def _row_sums(new_row: torch.Tensor, geom: ShardGeometry, weights: MetaWeights) -> torch.Tensor:
+    """Σ over d1 of the new row accumulator, per decay and batch: (3, batch axes...)."""
+    d1, d0 = factored_dims(math_shape(geom.shape, weights.layout))
+    return new_row.sum(dim=1 + reference._without(d1, d0))
+
+
+def _shard_stats(w: Workspace, t: int, st, geom: ShardGeometry, weights: MetaWeights) -> TensorStats:
+    """Tensor ``t`` of ``w``'s statistics after pass A, as views of the workspace."""
+    row, lay = w.plan.rows[t], w.plan.layouts[t]
+    stats = TensorStats(nonfinite=w.ws[row[lopt_plan.M_WS_T] + lopt_plan.WS_FLAG])
+    if lay.factored:
+        sum_x = w.ws[row[lopt_plan.M_WS_SX] : row[lopt_plan.M_WS_SX] + row[lopt_plan.M_LX]]
+        sum_y = w.ws[row[lopt_plan.M_WS_SY] : row[lopt_plan.M_WS_SY] + row[lopt_plan.M_LY]]
+        row_sum, col_sum = (sum_y, sum_x) if lay.d0_is_x else (sum_x, sum_y)
+        stats.row_sum = row_sum.view(st["row"].shape[1:])
+        stats.col_sum = col_sum.view(st["col"].shape[1:])
+        if geom.sharded_dim == geom.factored_dims(weights.layout)[0]:  # split along d1
+            stats.row_acc_sum = _row_sums(_new_accumulators(st, stats, geom, weights)[0], geom, weights)
+    return stats
+
+
+def _load_stats(backend, w: Workspace, idx, states, stats, geoms, weights: MetaWeights, sumsqs=None) -> None:
+    """Write the statistics summed over the shard group where the kernels read them: the non-finite count,
+    the sums of s and, per batch, Σ over d1 of the new row accumulators (FLAG_ROW_MEAN_GIVEN); for pass C
+    (``sumsqs`` given) also the step counters, the 28 sums of squares and the new accumulators (pass B
+    computes those itself). One ``index_copy_`` per group."""
+    spans, values = [], []
+
+    def put(offset: int, value: torch.Tensor) -> None:
+        spans.append((offset, value.numel()))
+        values.append(value.reshape(-1).float())
+
+    for t, i in enumerate(idx):
+        row, lay, sa = w.plan.rows[t], w.plan.layouts[t], stats[i]
+        ws_t = row[lopt_plan.M_WS_T]
+        put(ws_t + lopt_plan.WS_FLAG, sa.nonfinite)
+        if sumsqs is not None:
+            put(ws_t + lopt_plan.WS_T, states[i]["step"])
+            put(ws_t + lopt_plan.WS_SUMSQ, sumsqs[i])
+        if lay.factored:
+            new_row, new_col = _new_accumulators(states[i], sa, geoms[i], weights)
+            rsum = sa.row_acc_sum if sa.row_acc_sum is not None else _row_sums(new_row, geoms[i], weights)
+            put(ws_t + lopt_plan.WS_BATCH + row[lopt_plan.M_NBATCH], rsum)
+            sums, accs = (sa.col_sum, sa.row_sum), (new_col, new_row)
+            if not lay.d0_is_x:
+                sums, accs = sums[::-1], accs[::-1]
+            put(row[lopt_plan.M_WS_SX], sums[0])
+            put(row[lopt_plan.M_WS_SY], sums[1])
+            if sumsqs is not None:
+                put(row[lopt_plan.M_WS_NX], accs[0])
+                put(row[lopt_plan.M_WS_NY], accs[1])
+    key = ("fill", w.key, sumsqs is not None)
+    if key not in backend._consts:
+        index = torch.cat([torch.arange(o, o + n, dtype=torch.int64) for o, n in spans])
+        backend._consts[key] = index.to(w.ws.device)
+    w.ws.index_copy_(0, backend._consts[key], torch.cat(values))
 
 
 def _check_weights(layers, members: int | None = None) -> None:

@@ -274,3 +274,36 @@ def test_custom_op_passes_opcheck():
     )  # fmt: skip
     result = torch.library.opcheck(torch.ops.mulo.triton_lopt_step_.default, args)
     assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_passes_run_the_kernels_on_shards_with_elements(monkeypatch):
+    """The pass contract launches one kernel per pass for all shards with local elements, planned with their
+    whole tensor's element count; only a shard without elements goes through the reference's passes
+    (tests/parity checks the values: every shard gets the unsharded update)."""
+    from mulo.kernels.lopt_plan import M_WN
+
+    from mulo.backends.passes import ShardGeometry
+    from mulo.backends.reference import ReferenceBackend
+    from mulo.lopt.state import init_state
+    from tests.parity.test_parity import _local_states, _sharded_step, _split
+
+    launches, fallbacks = [], []
+    for name in ("lopt_reduce", "lopt_sumsq", "lopt_apply"):
+        real = getattr(triton_backend, name)
+        monkeypatch.setattr(triton_backend, name, lambda plan, *a, _n=name, _f=real, **k: launches.append(
+            (_n, [row[M_WN] for row in plan.rows])) or _f(plan, *a, **k))  # fmt: skip
+    for name in ("pass_a", "pass_b", "pass_c"):
+        real = getattr(ReferenceBackend, name)
+        monkeypatch.setattr(ReferenceBackend, name, lambda self, p, *a, _n=name, _f=real: fallbacks.append(
+            (_n, [t.shape for t in p])) or _f(self, p, *a))  # fmt: skip
+    cases = [((6, 5), 1), ((1, 5), 0), ((7,), 0)]  # rank 1's part of (1, 5) has no elements
+    geoms = [ShardGeometry(s, k) for s, k in cases]
+    params = [_split(torch.randn(s, device=DEVICE), k) for s, k in cases]
+    states = [_local_states(init_state(s, device=DEVICE), g, "torch") for (s, _), g in zip(cases, geoms)]
+    grads = [_split(hetero_grad(s).float().to(DEVICE), k) for s, k in cases]
+    w = random_net().meta_weights(DEVICE, torch.float32)
+    _sharded_step(triton_backend.TritonBackend(**IEEE), params, grads, states, geoms, [0.5] * 3, [0.0] * 3, w, "torch")
+    ranks = [[30, 5, 7], [30, 7]]  # whole element counts of the shards with elements on rank 0, rank 1
+    assert launches == [(n, r) for n in ("lopt_reduce", "lopt_sumsq", "lopt_apply") for r in ranks]
+    assert fallbacks == [(n, [torch.Size([0, 5])]) for n in ("pass_a", "pass_b", "pass_c")]
+    assert all(st["step"].item() == 1.0 for parts in states for st in parts)

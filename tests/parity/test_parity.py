@@ -51,6 +51,8 @@ SHARD_CASES = [
     ((1, 5), 0),
     ((3, 6, 5), 0),
     ((2, 9, 4), 1),
+    ((3, 4, 6), 1),  # split along d1 with 3 batches: each batch's row-accumulator mean spans the ranks
+    ((2, 6, 4), 2),  # the same with d0 before d1
     ((4, 3, 3, 2), 0),
     ((7,), 0),
     ((1,), 0),
