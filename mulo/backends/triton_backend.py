@@ -3,9 +3,10 @@ launches — (A) :mod:`mulo.kernels.lopt_reduce`, (B) :mod:`mulo.kernels.lopt_su
 :mod:`mulo.kernels.lopt_apply` — driven by the segment/chunk tables of :mod:`mulo.kernels.lopt_plan`.
 
 The step is the ``torch.library`` custom op ``mulo::triton_lopt_step_`` (mutates parameters and state,
-fake implementation for ``torch.compile``). Launches go to the current stream; nothing syncs with the host;
-the step counter stays on the device. Tables are cached per group signature, pointer and lr tables per
-pointer / value set, so steady-state steps with static tensors (e.g. under CUDA-graph capture) copy nothing.
+fake implementation for ``torch.compile``). Launches go to the parameters' device (made current for them) and
+its current stream; nothing syncs with the host; the step counter stays on the device. Tables are cached
+per group signature, pointer and lr tables per pointer / value set, so steady-state steps with static tensors
+(e.g. under CUDA-graph capture) copy nothing.
 
 The same kernels implement :meth:`TritonBackend.population_step` (every member's tensors in one segment table,
 each row naming its member's meta-weight set: one launch per pass for the whole population) and the pass
@@ -19,6 +20,7 @@ On CPU the kernels run only through Triton's interpreter (``TRITON_INTERPRET=1``
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -171,22 +173,24 @@ class TritonBackend:
         """Pass A on each shard: :class:`TensorStats` of plain sums (views of the workspace); ``row_acc_sum``
         (Σ over d1 of the new row accumulator) for shards split along d1."""
         out: list = [None] * len(params)
-        for idx, w in self._shard_groups(params, grads, states, geoms, weights, out, "pass_a"):
-            self.reduce(w)
-            for t, i in enumerate(idx):
-                out[i] = _shard_stats(w, t, states[i], geoms[i], weights)
+        with _device_guard(params):
+            for idx, w in self._shard_groups(params, grads, states, geoms, weights, out, "pass_a"):
+                self.reduce(w)
+                for t, i in enumerate(idx):
+                    out[i] = _shard_stats(w, t, states[i], geoms[i], weights)
         return out
 
     def pass_b(self, params, grads, states, stats, geoms, weights: MetaWeights) -> list[torch.Tensor]:
         """Pass B on each shard, given pass A's statistics summed over the shard group: (28,) sums of squares."""
         out: list = [None] * len(params)
         work = _contiguous(params)
-        for idx, w in self._shard_groups(work, grads, states, geoms, weights, out, "pass_b", stats):
-            _load_stats(self, w, idx, states, stats, geoms, weights)
-            self.sumsq(w)
-            for t, i in enumerate(idx):
-                ws_t = w.plan.rows[t][lopt_plan.M_WS_T] + lopt_plan.WS_SUMSQ
-                out[i] = w.ws[ws_t : ws_t + lopt_plan.NCHAN]
+        with _device_guard(params):
+            for idx, w in self._shard_groups(work, grads, states, geoms, weights, out, "pass_b", stats):
+                _load_stats(self, w, idx, states, stats, geoms, weights)
+                self.sumsq(w)
+                for t, i in enumerate(idx):
+                    ws_t = w.plan.rows[t][lopt_plan.M_WS_T] + lopt_plan.WS_SUMSQ
+                    out[i] = w.ws[ws_t : ws_t + lopt_plan.NCHAN]
         return out
 
     def pass_c(self, params, grads, states, stats, sumsqs, geoms, lrs, weight_decays, weights: MetaWeights) -> None:
@@ -194,9 +198,10 @@ class TritonBackend:
         work = _contiguous(params)
         shards = self._shard_groups(work, grads, states, geoms, weights, None, "pass_c", stats, sumsqs, lrs=lrs,
                                     wds=weight_decays)  # fmt: skip
-        for idx, w in shards:
-            _load_stats(self, w, idx, states, stats, geoms, weights, sumsqs)
-            self.apply(w)
+        with _device_guard(params):
+            for idx, w in shards:
+                _load_stats(self, w, idx, states, stats, geoms, weights, sumsqs)
+                self.apply(w)
         for p, w in zip(params, work):
             if w is not p:
                 p.copy_(w)
@@ -318,6 +323,15 @@ class TritonBackend:
         if key not in self._consts:
             self._consts[key] = torch.tensor(values, dtype=dtype).to(device)
         return self._consts[key]
+
+
+def _device_guard(tensors: list[torch.Tensor]):
+    """Make the tensors' CUDA device current while their kernels launch: Triton launches on the current
+    device (and its current stream), which need not be the one the parameters live on (cuda:1 while cuda:0
+    is current). A no-op on the CPU (the interpreter) and for an empty list."""
+    if tensors and tensors[0].device.type == "cuda":
+        return torch.cuda.device(tensors[0].device)
+    return contextlib.nullcontext()
 
 
 def _groups(params, grads, states) -> tuple[dict[tuple, list[int]], list[int]]:
@@ -502,11 +516,12 @@ def triton_lopt_step_(
     if backend is None:
         *blocks, nsub, index64 = tiles
         backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
-    w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net,
-                        decays, exp_mult, step_mult, layout, weight_index)  # fmt: skip
-    backend.reduce(w)
-    backend.sumsq(w)
-    backend.apply(w)
+    with _device_guard(params):
+        w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays,
+                            net, decays, exp_mult, step_mult, layout, weight_index)  # fmt: skip
+        backend.reduce(w)
+        backend.sumsq(w)
+        backend.apply(w)
 
 
 @triton_lopt_step_.register_fake

@@ -307,3 +307,77 @@ def test_passes_run_the_kernels_on_shards_with_elements(monkeypatch):
     assert launches == [(n, r) for n in ("lopt_reduce", "lopt_sumsq", "lopt_apply") for r in ranks]
     assert fallbacks == [(n, [torch.Size([0, 5])]) for n in ("pass_a", "pass_b", "pass_c")]
     assert all(st["step"].item() == 1.0 for parts in states for st in parts)
+
+
+def test_every_launch_runs_under_the_parameters_device_guard(monkeypatch):
+    """Triton launches on the CURRENT CUDA device: the step, the population step and the three passes enter
+    the guard with the parameters' device around every launch (recorded through a wrapper here; the real
+    guard makes that device current, checked on two GPUs below)."""
+    import contextlib
+    import types
+
+    from mulo.backends.passes import ShardGeometry
+    from mulo.backends.population import PopulationMetaWeights, init_population_state
+
+    real_guard = triton_backend._device_guard
+    entered, inside, launches = [], [0], []
+
+    @contextlib.contextmanager
+    def recording(tensors):
+        entered.append(tensors[0].device)
+        with real_guard(tensors):
+            inside[0] += 1
+            yield
+            inside[0] -= 1
+
+    monkeypatch.setattr(triton_backend, "_device_guard", recording)
+    for name in ("lopt_reduce", "lopt_sumsq", "lopt_apply"):
+        real = getattr(triton_backend, name)
+        monkeypatch.setattr(
+            triton_backend, name, lambda *a, _f=real, **k: launches.append(inside[0] > 0) or _f(*a, **k)
+        )
+    backend = triton_backend.TritonBackend(**IEEE)
+    net = random_net()
+    w = net.meta_weights(DEVICE, torch.float32)
+    params = [torch.randn(5, 3, device=DEVICE), torch.randn(4, device=DEVICE)]
+    grads = [hetero_grad(p.shape).float().to(DEVICE) for p in params]
+    states = [new_state(p, torch.float32) for p in params]
+    backend.step(params, grads, states, [1.0, 1.0], [0.0, 0.0], w)
+    pop = [p.expand(2, *p.shape).contiguous() for p in params]
+    pop_w = PopulationMetaWeights.stack([w, w])
+    backend.population_step(pop, [g.expand(2, *g.shape).contiguous() for g in grads],
+                            [init_population_state(p) for p in pop], [1.0, 1.0], [0.0, 0.0], pop_w)  # fmt: skip
+    geoms = [ShardGeometry(tuple(p.shape)) for p in params]
+    stats = backend.pass_a(params, grads, states, geoms, w)
+    sumsqs = backend.pass_b(params, grads, states, stats, geoms, w)
+    backend.pass_c(params, grads, states, stats, sumsqs, geoms, [1.0, 1.0], [0.0, 0.0], w)
+    assert launches == [True] * 9 and entered == [torch.device(DEVICE)] * 5
+    guard = real_guard([types.SimpleNamespace(device=torch.device("cuda", 1))])  # what the guard enters on a GPU
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_parameters_on_a_device_that_is_not_current():
+    """Parameters on cuda:1 while cuda:0 is current: the kernels run on cuda:1 (the reference's update), and
+    cuda:0 stays current."""
+    shapes = [(5, 3), (4,), (2, 3, 4)]
+    net = random_net()
+    params = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    ref_p = [p.clone() for p in params]
+    ref_s = [new_state(p, torch.float64) for p in ref_p]
+    dev = torch.device("cuda", 1)
+    tri_p = [p.to(dev, torch.float32) for p in params]
+    tri_s = [new_state(p, torch.float32) for p in tri_p]
+    backend = triton_backend.TritonBackend(**IEEE)
+    with torch.cuda.device(0):
+        for _ in range(2):
+            grads = [hetero_grad(s) for s in shapes]
+            backend.step(tri_p, [g.to(dev, torch.float32) for g in grads], tri_s, [0.7] * 3, [0.0] * 3,
+                         net.meta_weights(dev, torch.float32))  # fmt: skip
+            ReferenceBackend().step(ref_p, grads, ref_s, [0.7] * 3, [0.0] * 3, net.meta_weights("cpu", torch.float64))
+        torch.cuda.synchronize(dev)
+        assert torch.cuda.current_device() == 0
+    for i, s in enumerate(shapes):
+        assert_close(tri_p[i].cpu(), ref_p[i], ("kernel", torch.float32), f"param {shape_id(s)} on cuda:1")
+        assert tri_s[i]["step"].item() == 2.0
