@@ -23,7 +23,7 @@ from tests.helpers import hetero_grad, random_net, shape_id
 from tests.tolerances import TRAJECTORY, assert_close, movement_error
 
 WORLD = 2
-TIMEOUT_S = 240
+TIMEOUT_S = 420
 STEPS = 4
 RESUME_AT = 1
 # (shape, sharded physical dim or None for Replicate): where the split axis is d0, d1, neither; uneven
@@ -55,9 +55,19 @@ VARIANTS = {
 }
 
 
+# Triton runs here in its interpreter (~0.1 s per program): one variant through 2 real ranks; both layouts of
+# its pass contract on uneven/empty shards run in-process in tests/parity
+INTERPRETED = {"triton": ("torch-f32",)}
+
+
 def _cases() -> list[str]:
     """backend-variant for every backend available on CPU for the variant's dtype."""
-    return [f"{b}-{v}" for v, (_, dt) in VARIANTS.items() for b in available_backends("cpu", dt)]
+    return [
+        f"{b}-{v}"
+        for v, (_, dt) in VARIANTS.items()
+        for b in available_backends("cpu", dt)
+        if v in INTERPRETED.get(b, (v,))
+    ]
 
 
 def _oracle_backend(backend: str) -> str:
