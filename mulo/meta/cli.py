@@ -107,7 +107,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--inner-backend",
         default="reference",
         help="backend of the inner optimizer steps: reference (default, vectorized over the population), "
-        "auto, cpu, cuda, triton (each member through the fused step)",
+        "auto, cpu and triton (the whole population in one fused call per pass), cuda (one fused step per member)",
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p

@@ -110,8 +110,8 @@ class MetaTrainer:
             LOptNet drawn with the config's seed.
         progress: show a tqdm progress bar.
         inner_backend: the backend of the inner optimizer steps: ``"reference"`` (default: the vectorized
-            population step), ``"auto"``, ``"cpu"`` (all members in one fused call per pass), ``"cuda"``/``"triton"``
-            (one fused step per member) — see :func:`mulo.backends.population.backend_population_step`.
+            population step), ``"auto"``, ``"cpu"``/``"triton"`` (all members in one fused call per pass),
+            ``"cuda"`` (one fused step per member) — see :func:`mulo.backends.population.backend_population_step`.
             Not part of the config: a run may resume with another backend (results then differ in rounding).
     """
 
