@@ -1,6 +1,6 @@
 """The ``cpu`` and ``cuda`` backends: μLO through the native extension ``mulo._C`` (csrc/).
 
-Both run the three passes of ALGORITHM.md §5 as ``torch.library`` ops, each over all tensors of a bucket
+Both run the three passes of docs/ALGORITHM.md §5 as ``torch.library`` ops, each over all tensors of a bucket
 at once:
 
 - ``torch.ops.mulo.lopt_reduce`` (A): per tensor the sums of s = g² + 1e-30 over the row axis d0 and the
