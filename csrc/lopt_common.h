@@ -1,13 +1,18 @@
-// Host-side helpers shared by the CPU and CUDA implementations of the mulo::lopt_* ops: argument checks
-// and the [A, Da, B, Db, C] view of a factored tensor (ALGORITHM.md §1, ARCHITECTURE.md "backend contract").
+// Host side shared by the CPU and CUDA implementations of the mulo::lopt_* ops: argument checks, the
+// [A, Da, B, Db, C] view of each tensor (Layout, lopt_desc.h), the hyper vector (math::Hyper) and the one
+// builder of the per-tensor descriptor table (describe) that both devices' kernels read
+// (ALGORITHM.md §1, ARCHITECTURE.md "backend contract").
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "lopt_desc.h"
+#include "lopt_math.h"
 #include "lopt_spec.h"
 
 namespace mulo {
@@ -16,23 +21,6 @@ using spec::kFeatures;  // the algorithm's constants: lopt_spec.h, generated fro
 using spec::kHidden;
 using spec::kNumHyper;
 using spec::kTimescales;
-
-// Shape of one parameter as the kernels see it.
-struct Layout {
-  int64_t n = 1;
-  bool factored = false;
-  bool d0_is_a = false;
-  int64_t A = 1, Da = 1, B = 1, Db = 1, C = 1;
-  int64_t nrow = 0, ncol = 0;  // entries of the row (d0 reduced) and column (d1 reduced) accumulators
-  int64_t d0_size = 1, d1_size = 1;
-  int64_t nmean = 0;
-  // The WHOLE tensor's d0 and d1 sizes and element count: the means over d0/d1 and the normalization divide
-  // by these. Equal to the local ones unless the tensor is a shard (FSDP2/DTensor, ShardGeometry).
-  int64_t whole_d0 = 1, whole_d1 = 1, whole_n = 1;
-  // Σ over the whole d1 of the new row accumulator, [3][nmean], when d1 is split across ranks (else null:
-  // the row accumulator's mean over d1 is taken locally).
-  const float* row_acc_sum = nullptr;
-};
 
 // `d1`, `d0`: physical factored axes (mulo.lopt.shapes.physical_factored_dims) or -1, -1 for rank < 2.
 inline Layout make_layout(at::IntArrayRef sizes, int64_t d1, int64_t d0, const char* op, size_t i) {
@@ -69,8 +57,9 @@ inline Layout make_layout(at::IntArrayRef sizes, int64_t d1, int64_t d0, const c
 // Applies the optional whole-tensor geometry of a shard: `whole` holds (d0 size, d1 size, numel) per tensor
 // (empty: every tensor is whole), `row_acc_sums[i]` the pass-A `row_acc_sum` (3·nmean floats) or an empty
 // tensor. Checks that a shard fits inside its whole tensor.
-inline void apply_geometry(std::vector<Layout>& layouts, at::IntArrayRef whole, at::TensorList row_acc_sums,
-                           const char* op) {
+template <class R>
+void apply_geometry(std::vector<R>& layouts, at::IntArrayRef whole, at::TensorList row_acc_sums, const char* op,
+                    std::optional<at::Device> device = std::nullopt) {
   const size_t nt = layouts.size();
   TORCH_CHECK(whole.empty() || whole.size() == 3 * nt, op, ": whole needs 3 entries (d0 size, d1 size, numel) ",
               "per tensor, or none; got ", whole.size(), " for ", nt, " tensors");
@@ -88,6 +77,8 @@ inline void apply_geometry(std::vector<Layout>& layouts, at::IntArrayRef whole, 
     }
     if (!row_acc_sums.empty() && row_acc_sums[i].numel() > 0) {
       const auto& t = row_acc_sums[i];
+      TORCH_CHECK(device.has_value() ? t.device() == *device : true, op, ": row_acc_sums[", i, "] is on ",
+                  t.device(), " but the parameters are on ", device.value_or(at::kCPU));
       TORCH_CHECK(L.factored && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == 3 * L.nmean, op,
                   ": row_acc_sums[", i, "] must be a contiguous float32 tensor of 3·", L.nmean,
                   " elements (pass A's row_acc_sum of a tensor split along d1), got ", t.numel(), " ",
@@ -126,6 +117,169 @@ inline void check_param_grad(const at::Tensor& p, const at::Tensor& g, const cha
               "; the native backends run float32, bfloat16 and float16 parameters (use backend='reference')");
   TORCH_CHECK(g.scalar_type() == pt || g.scalar_type() == at::kFloat, op, ": grads[", i, "] has dtype ",
               g.scalar_type(), "; pass it in the parameter's dtype (", pt, ") or float32");
+}
+
+inline int dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return kF32;
+    case at::kBFloat16:
+      return kBF16;
+    case at::kHalf:
+      return kF16;
+    default:
+      TORCH_CHECK(false, "mulo: unsupported dtype ", t);
+  }
+}
+
+// The op's hyper vector (mulo.lopt.spec.HYPER_ORDER) as the kernels take it.
+inline math::Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
+  TORCH_CHECK(h.size() == kNumHyper, op, ": hyper needs ", kNumHyper,
+              " values (β_m ×3, β_v, β_f ×3, exp_mult, step_mult), got ", h.size());
+  math::Hyper H;
+  for (int k = 0; k < 3; ++k) {
+    // the reference forms (1 - β) from a float32 tensor of decays: same rounding here
+    H.bm[k] = static_cast<float>(h[spec::kHyperBetaM0 + k]);
+    H.om[k] = 1.0f - H.bm[k];
+    H.bf[k] = static_cast<float>(h[spec::kHyperBetaF0 + k]);
+    H.of[k] = 1.0f - H.bf[k];
+  }
+  H.bv = static_cast<float>(h[spec::kHyperBetaV]);
+  H.ov = static_cast<float>(1.0 - h[spec::kHyperBetaV]);
+  H.exp_mult = static_cast<float>(h[spec::kHyperExpMult]);
+  H.step_mult = static_cast<float>(h[spec::kHyperStepMult]);
+  return H;
+}
+
+// One record per tensor with its Layout filled in (`R`: Layout or a record derived from it).
+template <class R = Layout>
+std::vector<R> layouts(at::TensorList ts, at::IntArrayRef dims, const char* op) {
+  TORCH_CHECK(dims.size() == 2 * ts.size(), op, ": dims needs 2 entries (d1, d0) per tensor, got ", dims.size(),
+              " for ", ts.size(), " tensors");
+  std::vector<R> out(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i)
+    static_cast<Layout&>(out[i]) = make_layout(ts[i].sizes(), dims[2 * i], dims[2 * i + 1], op, i);
+  return out;
+}
+
+// Pass A's gradients: on `device` (the kernel's device type; CUDA: all on grads[0]'s device), contiguous, of
+// a supported dtype. Returns the sums tensor of each (float32, nrow + ncol entries).
+template <class R>
+std::vector<at::Tensor> check_reduce_args(const char* op, at::DeviceType device, at::TensorList grads,
+                                          const std::vector<R>& L) {
+  std::vector<at::Tensor> sums;
+  sums.reserve(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& g = grads[i];
+    TORCH_CHECK(g.device().type() == device && g.device() == grads[0].device(), op, ": grads[", i, "] is on ",
+                g.device(), "; this is the ", c10::DeviceTypeName(device), " kernel and every tensor of a call ",
+                "must be on ", grads[0].device());
+    TORCH_CHECK(g.is_contiguous(), op, ": grads[", i, "] must be contiguous (call .contiguous() on it)");
+    const auto t = g.scalar_type();
+    TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op, ": grads[", i, "] has dtype ", t,
+                "; the native backends take float32, bfloat16 or float16 gradients");
+    sums.push_back(at::zeros({L[i].factored ? L[i].nrow + L[i].ncol : 0}, g.options().dtype(at::kFloat)));
+  }
+  return sums;
+}
+
+// The one builder of the per-tensor descriptor table of passes B and C (both devices): checks every argument
+// and fills the TensorDesc part of each record (`Desc` derives from TensorDesc and adds the device's scratch
+// pointers, filled by the caller). Every tensor must be on params[0]'s device, of type `device`.
+template <class Desc>
+std::vector<Desc> describe(const char* op, at::DeviceType device, at::TensorList params, at::TensorList grads,
+                           at::TensorList momentum, at::TensorList second_moment, at::TensorList acc_a,
+                           at::TensorList acc_b, at::TensorList sums, const at::Tensor& finite, at::IntArrayRef dims,
+                           at::IntArrayRef whole, at::TensorList row_acc_sums) {
+  const size_t nt = params.size();
+  for (auto [what, list] : {std::pair<const char*, at::TensorList>{"grads", grads}, {"momentum", momentum},
+                            {"second_moment", second_moment}, {"acc_a", acc_a}, {"acc_b", acc_b}, {"sums", sums}})
+    check_same_length(nt, list.size(), op, what);
+  const at::Device dev = nt > 0 ? params[0].device() : at::Device(device);
+  TORCH_CHECK(finite.dim() == 1 && finite.numel() == static_cast<int64_t>(nt) && finite.scalar_type() == at::kFloat &&
+                  finite.is_contiguous() && finite.device() == dev,
+              op, ": finite must be a contiguous float32 vector on ", dev, " with one entry per tensor (from ",
+              "lopt_reduce)");
+  std::vector<Desc> out = layouts<Desc>(params, dims, op);
+  apply_geometry(out, whole, row_acc_sums, op, dev);
+  for (size_t i = 0; i < nt; ++i) {
+    const auto& p = params[i];
+    const auto& g = grads[i];
+    Desc& D = out[i];
+    TORCH_CHECK(p.device().type() == device && p.device() == dev, op, ": params[", i, "] is on ", p.device(),
+                "; this is the ", c10::DeviceTypeName(device), " kernel and every tensor of a call must be on ", dev);
+    check_param_grad(p, g, op, i);
+    check_state(momentum[i], p, 3 * D.n, op, "momentum", i);
+    check_state(second_moment[i], p, D.n, op, "second_moment", i);
+    check_state(acc_a[i], p, 3 * (D.factored ? D.nrow : D.n), op, D.factored ? "acc_a (row)" : "acc_a (full)", i);
+    if (D.factored) check_state(acc_b[i], p, 3 * D.ncol, op, "acc_b (col)", i);
+    const auto sdt = momentum[i].scalar_type();
+    TORCH_CHECK(second_moment[i].scalar_type() == sdt && acc_a[i].scalar_type() == sdt &&
+                    (!D.factored || acc_b[i].scalar_type() == sdt),
+                op, ": the state tensors of parameter ", i, " must share one dtype");
+    TORCH_CHECK(sums[i].scalar_type() == at::kFloat && sums[i].is_contiguous() && sums[i].device() == dev &&
+                    sums[i].numel() == (D.factored ? D.nrow + D.ncol : 0),
+                op, ": sums[", i, "] must be the float32 output of lopt_reduce for this tensor");
+    D.p = p.data_ptr();
+    D.g = g.data_ptr();
+    D.m = momentum[i].data_ptr();
+    D.v = second_moment[i].data_ptr();
+    D.acc_a = acc_a[i].data_ptr();
+    D.acc_b = D.factored ? acc_b[i].data_ptr() : nullptr;
+    D.sums = sums[i].data_ptr<float>();
+    D.pdt = dtype_code(p.scalar_type());
+    D.gdt = dtype_code(g.scalar_type());
+    D.sdt = dtype_code(sdt);
+  }
+  return out;
+}
+
+// Pass C's own arguments, checked and written into the table (step and skip counters, lr, weight decay).
+// Returns K, the number of meta-weight sets stacked in mlp (each tensor holds K sets back to back), and the
+// set of each tensor in `set_of` (weight_index; empty = set 0 for all).
+template <class Desc>
+int64_t describe_apply(const char* op, std::vector<Desc>& table, at::TensorList steps, at::TensorList skips,
+                       const at::Tensor& sumsq, at::TensorList mlp, at::ArrayRef<double> lrs,
+                       at::ArrayRef<double> wds, at::IntArrayRef weight_index, at::Device dev,
+                       std::vector<int64_t>& set_of) {
+  const size_t nt = table.size();
+  check_same_length(nt, steps.size(), op, "steps");
+  check_same_length(nt, skips.size(), op, "skips");
+  check_same_length(nt, lrs.size(), op, "lrs");
+  check_same_length(nt, wds.size(), op, "weight_decays");
+  TORCH_CHECK(sumsq.scalar_type() == at::kFloat && sumsq.is_contiguous() && sumsq.dim() == 2 && sumsq.device() == dev &&
+                  sumsq.size(0) == static_cast<int64_t>(nt) && sumsq.size(1) == kFeatures,
+              op, ": sumsq must be the (n_tensors, 28) float32 output of lopt_sumsq");
+  TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3), got ", mlp.size(), " tensors");
+  const int64_t shapes[6][2] = {{kHidden, kFeatures + kTimescales}, {kHidden, 1}, {kHidden, kHidden}, {kHidden, 1},
+                                {2, kHidden},                       {2, 1}};
+  const int64_t sets = mlp[0].numel() / (shapes[0][0] * shapes[0][1]);
+  for (int k = 0; k < 6; ++k) {
+    const auto& w = mlp[k];
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device() == dev && sets >= 1 &&
+                    w.numel() == sets * shapes[k][0] * shapes[k][1],
+                op, ": mlp[", k, "] must be a contiguous float32 tensor on ", dev, " of K·",
+                shapes[k][0] * shapes[k][1], " elements (K sets of the 39→32→32→2 meta-network, K = ", sets,
+                "); got ", w.sizes(), " ", w.scalar_type(), " on ", w.device());
+  }
+  TORCH_CHECK(weight_index.empty() || weight_index.size() == nt, op, ": weight_index must be empty or give one "
+              "meta-weight set per tensor; got ", weight_index.size(), " for ", nt, " tensors");
+  set_of.assign(nt, 0);
+  for (size_t i = 0; i < weight_index.size(); ++i) {
+    TORCH_CHECK(weight_index[i] >= 0 && weight_index[i] < sets, op, ": weight_index[", i, "] = ", weight_index[i],
+                " is not one of the ", sets, " meta-weight sets in mlp");
+    set_of[i] = weight_index[i];
+  }
+  for (size_t i = 0; i < nt; ++i) {
+    for (const auto& t : {steps[i], skips[i]})
+      TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == dev, op, ": steps/skips[", i,
+                  "] must be float32 scalars on ", dev);
+    table[i].step = steps[i].data_ptr<float>();
+    table[i].skips = skips[i].data_ptr<float>();
+    table[i].lr = static_cast<float>(lrs[i]);
+    table[i].wdlr = static_cast<float>(wds[i] * lrs[i]);
+  }
+  return sets;
 }
 
 }  // namespace mulo

@@ -1,20 +1,26 @@
 // Plain-C++ interface between the CPU dispatcher (lopt_cpu.cpp, which sees torch) and the per-ISA kernel
 // translation units (lopt_cpu_{avx512,avx2,base}.cpp, which must not include torch headers: they are
 // compiled with `#pragma GCC target`, and an inline torch function instantiated there could be merged by
-// the linker into code that runs on CPUs without that instruction set).
+// the linker into code that runs on CPUs without that instruction set). The ISA units include this header
+// (and with it the shared descriptor, lopt_desc.h) before their pragma, and the shared per-element math
+// (lopt_math.h, internal linkage) after it, through lopt_cpu_kernels.h.
 #pragma once
 
 #include <cstdint>
 
+#include "lopt_desc.h"
 #include "lopt_spec.h"
 
 namespace mulo_cpu {
 
-enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
-
+using mulo::DType;
+using mulo::kBF16;
+using mulo::kF16;
+using mulo::kF32;
+using mulo::math::Hyper;
 using mulo::spec::kFeatures;  // normalized channels (lopt_spec.h, generated from mulo/lopt/spec.py)
 using mulo::spec::kHidden;    // hidden width of the meta-network
-constexpr int kRowVals = 9;    // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k (k = 0..2)
+using mulo::math::kAccValues;  // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k (lopt_math.h)
 constexpr int kPerElement = 16;  // channels that vary per element of a factored tensor (0-12, 25-27)
 
 // Kernels keep the channels in this order of rows: the 16 per-element channels first (0-12, 25-27), then the
@@ -29,36 +35,15 @@ constexpr int channel_of_row(int r) {
   return r < S::kChRow ? r : (r < kPerElement ? r + kRowCol : r - (kFeatures - S::kChFacM));
 }
 
-// One parameter tensor as the kernels see it. Element-wise tensors are contiguous in the parameter's
-// memory order. A factored tensor (rank >= 2) is viewed as [A, Da, B, Db, C] with Da, Db the two factored
-// axes (a < b); the row accumulator reduces the largest axis d0, the column accumulator the axis d1.
-struct TensorJob {
-  void* p = nullptr;          // parameter, dtype pdt
-  const void* g = nullptr;    // gradient, dtype gdt
-  void* m = nullptr;          // momentum (3, n), dtype sdt
-  void* v = nullptr;          // second moment (n), dtype sdt
-  void* full = nullptr;       // rank < 2: Adafactor accumulator (3, n), dtype sdt
-  int pdt = kF32, gdt = kF32, sdt = kF32;
-  int64_t n = 0;
-  bool factored = false;
-  bool d0_is_a = false;       // the largest axis d0 is the lower of the two factored axes
-  int64_t A = 1, Da = 1, B = 1, Db = 1, C = 1;
-  int64_t nrow = 0, ncol = 0;
-  const float* rowv = nullptr;  // [kRowVals][nrow] (structure of arrays)
-  const float* colv = nullptr;  // [kRowVals][ncol]
+// One parameter tensor as the CPU kernels see it: the shared descriptor (lopt_desc.h, built by lopt_common.h)
+// plus the CPU's per-tensor preparation (lopt_cpu.cpp).
+struct TensorJob : mulo::TensorDesc {
+  const float* rowv = nullptr;  // [kAccValues][nrow] (structure of arrays; value j of entry e at j·nrow + e)
+  const float* colv = nullptr;  // [kAccValues][ncol]
   const float* rowt = nullptr;  // [kHidden][nrow]: layer-1 contribution of the row channels (13-15, 19-21)
   const float* colt = nullptr;  // [kHidden][ncol]: layer-1 contribution of the column channels (16-18, 22-24)
-  float lr = 0.f;             // lr_p
-  float wdlr = 0.f;           // weight_decay * lr_p
-  const float* w1 = nullptr;  // layer 1 with normalization folded in: [kHidden][kFeatures], rows order above
-  const float* b1 = nullptr;  // layer 1 bias with the time features folded in: [kHidden]
-};
-
-struct Hyper {
-  float bm[3], om[3];  // momentum decays and 1 - decay
-  float bv, ov;        // second-moment decay and 1 - decay
-  float bf[3], of[3];  // Adafactor decays and 1 - decay
-  float exp_mult, step_mult;
+  const float* w1 = nullptr;    // layer 1 with normalization folded in: [kHidden][kFeatures], rows order above
+  const float* b1 = nullptr;    // layer 1 bias with the time features folded in: [kHidden]
 };
 
 struct Net {  // layers 2 and 3 of the meta-network (PyTorch (out, in) row-major)

@@ -1,4 +1,5 @@
-// The μLO CPU kernels (passes B and C of ALGORITHM.md §5), written once and compiled per instruction set.
+// The μLO CPU kernels (passes B and C of ALGORITHM.md §5): the CPU's tiling of the shared per-element math
+// (lopt_math.h, the code the CUDA kernels compile too), compiled per instruction set.
 //
 // Included by lopt_cpu_{base,avx2,avx512}.cpp after they set MULO_VW (fp32 lanes per vector), MULO_NV
 // (vectors per tile of elements), MULO_OB (outputs per register block of the micro-GEMM) and, for x86
@@ -6,24 +7,22 @@
 // torch or standard-library templates, so nothing compiled for one ISA can leak into another.
 //
 // Layout: a tile holds T = VW·NV consecutive elements of one tensor, elements along vector lanes
-// ("structure of arrays"). Features are computed into X[28][T]; the MLP is three register-blocked
-// micro-GEMMs: for each block of OB outputs, OB×NV accumulators live in registers while the K inputs
-// stream through, each input row loaded once per block and each weight broadcast once per block.
+// ("structure of arrays"). The shared math runs on one Vec (VW elements) at a time and writes the features
+// into X[28][T]; the MLP is three register-blocked micro-GEMMs: for each block of OB outputs, OB×NV
+// accumulators live in registers while the K inputs stream through, each input row loaded once per block and
+// each weight broadcast once per block. Normalization and time features are folded into layer 1 (per
+// tensor, lopt_cpu.cpp); for tiles inside one line of a 2-d tensor the row/column channels (13-24) are
+// folded into layer 1's initial value as well.
 //
-// Math (fp32, whatever the storage dtype), per element with s = g² + 1e-30:
-//   m_k' = β_m,k m_k + (1-β_m,k) g;  v' = β_v v + (1-β_v) g²
-//   factored: prod_k = row_factor_k · col_factor_k (precomputed per row/col entry)
-//   rank < 2: u_k' = β_f,k u_k + (1-β_f,k) s
-//   x = [g, p, m', v', m'·rsqrt(v'+1e-6), rsqrt(v'+1e-6), g·prod, row, col, rsqrt(row+1e-8),
-//        rsqrt(col+1e-8), m'·prod]      (normalization and time features are folded into layer 1)
-//   (d, a) = W3 relu(W2 relu(W1' x + b1') + b2) + b3
-//   p' = p − lr·d·exp(a·exp_mult)·step_mult;  p' −= wd·lr·p'
+// Device-specific here: storage conversions (bf16/fp16), tile loads/stores, the tile's accumulator indices
+// and gathers, the micro-GEMM MLP, the pass-B partial sums, and the exp/rsqrt primitives of Vec.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
 #include "lopt_cpu.h"
+#include "lopt_math.h"
 
 namespace {
 
@@ -38,13 +37,13 @@ constexpr int H = mulo_cpu::kHidden;
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 
-inline vf vload(const float* p) {
+MULO_INLINE vf vload(const float* p) {
   vf r;
   std::memcpy(&r, p, sizeof(vf));
   return r;
 }
-inline void vstore(float* p, vf x) { std::memcpy(p, &x, sizeof(vf)); }
-inline vf vbcast(float x) {
+MULO_INLINE void vstore(float* p, vf x) { std::memcpy(p, &x, sizeof(vf)); }
+MULO_INLINE vf vbcast(float x) {
   vf r = {};
   return r + x;
 }
@@ -115,23 +114,59 @@ inline f16 from_f<f16>(float f) {  // round to nearest even, as c10::Half
   return f16{static_cast<uint16_t>(r | sign)};
 }
 
-inline float rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
-inline float fmax0(float a, float b) { return a > b ? a : b; }
+// ---- the value type of the shared math: one vector of VW fp32 lanes -------------------------------------
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
 
-// exp for the magnitude output: Cody-Waite reduction + degree-6 polynomial (≈1 ulp on the clamped range).
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_rintf(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-  float q = 1.0f / 720.0f;
-  q = q * r + 1.0f / 120.0f;
-  q = q * r + 1.0f / 24.0f;
-  q = q * r + 1.0f / 6.0f;
-  q = q * r + 0.5f;
-  q = q * r + 1.0f;
-  q = q * r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  return q * bits_to_float(bits);
+// A thin wrapper so that lopt_math.h's templates find the primitives by argument-dependent lookup (a GCC
+// vector type has no namespace). Zero cost: every member is inlined into the ISA's vector instructions.
+struct Vec {
+  vf x;
+  friend MULO_INLINE Vec operator+(Vec a, Vec b) { return {a.x + b.x}; }
+  friend MULO_INLINE Vec operator-(Vec a, Vec b) { return {a.x - b.x}; }
+  friend MULO_INLINE Vec operator*(Vec a, Vec b) { return {a.x * b.x}; }
+  friend MULO_INLINE Vec operator+(Vec a, float b) { return {a.x + b}; }
+  friend MULO_INLINE Vec operator*(Vec a, float b) { return {a.x * b}; }
+  friend MULO_INLINE Vec operator*(float a, Vec b) { return {a * b.x}; }
+  // 1 / sqrt per lane (vsqrtps + vdivps: IEEE, like CUDA's 1.0f / sqrtf)
+  friend MULO_INLINE Vec rsqrt(Vec a) {
+    vf r;
+    for (int l = 0; l < VW; ++l) r[l] = __builtin_sqrtf(a.x[l]);
+    return {1.0f / r};
+  }
+  friend MULO_INLINE Vec vmax(Vec a, float b) {
+    const vf bv = vbcast(b);
+    return {a.x > bv ? a.x : bv};
+  }
+  // e^x for the magnitude output: Cody-Waite reduction + degree-6 polynomial (≈1 ulp on the clamped range).
+  friend MULO_INLINE Vec vexp(Vec a) {
+    const vf lo = vbcast(-87.0f), hi = vbcast(88.0f);
+    vf x = a.x < lo ? lo : a.x;
+    x = x > hi ? hi : x;
+    const vf y = x * 1.44269504088896341f;
+    vf n;
+    for (int l = 0; l < VW; ++l) n[l] = __builtin_rintf(y[l]);
+    const vf r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+    vf q = vbcast(1.0f / 720.0f);
+    q = q * r + 1.0f / 120.0f;
+    q = q * r + 1.0f / 24.0f;
+    q = q * r + 1.0f / 6.0f;
+    q = q * r + 0.5f;
+    q = q * r + 1.0f;
+    q = q * r + 1.0f;
+    const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    vf scale;
+    std::memcpy(&scale, &bits, sizeof(vf));
+    return {q * scale};
+  }
+};
+
+MULO_INLINE Vec ld(const float* p) { return {vload(p)}; }
+MULO_INLINE void st(float* p, Vec x) { vstore(p, x.x); }
+MULO_INLINE Vec bcast(float x) { return {vbcast(x)}; }
+MULO_INLINE Vec gather(const float* base, const int64_t* idx) {
+  vf r;
+  for (int l = 0; l < VW; ++l) r[l] = base[idx[l]];
+  return {r};
 }
 
 // ---- micro-GEMM ---------------------------------------------------------------------------------------
@@ -232,38 +267,25 @@ struct TilePos {
 };
 
 inline void locate(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, TilePos& tp) {
-  int64_t e = e0;
-  int64_t z = e % J.C;
-  e /= J.C;
-  int64_t j = e % J.Db;
-  e /= J.Db;
-  int64_t y = e % J.B;
-  e /= J.B;
-  int64_t i = e % J.Da, x = e / J.Da;
-  const int64_t without_a = ((x * J.B + y) * J.Db + j) * J.C + z;
-  const int64_t without_b = ((x * J.Da + i) * J.B + y) * J.C + z;
-  tp.fast = J.C == 1 && cnt == T && j + T <= J.Db;
+  mulo::Coords c = J.coords(e0);
+  tp.fast = J.C == 1 && cnt == T && c.j + T <= J.Db;
   if (tp.fast) {
     tp.row_const = !J.d0_is_a;  // the index without axis b is constant along the line
-    tp.r0 = J.d0_is_a ? without_a : without_b;
-    tp.c0 = J.d0_is_a ? without_b : without_a;
+    J.entries(c, tp.r0, tp.c0);
     return;
   }
   for (int l = 0; l < T; ++l) {
     if (l < cnt) {
-      const int64_t wa = ((x * J.B + y) * J.Db + j) * J.C + z;
-      const int64_t wb = ((x * J.Da + i) * J.B + y) * J.C + z;
-      tp.ridx[l] = J.d0_is_a ? wa : wb;
-      tp.cidx[l] = J.d0_is_a ? wb : wa;
-      if (++z == J.C) {
-        z = 0;
-        if (++j == J.Db) {
-          j = 0;
-          if (++y == J.B) {
-            y = 0;
-            if (++i == J.Da) {
-              i = 0;
-              ++x;
+      J.entries(c, tp.ridx[l], tp.cidx[l]);
+      if (++c.z == J.C) {  // the next element's coordinates
+        c.z = 0;
+        if (++c.j == J.Db) {
+          c.j = 0;
+          if (++c.y == J.B) {
+            c.y = 0;
+            if (++c.i == J.Da) {
+              c.i = 0;
+              ++c.x;
             }
           }
         }
@@ -291,7 +313,7 @@ inline void load_tile(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, Tile& t
   const GT* G = static_cast<const GT*>(J.g);
   const ST* M = static_cast<const ST*>(J.m);
   const ST* V = static_cast<const ST*>(J.v);
-  const ST* U = static_cast<const ST*>(J.full);
+  const ST* U = static_cast<const ST*>(J.acc_a);
   const int64_t n = J.n;
   if (cnt == T) {
     for (int e = 0; e < T; ++e) t.g[e] = to_f(G[e0 + e]);
@@ -317,90 +339,39 @@ inline void load_tile(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, Tile& t
 
 constexpr int R(int channel) { return mulo_cpu::row_of_channel(channel); }
 
-// The new state into t.m/t.v/t.u and the channels into t.X. For factored tensors the row/column channels
-// (13-24) are written only with `rowcol` (otherwise pass B sums them per row/column, and pass C folds them
-// into layer 1's initial value).
+// The new state into t.m/t.v/t.u and the channels into t.X, one vector at a time through the shared math
+// (lopt_math.h). For factored tensors the row/column channels (13-24) are written only with `rowcol`
+// (otherwise pass B sums them per row/column, and pass C folds them into layer 1's initial value).
 template <bool FACT>
 inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const TilePos& tp, bool rowcol,
                      Tile& t) {
-  float(&X)[F][T] = t.X;
-  {  // separate restrict-qualified arrays: GCC vectorizes these loops only when it can see they do not alias
-    const float* __restrict G = t.g;
-    const float* __restrict Pp = t.p;
-    float* __restrict Vv = t.v;
-    float* __restrict x0 = X[R(spec::kChG)];
-    float* __restrict x1 = X[R(spec::kChP)];
-    float* __restrict x5 = X[R(spec::kChV)];
-    float* __restrict x9 = X[R(spec::kChRsqrtV)];
-    for (int e = 0; e < T; ++e) {
-      const float g = G[e];
-      x0[e] = g;
-      x1[e] = Pp[e];
-      const float v = Hp.bv * Vv[e] + Hp.ov * g * g;
-      Vv[e] = v;
-      x5[e] = v;
-      x9[e] = rsqrt(v + spec::kEpsRms);
-    }
-    for (int k = 0; k < 3; ++k) {
-      float* __restrict mk = t.m[k];
-      float* __restrict xm = X[R(spec::kChM + k)];
-      float* __restrict xr = X[R(spec::kChMRsqrtV + k)];
-      const float bm = Hp.bm[k], om = Hp.om[k];
-      for (int e = 0; e < T; ++e) {
-        const float m = bm * mk[e] + om * G[e];
-        mk[e] = m;
-        xm[e] = m;
-        xr[e] = m * x9[e];
-      }
-    }
-  }
-  if (FACT) {
-    const int64_t nr = J.nrow, nc = J.ncol;
-    alignas(64) float prod[3][T];
-    if (tp.fast) {
-      for (int k = 0; k < 3; ++k) {
-        if (tp.row_const) {
-          const float rf = J.rowv[(6 + k) * nr + tp.r0];
-          const float* cf = J.colv + (6 + k) * nc + tp.c0;
-          for (int e = 0; e < T; ++e) prod[k][e] = rf * cf[e];
-        } else {
-          const float cf = J.colv[(6 + k) * nc + tp.c0];
-          const float* rf = J.rowv + (6 + k) * nr + tp.r0;
-          for (int e = 0; e < T; ++e) prod[k][e] = rf[e] * cf;
-        }
+  namespace math = mulo::math;
+  const int64_t nr = J.nrow, nc = J.ncol;
+  for (int w = 0; w < NV; ++w) {
+    const int o = w * VW;
+    auto out = [&](int channel, Vec x) { st(&t.X[R(channel)][o], x); };
+    const Vec g = ld(t.g + o);
+    Vec m[3] = {ld(t.m[0] + o), ld(t.m[1] + o), ld(t.m[2] + o)};
+    Vec v = ld(t.v + o);
+    math::moment_channels(Hp, g, ld(t.p + o), m, v, out);
+    if (FACT) {
+      if (tp.fast && tp.row_const) {  // one row entry, consecutive column entries
+        math::factored_channels(g, m, [&](int j) { return bcast(J.rowv[j * nr + tp.r0]); },
+                                [&](int j) { return ld(J.colv + j * nc + tp.c0 + o); }, false, out);
+      } else if (tp.fast) {  // consecutive row entries, one column entry
+        math::factored_channels(g, m, [&](int j) { return ld(J.rowv + j * nr + tp.r0 + o); },
+                                [&](int j) { return bcast(J.colv[j * nc + tp.c0]); }, false, out);
+      } else {
+        math::factored_channels(g, m, [&](int j) { return gather(J.rowv + j * nr, tp.ridx + o); },
+                                [&](int j) { return gather(J.colv + j * nc, tp.cidx + o); }, rowcol, out);
       }
     } else {
-      for (int k = 0; k < 3; ++k)
-        for (int e = 0; e < T; ++e) prod[k][e] = J.rowv[(6 + k) * nr + tp.ridx[e]] * J.colv[(6 + k) * nc + tp.cidx[e]];
+      Vec u[3] = {ld(t.u[0] + o), ld(t.u[1] + o), ld(t.u[2] + o)};
+      math::full_channels(Hp, g, m, u, out);
+      for (int k = 0; k < 3; ++k) st(t.u[k] + o, u[k]);
     }
-    if (rowcol) {  // only on the generic (not fast) path
-      for (int k = 0; k < 3; ++k)
-        for (int e = 0; e < T; ++e) {
-          X[R(spec::kChRow + k)][e] = J.rowv[k * nr + tp.ridx[e]];
-          X[R(spec::kChCol + k)][e] = J.colv[k * nc + tp.cidx[e]];
-          X[R(spec::kChRsqrtRow + k)][e] = J.rowv[(3 + k) * nr + tp.ridx[e]];
-          X[R(spec::kChRsqrtCol + k)][e] = J.colv[(3 + k) * nc + tp.cidx[e]];
-        }
-    }
-    for (int k = 0; k < 3; ++k)
-      for (int e = 0; e < T; ++e) {
-        X[R(spec::kChFacG + k)][e] = t.g[e] * prod[k][e];
-        X[R(spec::kChFacM + k)][e] = t.m[k][e] * prod[k][e];
-      }
-  } else {
-    for (int k = 0; k < 3; ++k)
-      for (int e = 0; e < T; ++e) {
-        const float g = t.g[e];
-        const float u = Hp.bf[k] * t.u[k][e] + Hp.of[k] * (g * g + spec::kEpsGradSq);
-        t.u[k][e] = u;
-        X[R(spec::kChFacG + k)][e] = g * rsqrt(fmax0(u + spec::kEpsSafeRsqrt, spec::kEpsSafeRsqrt));
-        X[R(spec::kChRow + k)][e] = u;
-        X[R(spec::kChCol + k)][e] = u;
-        const float ru = rsqrt(u + spec::kEpsAccFeature);
-        X[R(spec::kChRsqrtRow + k)][e] = ru;
-        X[R(spec::kChRsqrtCol + k)][e] = ru;
-        X[R(spec::kChFacM + k)][e] = t.m[k][e] * rsqrt(u + spec::kEpsRms);
-      }
+    for (int k = 0; k < 3; ++k) st(t.m[k] + o, m[k]);
+    st(t.v + o, v);
   }
 }
 
@@ -450,9 +421,9 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
   PT* P = static_cast<PT*>(J.p);
   ST* M = static_cast<ST*>(J.m);
   ST* V = static_cast<ST*>(J.v);
-  ST* U = static_cast<ST*>(J.full);
+  ST* U = static_cast<ST*>(J.acc_a);
   const int64_t n = J.n;
-  const float lr = J.lr, wdlr = J.wdlr, em = Hp.exp_mult, sm = Hp.step_mult;
+  const float lr = J.lr, wdlr = J.wdlr;
   alignas(64) float b1tile[H];
 #if defined(__x86_64__)
   // flush denormals to zero inside the kernel (x86 FMA units slow down on subnormal operands/results);
@@ -479,11 +450,10 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
     }
     dense_out<OB>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
     alignas(64) float pn[T];
-    for (int e = 0; e < T; ++e) {
-      const float step = out[0][e] * exp_approx(out[1][e] * em) * sm;
-      float q = t.p[e] - lr * step;
-      q = q - wdlr * q;
-      pn[e] = q;
+    for (int w = 0; w < NV; ++w) {
+      const int o = w * VW;
+      const Vec step = mulo::math::step_of(Hp, ld(out[0] + o), ld(out[1] + o));
+      st(pn + o, mulo::math::updated_param(ld(t.p + o), step, lr, wdlr));
     }
     if (cnt == T) {
       for (int e = 0; e < T; ++e) P[e0 + e] = from_f<PT>(pn[e]);

@@ -3,6 +3,12 @@
 // (the finite flags and step counters stay on the device). Storage dtypes of parameters (P) and state (S)
 // are template parameters (the gradient's, the parameter's or float32, is a warp-uniform branch); math is fp32.
 //
+// The per-element math is lopt_math.h, instantiated here with `float`: the same functions the CPU kernels
+// run with their SIMD vectors (and the CPU tests execute): moment and accumulator updates, the feature
+// channels, the Adafactor entry values (new accumulators, rsqrt(x + 1e-8), factors), the normalization and
+// time features folded into layer 1, the output head and the update with decoupled weight decay. The
+// per-tensor descriptor table comes from the builder shared with the CPU (lopt_common.h: describe).
+//
 //   A  reduce_kernel   : s = g² + 1e-30 summed into row (d0 reduced) and column (d1 reduced) sums with
 //                        warp-aggregated atomics; finite flag per tensor.
 //   -  prepare_kernel  : one block per factored tensor: new accumulators r, c, their rsqrt(x + 1e-8), the
@@ -12,6 +18,12 @@
 //   -  fold_kernel     : normalization scales into layer 1's columns, time features into its bias (per tensor).
 //   C  apply_kernel    : features, the MLP (weights in shared memory), the update; then finish_kernel counts
 //                        the step (or the skip) on the device.
+//
+// Device-only code (covered by the compile checks: sm_80/sm_90 builds, registers and spills; it has not run
+// on a GPU in this repository's tests unless one was lent): the storage loads/stores (bf16/fp16
+// conversions), the element → accumulator-entry indexing per thread, the reductions (warp shuffles, shared
+// memory, atomics: pass A's sums, the row means over d1, the sums of squares), the layer-1..3 MLP loops over
+// shared-memory weights, the scratch layout ([entry][kAccValues], array of structures) and the launches.
 //
 // Why the MLP runs on CUDA cores (fp32 FMA) and not on tensor cores: the parity contract is 2e-4 relative
 // to the float64 reference per step and 1e-3 over a 40-step trajectory; TF32/BF16 mma inputs (10/7-bit
@@ -26,11 +38,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cfloat>
 #include <string>
 #include <vector>
 
 #include "lopt_common.h"
+#include "lopt_math.h"
 #include "multi_tensor.cuh"
 #include "ops.h"
 
@@ -49,39 +61,18 @@ std::string cuda_archs() {
 
 namespace {
 
-constexpr int kRV = 9;             // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k
+constexpr int kRV = math::kAccValues;  // per row/col entry: acc_k, rsqrt(acc_k + 1e-8), factor_k
 constexpr int64_t kChunkAB = 8192;  // elements per block in passes A and B
 constexpr int64_t kChunkC = 1024;   // elements per block in pass C
 constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
-enum : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
-
-struct Hyper {
-  float bm[3], om[3], bv, ov, bf[3], of[3], exp_mult, step_mult;
-};
-
-struct Meta {
-  void* p;
-  const void* g;
-  void* m;
-  void* v;
-  void* full;       // rank < 2: (3, n) accumulator
-  void* row_state;  // rank >= 2: (3, nrow)
-  void* col_state;  // rank >= 2: (3, ncol)
-  float* sums;      // pass A output: nrow row sums then ncol column sums
-  float* rowv;      // scratch [nrow][kRV]
-  float* colv;      // scratch [ncol][kRV]
-  float* mean;      // scratch [3][nmean] (nmean = nrow / d1_size)
-  float* w1f;       // scratch: folded layer 1 [32][28] then bias [32]
-  float* step;
-  float* skips;
-  int64_t n, A, Da, B, Db, C, nrow, ncol, nmean, d0_size, d1_size;
-  int64_t whole_d0, whole_d1, whole_n;  // the whole tensor's (a shard's means and normalization use these)
-  const float* row_acc_sum;             // [3][nmean] when d1 is split across ranks, else null
-  int factored, d0_is_a;
-  int gdt;  // gradient dtype: the parameter's or float32 (a warp-uniform branch, not a template)
-  float lr, wdlr;
+// One tensor: the shared descriptor (lopt_desc.h, built by lopt_common.h) plus the CUDA scratch.
+struct Meta : TensorDesc {
+  float* rowv = nullptr;  // scratch [nrow][kRV]
+  float* colv = nullptr;  // scratch [ncol][kRV]
+  float* mean = nullptr;  // scratch [3][nmean] (nmean = nrow / d1_size)
+  float* w1f = nullptr;   // scratch: folded layer 1 [32][28] then bias [32]
 };
 
 __device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
@@ -108,21 +99,9 @@ __device__ __forceinline__ float ld_grad(const void* g, int gdt, int64_t i) {
   return ld(static_cast<const float*>(g), i);
 }
 
-__device__ __forceinline__ float rsq(float x) { return 1.0f / sqrtf(x); }
-
 // Row (d0 reduced) and column (d1 reduced) accumulator index of element e of a factored tensor.
 __device__ __forceinline__ void rowcol(const Meta& M, int64_t e, int64_t& row, int64_t& col) {
-  const int64_t z = e % M.C;
-  int64_t r = e / M.C;
-  const int64_t j = r % M.Db;
-  r /= M.Db;
-  const int64_t y = r % M.B;
-  r /= M.B;
-  const int64_t i = r % M.Da, x = r / M.Da;
-  const int64_t without_a = ((x * M.B + y) * M.Db + j) * M.C + z;
-  const int64_t without_b = ((x * M.Da + i) * M.B + y) * M.C + z;
-  row = M.d0_is_a ? without_a : without_b;
-  col = M.d0_is_a ? without_b : without_a;
+  M.entries(M.coords(e), row, col);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -155,9 +134,8 @@ __global__ void reduce_kernel(const Meta* metas, const mt::Chunk* chunks, float*
     if (__ballot_sync(kFull, act) == 0) continue;  // uniform per warp
     float s = 0.f;
     if (act) {
-      const float gv = ld(g, e);
-      s = gv * gv + spec::kEpsGradSq;
-      bad |= !(s <= FLT_MAX);
+      s = math::grad_sq(ld(g, e));
+      bad |= !math::finite_s(s);
     }
     if (M.factored) {
       int64_t row = 0, col = 0;
@@ -172,16 +150,9 @@ __global__ void reduce_kernel(const Meta* metas, const mt::Chunk* chunks, float*
 }
 
 // ---- per-tensor O(rows + cols) ----------------------------------------------------------------------------
-__device__ __forceinline__ int64_t mean_index(const Meta& M, int64_t e) {
-  const int64_t z = e % M.C;
-  if (M.d0_is_a) return (e / (M.C * M.Db)) * M.C + z;
-  const int64_t y = (e / M.C) % M.B, x = e / (M.C * M.B * M.Da);
-  return (x * M.B + y) * M.C + z;
-}
-
 // One block per tensor. sumsq != nullptr: add the channel 13-24 sums of squares (pass B).
 // write_state: store the new row/col accumulators (pass C).
-__global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, int sdt, float* sumsq,
+__global__ void prepare_kernel(const Meta* metas, const float* finite, math::Hyper H, int sdt, float* sumsq,
                                int write_state) {
   const int t = blockIdx.x;
   const Meta& M = metas[t];
@@ -193,41 +164,46 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
   const float d0 = static_cast<float>(M.whole_d0), d1 = static_cast<float>(M.whole_d1);
   const float l0 = static_cast<float>(M.d0_size), l1 = static_cast<float>(M.d1_size);  // local (the sums)
   for (int64_t e = threadIdx.x; e < M.nrow; e += blockDim.x) {
-    const float ms = M.sums[e] / d0;
-    const int64_t mi = mean_index(M, e);
+    const int64_t mi = M.mean_index(e);
     for (int k = 0; k < 3; ++k) {
-      const float r = H.bf[k] * ld_state(M.row_state, sdt, k * M.nrow + e) + H.of[k] * ms;
-      M.rowv[e * kRV + k] = r;
+      const float r = math::new_acc(H, k, ld_state(M.acc_a, sdt, k * M.nrow + e), M.sums[e], d0);
+      M.rowv[e * kRV + math::kAccValue + k] = r;
       atomicAdd(M.mean + k * nmean + mi, r);
     }
   }
   __syncthreads();
+  // channels 13-24 sums of squares (pass B) and the new state (pass C) of one entry: `vals` its kRV values,
+  // `count` the local elements it repeats over, part[0..2] / part[6..8] (rows) or part[3..5] / part[9..11]
   float part[12] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int64_t e = threadIdx.x; e < M.nrow; e += blockDim.x) {
-    const int64_t mi = mean_index(M, e);
+  auto finish_entry = [&](const float* vals, float count, int ch_value, int ch_rsqrt, void* state, int64_t n,
+                          int64_t e) {
+#pragma unroll
     for (int k = 0; k < 3; ++k) {
-      const float r = M.rowv[e * kRV + k];
-      const float rm = (M.row_acc_sum ? M.row_acc_sum[k * nmean + mi] : M.mean[k * nmean + mi]) / d1;
-      const float rs = rsq(r + spec::kEpsAccFeature);
-      M.rowv[e * kRV + 3 + k] = rs;
-      M.rowv[e * kRV + 6 + k] = rsq(fmaxf(r / (rm + spec::kEpsSafeRsqrt), spec::kEpsSafeRsqrt));
-      part[k] += r * r * l0;           // channel 13 + k
-      part[6 + k] += rs * rs * l0;     // channel 19 + k
-      if (write_state) st_state(M.row_state, sdt, k * M.nrow + e, r);
+      const float a = vals[math::kAccValue + k], rs = vals[math::kAccRsqrt + k];
+      part[ch_value - spec::kChRow + k] += a * a * count;
+      part[ch_rsqrt - spec::kChRow + k] += rs * rs * count;
+      if (write_state) st_state(state, sdt, k * n + e, a);
     }
+  };
+  for (int64_t e = threadIdx.x; e < M.nrow; e += blockDim.x) {
+    const int64_t mi = M.mean_index(e);
+    float* rv = M.rowv + e * kRV;
+    float r[3], rm[3];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      r[k] = rv[math::kAccValue + k];
+      rm[k] = (M.row_acc_sum ? M.row_acc_sum[k * nmean + mi] : M.mean[k * nmean + mi]) / d1;
+    }
+    math::row_entry(r, rm, [&](int j, float x) { rv[j] = x; });
+    finish_entry(rv, l0, spec::kChRow, spec::kChRsqrtRow, M.acc_a, M.nrow, e);
   }
   for (int64_t e = threadIdx.x; e < M.ncol; e += blockDim.x) {
-    const float ms = M.sums[M.nrow + e] / d1;
-    for (int k = 0; k < 3; ++k) {
-      const float c = H.bf[k] * ld_state(M.col_state, sdt, k * M.ncol + e) + H.of[k] * ms;
-      const float cs = rsq(c + spec::kEpsAccFeature);
-      M.colv[e * kRV + k] = c;
-      M.colv[e * kRV + 3 + k] = cs;
-      M.colv[e * kRV + 6 + k] = rsq(fmaxf(c, spec::kEpsSafeRsqrt));
-      part[3 + k] += c * c * l1;   // channel 16 + k
-      part[9 + k] += cs * cs * l1;  // channel 22 + k
-      if (write_state) st_state(M.col_state, sdt, k * M.ncol + e, c);
-    }
+    float* cv = M.colv + e * kRV;
+    float c[3];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) c[k] = math::new_acc(H, k, ld_state(M.acc_b, sdt, k * M.ncol + e), M.sums[M.nrow + e], d1);
+    math::col_entry(c, [&](int j, float x) { cv[j] = x; });
+    finish_entry(cv, l1, spec::kChCol, spec::kChRsqrtCol, M.acc_b, M.ncol, e);
   }
   if (sumsq != nullptr) {
     for (int q = 0; q < 12; ++q) {
@@ -238,59 +214,34 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, Hyper H, 
 }
 
 // ---- features ----------------------------------------------------------------------------------------------
-// The 28 channels of element e (ALGORITHM.md §2) and the element's new state.
+// The 28 channels of element e (ALGORITHM.md §2) and the element's new state, through lopt_math.h.
 template <class P, class S>
-__device__ __forceinline__ void features(const Meta& M, const Hyper& H, int64_t e, float (&x)[kFeatures],
+__device__ __forceinline__ void features(const Meta& M, const math::Hyper& H, int64_t e, float (&x)[kFeatures],
                                          float (&m)[3], float& v, float (&u)[3]) {
   const float g = ld_grad(M.g, M.gdt, e);
-  const float p = ld(static_cast<const P*>(M.p), e);
   const S* Ms = static_cast<const S*>(M.m);
-  x[spec::kChG] = g;
-  x[spec::kChP] = p;
-  v = H.bv * ld(static_cast<const S*>(M.v), e) + H.ov * g * g;
-  x[spec::kChV] = v;
-  const float rv = rsq(v + spec::kEpsRms);
-  x[spec::kChRsqrtV] = rv;
+  auto out = [&](int channel, float value) { x[channel] = value; };
 #pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    m[k] = H.bm[k] * ld(Ms, k * M.n + e) + H.om[k] * g;
-    x[spec::kChM + k] = m[k];
-    x[spec::kChMRsqrtV + k] = m[k] * rv;
-  }
+  for (int k = 0; k < 3; ++k) m[k] = ld(Ms, k * M.n + e);
+  v = ld(static_cast<const S*>(M.v), e);
+  math::moment_channels(H, g, ld(static_cast<const P*>(M.p), e), m, v, out);
   if (M.factored) {
     int64_t row, col;
     rowcol(M, e, row, col);
     const float* rw = M.rowv + row * kRV;
     const float* cl = M.colv + col * kRV;
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      const float prod = rw[6 + k] * cl[6 + k];
-      x[spec::kChFacG + k] = g * prod;
-      x[spec::kChRow + k] = rw[k];
-      x[spec::kChCol + k] = cl[k];
-      x[spec::kChRsqrtRow + k] = rw[3 + k];
-      x[spec::kChRsqrtCol + k] = cl[3 + k];
-      x[spec::kChFacM + k] = m[k] * prod;
-    }
+    math::factored_channels(g, m, [&](int j) { return rw[j]; }, [&](int j) { return cl[j]; }, true, out);
   } else {
-    const S* U = static_cast<const S*>(M.full);
+    const S* U = static_cast<const S*>(M.acc_a);
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      u[k] = H.bf[k] * ld(U, k * M.n + e) + H.of[k] * (g * g + spec::kEpsGradSq);
-      x[spec::kChFacG + k] = g * rsq(fmaxf(u[k] + spec::kEpsSafeRsqrt, spec::kEpsSafeRsqrt));
-      x[spec::kChRow + k] = u[k];
-      x[spec::kChCol + k] = u[k];
-      const float ru = rsq(u[k] + spec::kEpsAccFeature);
-      x[spec::kChRsqrtRow + k] = ru;
-      x[spec::kChRsqrtCol + k] = ru;
-      x[spec::kChFacM + k] = m[k] * rsq(u[k] + spec::kEpsRms);
-    }
+    for (int k = 0; k < 3; ++k) u[k] = ld(U, k * M.n + e);
+    math::full_channels(H, g, m, u, out);
   }
 }
 
 // ---- pass B ---------------------------------------------------------------------------------------------
 template <class P, class S>
-__global__ void sumsq_kernel(const Meta* metas, const mt::Chunk* chunks, const float* finite, Hyper H,
+__global__ void sumsq_kernel(const Meta* metas, const mt::Chunk* chunks, const float* finite, math::Hyper H,
                              float* sumsq) {
   const mt::Chunk ch = chunks[blockIdx.x];
   if (finite[ch.tensor] == 0.f) return;
@@ -315,7 +266,7 @@ __global__ void sumsq_kernel(const Meta* metas, const mt::Chunk* chunks, const f
   __syncthreads();
   if (threadIdx.x < kFeatures) {
     const int c = threadIdx.x;
-    if (M.factored && c >= 13 && c < 25) return;  // O(rows + cols): added by prepare_kernel
+    if (M.factored && c >= spec::kChRow && c < spec::kChFacM) return;  // O(rows + cols): added by prepare_kernel
     float s = 0.f;
     for (int w = 0; w < kThreads / 32; ++w) s += red[c][w];
     atomicAdd(sumsq + ch.tensor * kFeatures + c, s);
@@ -329,16 +280,16 @@ __global__ void fold_kernel(const Meta* metas, const float* finite, const float*
   if (finite[t] == 0.f) return;
   const Meta& M = metas[t];
   constexpr int In = kFeatures + kTimescales;
-  const float step = *M.step;
   const float n = static_cast<float>(M.whole_n);
   for (int k = threadIdx.x; k < kHidden * kFeatures; k += blockDim.x) {
     const int o = k / kFeatures, j = k % kFeatures;
-    M.w1f[k] = W1[o * In + j] * rsq(spec::kEpsNormalize + sumsq[t * kFeatures + j] / n);
+    M.w1f[k] = W1[o * In + j] * math::norm_scale(sumsq[t * kFeatures + j], n);
   }
-  for (int o = threadIdx.x; o < kHidden; o += blockDim.x) {
-    float acc = b1[o];
-    for (int q = 0; q < kTimescales; ++q) acc += W1[o * In + kFeatures + q] * tanhf(step / spec::timescale(q) - 1.0f);
-    M.w1f[kHidden * kFeatures + o] = acc;
+  if (threadIdx.x < kHidden) {
+    float tf[kTimescales];
+    math::time_features(*M.step, tf);
+    for (int o = threadIdx.x; o < kHidden; o += blockDim.x)
+      M.w1f[kHidden * kFeatures + o] = math::folded_bias(b1[o], W1 + o * In, tf);
   }
 }
 
@@ -347,7 +298,7 @@ constexpr int kSmem = kHidden * kFeatures + kHidden + kHidden * kHidden + kHidde
 
 template <class P, class S>
 __global__ void __launch_bounds__(kThreads) apply_kernel(const Meta* metas, const mt::Chunk* chunks,
-                                                         const float* finite, Hyper H, const float* W2,
+                                                         const float* finite, math::Hyper H, const float* W2,
                                                          const float* b2, const float* W3, const float* b3) {
   const mt::Chunk ch = chunks[blockIdx.x];
   if (finite[ch.tensor] == 0.f) return;
@@ -387,16 +338,14 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const Meta* metas, cons
       d = fmaf(sw3[o], a, d);
       mag = fmaf(sw3[kHidden + o], a, mag);
     }
-    const float stepv = d * expf(mag * H.exp_mult) * H.step_mult;
-    float q = x[spec::kChP] - M.lr * stepv;
-    q = q - M.wdlr * q;
+    const float q = math::updated_param(x[spec::kChP], math::step_of(H, d, mag), M.lr, M.wdlr);
     st(static_cast<P*>(M.p), e, q);
     S* Ms = static_cast<S*>(M.m);
 #pragma unroll
     for (int k = 0; k < 3; ++k) st(Ms, k * M.n + e, m[k]);
     st(static_cast<S*>(M.v), e, v);
     if (!M.factored) {
-      S* U = static_cast<S*>(M.full);
+      S* U = static_cast<S*>(M.acc_a);
 #pragma unroll
       for (int k = 0; k < 3; ++k) st(U, k * M.n + e, u[k]);
     }
@@ -413,26 +362,6 @@ __global__ void finish_kernel(const Meta* metas, const float* finite, int n) {
 }
 
 // ---- host side ------------------------------------------------------------------------------------------
-int code(at::ScalarType t) {
-  return t == at::kBFloat16 ? kBF16 : (t == at::kHalf ? kF16 : kF32);
-}
-
-Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
-  TORCH_CHECK(h.size() == kNumHyper, op, ": hyper needs ", kNumHyper, " values, got ", h.size());
-  Hyper H;
-  for (int k = 0; k < 3; ++k) {
-    H.bm[k] = static_cast<float>(h[k]);
-    H.om[k] = 1.0f - H.bm[k];
-    H.bf[k] = static_cast<float>(h[4 + k]);
-    H.of[k] = 1.0f - H.bf[k];
-  }
-  H.bv = static_cast<float>(h[3]);
-  H.ov = static_cast<float>(1.0 - h[3]);
-  H.exp_mult = static_cast<float>(h[7]);
-  H.step_mult = static_cast<float>(h[8]);
-  return H;
-}
-
 // Calls f(P{}, S{}) with the parameter and state storage types of the call (uniform across its tensors).
 template <class F>
 void dispatch_types(int pdt, int sdt, F&& f) {
@@ -451,20 +380,12 @@ void dispatch_types(int pdt, int sdt, F&& f) {
 }
 
 struct Call {
-  std::vector<Meta> metas;
-  std::vector<Layout> L;
+  std::vector<Meta> metas;  // the shared descriptor table (lopt_common.h: describe) + the CUDA scratch
   std::vector<int64_t> numels;
-  Hyper H;
+  math::Hyper H;
   int pdt = kF32, sdt = kF32;
   at::Tensor scratch;
 };
-
-std::vector<Layout> layouts(at::TensorList ts, at::IntArrayRef dims, const char* op) {
-  TORCH_CHECK(dims.size() == 2 * ts.size(), op, ": dims needs 2 entries (d1, d0) per tensor");
-  std::vector<Layout> out;
-  for (size_t i = 0; i < ts.size(); ++i) out.push_back(make_layout(ts[i].sizes(), dims[2 * i], dims[2 * i + 1], op, i));
-  return out;
-}
 
 // Checks the arguments of passes B and C and fills the per-tensor table (scratch included).
 Call collect(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum,
@@ -473,73 +394,35 @@ Call collect(const char* op, at::TensorList params, at::TensorList grads, at::Te
              at::TensorList row_acc_sums) {
   const size_t nt = params.size();
   TORCH_CHECK(nt > 0, op, ": no tensors");
-  for (auto [what, list] : {std::pair<const char*, at::TensorList>{"grads", grads}, {"momentum", momentum},
-                            {"second_moment", second_moment}, {"acc_a", acc_a}, {"acc_b", acc_b}, {"sums", sums}})
-    check_same_length(nt, list.size(), op, what);
-  TORCH_CHECK(finite.is_cuda() && finite.scalar_type() == at::kFloat && finite.numel() == static_cast<int64_t>(nt),
-              op, ": finite must be the float32 CUDA flags from lopt_reduce");
   Call c;
   c.H = make_hyper(hyper, op);
-  c.L = layouts(params, dims, op);
-  apply_geometry(c.L, whole, row_acc_sums, op);
-  for (size_t i = 0; i < row_acc_sums.size(); ++i)
-    TORCH_CHECK(row_acc_sums[i].numel() == 0 || row_acc_sums[i].device() == params[0].device(), op,
-                ": row_acc_sums[", i, "] must be on ", params[0].device());
-  c.pdt = code(params[0].scalar_type());
-  c.sdt = code(momentum[0].scalar_type());
+  c.metas = describe<Meta>(op, at::kCUDA, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims,
+                           whole, row_acc_sums);
+  c.pdt = c.metas[0].pdt;
+  c.sdt = c.metas[0].sdt;
   int64_t scratch = 0;
   std::vector<int64_t> offsets(nt);
   for (size_t i = 0; i < nt; ++i) {
-    const Layout& L = c.L[i];
-    const auto& p = params[i];
-    TORCH_CHECK(p.is_cuda() && p.device() == params[0].device(), op, ": params[", i,
-                "] must be on the CUDA device of params[0]");
-    check_param_grad(p, grads[i], op, i);
-    check_state(momentum[i], p, 3 * L.n, op, "momentum", i);
-    check_state(second_moment[i], p, L.n, op, "second_moment", i);
-    check_state(acc_a[i], p, 3 * (L.factored ? L.nrow : L.n), op, "acc_a", i);
-    if (L.factored) check_state(acc_b[i], p, 3 * L.ncol, op, "acc_b", i);
-    TORCH_CHECK(code(p.scalar_type()) == c.pdt &&
-                    code(momentum[i].scalar_type()) == c.sdt && code(second_moment[i].scalar_type()) == c.sdt &&
-                    code(acc_a[i].scalar_type()) == c.sdt && (!L.factored || code(acc_b[i].scalar_type()) == c.sdt),
-                op, ": the CUDA kernels take one (param, state) dtype combination per call; tensor ", i,
-                " differs from tensor 0 (the Python backend groups them)");
-    TORCH_CHECK(sums[i].scalar_type() == at::kFloat && sums[i].is_cuda() &&
-                    sums[i].numel() == (L.factored ? L.nrow + L.ncol : 0),
-                op, ": sums[", i, "] must be the float32 output of lopt_reduce for this tensor");
+    const Meta& M = c.metas[i];
+    TORCH_CHECK(M.pdt == c.pdt && M.sdt == c.sdt, op, ": the CUDA kernels take one (param, state) dtype ",
+                "combination per call; tensor ", i, " differs from tensor 0 (the Python backend groups them)");
     offsets[i] = scratch;
-    const int64_t nmean = L.factored ? L.nmean : 0;
-    scratch += (L.factored ? kRV * (L.nrow + L.ncol) + 3 * nmean : 0) + kHidden * kFeatures + kHidden;
+    scratch += (M.factored ? kRV * (M.nrow + M.ncol) + 3 * M.nmean : 0) + kHidden * kFeatures + kHidden;
     scratch = mt::align_up(scratch, 32);
   }
   c.scratch = at::empty({scratch}, params[0].options().dtype(at::kFloat));
   float* base = c.scratch.data_ptr<float>();
   for (size_t i = 0; i < nt; ++i) {
-    const Layout& L = c.L[i];
-    Meta M{};
-    M.p = params[i].data_ptr();
-    M.g = grads[i].data_ptr();
-    M.m = momentum[i].data_ptr();
-    M.v = second_moment[i].data_ptr();
-    M.full = L.factored ? nullptr : acc_a[i].data_ptr();
-    M.row_state = L.factored ? acc_a[i].data_ptr() : nullptr;
-    M.col_state = L.factored ? acc_b[i].data_ptr() : nullptr;
-    M.sums = sums[i].data_ptr<float>();
+    Meta& M = c.metas[i];
     float* s = base + offsets[i];
-    if (L.factored) {
+    if (M.factored) {
       M.rowv = s;
-      M.colv = s + kRV * L.nrow;
-      M.mean = M.colv + kRV * L.ncol;
-      s = M.mean + 3 * L.nmean;
+      M.colv = s + kRV * M.nrow;
+      M.mean = M.colv + kRV * M.ncol;
+      s = M.mean + 3 * M.nmean;
     }
     M.w1f = s;
-    M.n = L.n, M.A = L.A, M.Da = L.Da, M.B = L.B, M.Db = L.Db, M.C = L.C;
-    M.nrow = L.nrow, M.ncol = L.ncol, M.nmean = L.nmean, M.d0_size = L.d0_size, M.d1_size = L.d1_size;
-    M.whole_d0 = L.whole_d0, M.whole_d1 = L.whole_d1, M.whole_n = L.whole_n, M.row_acc_sum = L.row_acc_sum;
-    M.factored = L.factored, M.d0_is_a = L.d0_is_a;
-    M.gdt = code(grads[i].scalar_type());
-    c.metas.push_back(M);
-    c.numels.push_back(L.n);
+    c.numels.push_back(M.n);
   }
   return c;
 }
@@ -550,29 +433,19 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> lopt_reduce_cuda(at::TensorList 
   const char* op = "mulo::lopt_reduce";
   TORCH_CHECK(!grads.empty(), op, ": no tensors");
   const c10::cuda::CUDAGuard guard(grads[0].device());
-  const auto L = layouts(grads, dims, op);
+  auto metas = layouts<Meta>(grads, dims, op);
   const size_t nt = grads.size();
-  const int gdt = code(grads[0].scalar_type());
-  auto fopts = grads[0].options().dtype(at::kFloat);
-  std::vector<at::Tensor> sums;
-  std::vector<Meta> metas(nt);
+  std::vector<at::Tensor> sums = check_reduce_args(op, at::kCUDA, grads, metas);
+  const int gdt = dtype_code(grads[0].scalar_type());
   std::vector<int64_t> numels(nt);
   for (size_t i = 0; i < nt; ++i) {
-    const auto& g = grads[i];
-    TORCH_CHECK(g.is_cuda() && g.device() == grads[0].device(), op, ": grads[", i, "] must be on ", grads[0].device());
-    TORCH_CHECK(g.is_contiguous(), op, ": grads[", i, "] must be contiguous (call .contiguous() on it)");
-    TORCH_CHECK(code(g.scalar_type()) == gdt && (g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16 ||
-                                                 g.scalar_type() == at::kHalf),
-                op, ": grads must share one dtype among float32/bfloat16/float16; grads[", i, "] is ", g.scalar_type());
-    sums.push_back(at::zeros({L[i].factored ? L[i].nrow + L[i].ncol : 0}, fopts));
-    Meta& M = metas[i];
-    M.g = g.data_ptr();
-    M.sums = sums.back().data_ptr<float>();
-    M.n = L[i].n, M.A = L[i].A, M.Da = L[i].Da, M.B = L[i].B, M.Db = L[i].Db, M.C = L[i].C;
-    M.nrow = L[i].nrow, M.ncol = L[i].ncol, M.factored = L[i].factored, M.d0_is_a = L[i].d0_is_a;
-    numels[i] = L[i].n;
+    TORCH_CHECK(dtype_code(grads[i].scalar_type()) == gdt, op, ": grads must share one dtype; grads[", i, "] is ",
+                grads[i].scalar_type(), ", grads[0] ", grads[0].scalar_type());
+    metas[i].g = grads[i].data_ptr();
+    metas[i].sums = sums[i].data_ptr<float>();
+    numels[i] = metas[i].n;
   }
-  at::Tensor finite = at::ones({static_cast<int64_t>(nt)}, fopts);
+  at::Tensor finite = at::ones({static_cast<int64_t>(nt)}, grads[0].options().dtype(at::kFloat));
   auto T = mt::upload(metas, numels, kChunkAB, grads[0].device());
   float* fin = finite.data_ptr<float>();
   if (gdt == kBF16)
@@ -620,31 +493,13 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const c10::cuda::CUDAGuard guard(params[0].device());
   Call c = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
                    row_acc_sums.value_or(at::TensorList()));
-  const size_t nt = params.size();
-  check_same_length(nt, steps.size(), op, "steps");
-  check_same_length(nt, skips.size(), op, "skips");
-  check_same_length(nt, lrs.size(), op, "lrs");
-  check_same_length(nt, wds.size(), op, "weight_decays");
-  TORCH_CHECK(sumsq.is_cuda() && sumsq.scalar_type() == at::kFloat && sumsq.numel() == static_cast<int64_t>(nt) * kFeatures,
-              op, ": sumsq must be the (n_tensors, 28) float32 output of lopt_sumsq");
-  TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3)");
-  const int64_t numel[6] = {kHidden * (kFeatures + kTimescales), kHidden, kHidden * kHidden, kHidden, 2 * kHidden, 2};
-  for (int k = 0; k < 6; ++k)
-    TORCH_CHECK(mlp[k].is_cuda() && mlp[k].scalar_type() == at::kFloat && mlp[k].is_contiguous() &&
-                    mlp[k].numel() == numel[k],
-                op, ": mlp[", k, "] must be a contiguous float32 CUDA tensor of ", numel[k], " elements");
-  for (size_t i = 0; i < nt; ++i) {
-    TORCH_CHECK(steps[i].is_cuda() && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1 &&
-                    skips[i].is_cuda() && skips[i].scalar_type() == at::kFloat && skips[i].numel() == 1,
-                op, ": steps/skips[", i, "] must be float32 scalars on the parameters' device");
-    c.metas[i].step = steps[i].data_ptr<float>();
-    c.metas[i].skips = skips[i].data_ptr<float>();
-    c.metas[i].lr = static_cast<float>(lrs[i]);
-    c.metas[i].wdlr = static_cast<float>(wds[i] * lrs[i]);
-  }
+  std::vector<int64_t> set_of;
+  const int64_t sets =
+      describe_apply(op, c.metas, steps, skips, sumsq, mlp, lrs, wds, weight_index, params[0].device(), set_of);
+  TORCH_CHECK(sets == 1, op, ": mlp holds ", sets, " meta-weight sets; the CUDA kernels take one per call");
   auto T = mt::upload(c.metas, c.numels, kChunkC, params[0].device());
   const float* fin = finite.data_ptr<float>();
-  const int n = static_cast<int>(nt);
+  const int n = static_cast<int>(params.size());
   mt::launch(prepare_kernel, n, kThreads, 0, T.metas, fin, c.H, c.sdt, static_cast<float*>(nullptr), 1);
   mt::launch(fold_kernel, n, kThreads, 0, T.metas, fin, sumsq.data_ptr<float>(), mlp[0].data_ptr<float>(),
              mlp[1].data_ptr<float>());
