@@ -15,6 +15,7 @@ without it the backends raise ``ImportError`` naming the build command.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -77,17 +78,34 @@ def hyper(weights: MetaWeights) -> list[float]:
 
 
 def dims_of(params: list[torch.Tensor], layout: str) -> list[int]:
+    """(d1, d0) per tensor, (-1, -1) for rank < 2 (the ops' ``dims``)."""
+    return list(_dims_of_shapes(tuple(tuple(p.shape) for p in params), layout))
+
+
+@functools.lru_cache(maxsize=64)
+def _dims_of_shapes(shapes: tuple[tuple[int, ...], ...], layout: str) -> tuple[int, ...]:
     out: list[int] = []
-    for p in params:
-        d = physical_factored_dims(p.shape, layout)
+    for shape in shapes:
+        d = physical_factored_dims(shape, layout)
         out.extend((-1, -1) if d is None else d)
-    return out
+    return tuple(out)
 
 
 def network_supported(weights: MetaWeights) -> bool:
     """The kernels hard-code the published 39→32→32→2 shape."""
     shapes = [tuple(w.shape) for w, _ in weights.layers]
     return shapes == [(C.HIDDEN_SIZE, C.INPUT_SIZE), (C.HIDDEN_SIZE, C.HIDDEN_SIZE), (2, C.HIDDEN_SIZE)]
+
+
+_EMPTY: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """One shared empty tensor per (device, dtype): the ``acc_b`` of a rank < 2 tensor (read by no kernel)."""
+    key = (t.device, t.dtype)
+    if key not in _EMPTY:
+        _EMPTY[key] = t.new_empty((0,))
+    return _EMPTY[key]
 
 
 def _accumulators(states):
@@ -98,7 +116,7 @@ def _accumulators(states):
             acc_b.append(st["col"])
         else:
             acc_a.append(st["full"])
-            acc_b.append(st["full"].new_empty((0,)))
+            acc_b.append(_empty_like(st["full"]))
     return acc_a, acc_b
 
 
@@ -311,21 +329,31 @@ class CpuBackend(_NativeBackend):
         if not network_supported(weights.member(0)) or any(st["momentum"].dtype not in STATE_DTYPES for st in states):
             population_step(params, grads, states, lrs, weight_decays, weights)
             return
-        ps = [p[j] for j in range(m) for p in params]  # views: the kernels write through them
-        gs = _kernel_grads(ps, [g[j] for j in range(m) for g in grads])
-        sts = [{k: v[j] for k, v in st.items()} for j in range(m) for st in states]
         for i, p in enumerate(params):
             if p.dtype not in NATIVE_DTYPES or not p.is_contiguous():
                 raise TypeError(
                     f"backend 'cpu' population step: params[{i}] must be a contiguous float32/bfloat16/float16 "
                     f"(M, ...) stack, got {p.dtype} {'contiguous' if p.is_contiguous() else 'non-contiguous'}"
                 )
+        ps, sts = self._member_views(params, states, m)
+        gs = _kernel_grads(ps, [g[j] for j in range(m) for g in grads])
         dims = dims_of(ps, weights.layout)
         sums, finite = reduce(gs, dims)
         sq = sumsq(ps, gs, sts, sums, finite, dims, weights)
         index = [j for j in range(m) for _ in params]
         member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
         apply(ps, gs, sts, sums, sq, finite, member_lrs, list(weight_decays) * m, dims, weights, index)
+
+    def _member_views(self, params, states, m: int):
+        """Every member's views of the stacked parameters and state (the kernels write through them), built
+        once and reused while the stacks are the same storage (an inner run steps them in place; a reset
+        that allocates new stacks changes the key)."""
+        key = (m, *((p.data_ptr(), p.shape) for p in params), *(v.data_ptr() for st in states for v in st.values()))
+        if key != getattr(self, "_views_key", None):
+            ps = [p[j] for j in range(m) for p in params]
+            sts = [{k: v[j] for k, v in st.items()} for j in range(m) for st in states]
+            self._views_key, self._views = key, (ps, sts)
+        return self._views
 
     @property
     def isa(self) -> str:

@@ -198,3 +198,28 @@ def test_a_per_member_lr_needs_one_float_per_member():
     p = torch.randn(MEMBERS, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=f"one float per member \\({MEMBERS}\\), got 2"):
         population_step([p], [p.clone()], [init_population_state(p)], [[1.0, 0.5]], [0.0], weights)
+
+
+def test_cpu_population_views_follow_new_stacks():
+    """The cpu backend reuses its member views while the stacks are the same storage; a stack replaced by a
+    new tensor (a reset that allocates) is stepped through fresh views, never the stale ones."""
+    from mulo.backends import load_backend
+
+    cpu = load_backend("cpu")
+    pop_w = PopulationMetaWeights.stack(member_weights(torch.float32, "torch"))
+    shapes = [(3, 5), (4,)]
+    params = [torch.randn(MEMBERS, *s) for s in shapes]
+    states = [init_population_state(p) for p in params]
+    ref_p = [p.clone() for p in params]
+    ref_s = [{k: v.clone() for k, v in st.items()} for st in states]
+    for t in range(3):
+        if t == 2:  # new storage for a parameter stack and one state tensor, same values
+            params[0] = params[0].clone()
+            states[1]["momentum"] = states[1]["momentum"].clone()
+        grads = [torch.stack([hetero_grad(s, dtype=torch.float32) for _ in range(MEMBERS)]) for s in shapes]
+        cpu.population_step(params, grads, states, [0.5, 0.5], [0.0, 0.0], pop_w)
+        population_step(ref_p, grads, ref_s, [0.5, 0.5], [0.0, 0.0], pop_w)
+        for i in range(len(shapes)):
+            assert_close(params[i], ref_p[i], ("kernel", torch.float32), f"step {t} param {i}")
+            for key, value in states[i].items():
+                assert_close(value, ref_s[i][key], ("kernel", torch.float32), f"step {t} state {key} of {i}")
