@@ -2,12 +2,22 @@
 
     python bench/generalization.py --preset cpu [--sweeps ...] [--optimizers ...]   # = mulo eval (same options)
     python bench/generalization.py --plot bench/results/generalization.jsonl [--readme]
+    python bench/generalization.py --plot bench/results/heldout.jsonl --preset nm [--readme]
+    python bench/generalization.py --plot bench/results/models.jsonl --preset models [--readme]
 
-Rows are appended to bench/results/generalization.jsonl (see mulo/evaluation.py for the protocol). --plot
-draws final training loss vs width (mean over seeds; diverged runs marked) and mean loss curves per task,
-prints the summary table (mean ± std of the final training loss over seeds, per task and optimizer) and,
-with --readme, rewrites the README's table between the eval markers. Rows of the chosen preset are used;
-where the same run (sweep, task, optimizer, lr, seed) appears more than once, the last row counts.
+Rows are appended by `mulo eval` (see mulo/evaluation.py and mulo/eval/ for the protocols). --plot reads
+the rows of the chosen preset; where the same run (sweep, task, column, lr, seed) appears more than once,
+the last row counts. A column is an optimizer, its lr schedule ("+cos": warmup-cosine) and, for a learned
+optimizer, its meta-weights (named by the digest a row records).
+
+* memorizable presets (cpu, quick): final training loss vs width and mean loss curves per task; the summary
+  table (mean ± std of the final training loss over seeds) → the README between the eval:generalization
+  markers.
+* held-out presets (nm, nm_quick): the held-out loss table (mean ± std over seeds, divergences counted, the
+  best mean of the columns without divergence in bold) with the training-loss table folded under it →
+  between the eval:heldout markers; figures: held-out loss vs width, held-out curves of the longest runs.
+* models presets (models, models_quick): held-out loss per model and optimizer, and the median ms of a
+  training step and of opt.step() alone → between the eval:models markers; figure: held-out curves.
 """
 
 from __future__ import annotations
@@ -23,8 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- eval:generalization:begin -->"
 END = "<!-- eval:generalization:end -->"
+MARKERS = {
+    "memorizable": (BEGIN, END),
+    "heldout": ("<!-- eval:heldout:begin -->", "<!-- eval:heldout:end -->"),
+    "models": ("<!-- eval:models:begin -->", "<!-- eval:models:end -->"),
+}
 OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo")
 LABELS = {"mulo": "μLO", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO"}
+COSINE = "+cos"  # suffix of a column whose lr followed the warmup-cosine schedule
 LEARNED = ("mulo", "sp_lo")  # columns per meta-weights
 SWEEP_ORDER = ("width", "depth", "horizon", "ood_lm")
 
@@ -43,17 +59,25 @@ def column(row: dict, digests: dict[str, str] | None = None) -> str:
     by the digest recorded in the row (a shipped name, else the digest's first 12 hex digits; rows written
     before digests were recorded keep the name they carry)."""
     opt = row["optimizer"]
+    suffix = COSINE if row.get("schedule") == "cosine" else ""
     if opt not in LEARNED:
-        return opt
+        return opt + suffix
     digest = row.get("meta_weights_sha256")
     named = [n for full, n in (digests or {}).items() if digest and full.startswith(digest)]  # rows keep a prefix
     name = (named[0] if named else None) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
-    return f"{opt}:{name}"
+    return f"{opt}:{name}{suffix}"
+
+
+def _split(col: str) -> tuple[str, str, bool]:
+    """(optimizer, meta-weights name or "", warmup-cosine?) of a column."""
+    cosine = col.endswith(COSINE)
+    opt, _, name = col.removesuffix(COSINE).partition(":")
+    return opt, name, cosine
 
 
 def label(col: str) -> str:
-    opt, _, name = col.partition(":")
-    return f"{LABELS[opt]} ({name})" if name else LABELS[opt]
+    opt, name, cosine = _split(col)
+    return (f"{LABELS[opt]} ({name})" if name else LABELS[opt]) + (" + cos" if cosine else "")
 
 
 def load(path: Path, preset: str | None = None) -> list[dict]:
@@ -71,8 +95,8 @@ def load(path: Path, preset: str | None = None) -> list[dict]:
 
 
 def _order(col: str) -> tuple:
-    opt, _, name = col.partition(":")
-    return (OPTIMIZERS.index(opt), name)
+    opt, name, cosine = _split(col)
+    return (OPTIMIZERS.index(opt), name, cosine)
 
 
 def _tasks(rows: list[dict]) -> list[tuple[str, str]]:
@@ -160,13 +184,15 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
+def rewrite_readme(table: str, readme: Path = ROOT / "README.md", kind: str = "memorizable") -> bool:
+    """Replace what lies between ``kind``'s markers (:data:`MARKERS`) in ``readme`` by ``table``."""
+    begin, end = MARKERS[kind]
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
+    if begin not in text or end not in text:
         return False
-    pre, rest = text.split(BEGIN, 1)
-    _, post = rest.split(END, 1)
-    readme.write_text(f"{pre}{BEGIN}\n{table}\n{END}{post}")
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    readme.write_text(f"{pre}{begin}\n{table}\n{end}{post}")
     return True
 
 
@@ -232,6 +258,322 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
+# ---- held-out presets (nm) and plain models (models) ----------------------------------------------------
+DATASET_ORDER = ("mnist1d", "digits_aug", "teacher")
+HELDOUT_SWEEPS = ("width", "depth", "horizon", "ood_lm")
+MODEL_ORDER = ("gpt", "cnn", "vit")
+
+
+def kind_of(rows: list[dict]) -> str:
+    """``memorizable``, ``heldout`` or ``models``: which protocol wrote ``rows``."""
+    kinds = {r.get("protocol", "memorizable") for r in rows}
+    if len(kinds) != 1:
+        raise ValueError(f"rows of several protocols {sorted(kinds)}: pick one preset")
+    return kinds.pop()
+
+
+def metric_stats(rows: list[dict], metric: str = "heldout_loss") -> dict[tuple[str, str, str], dict]:
+    """Per (sweep, task, column): runs, divergences, mean and std of ``metric`` over the seeds that did not
+    diverge, the lr, and the median step / opt.step() times."""
+    by = defaultdict(list)
+    for r in rows:
+        if r["sweep"] != "tune":
+            by[(r["sweep"], r["task"], r["column"])].append(r)
+    out = {}
+    for key, rs in by.items():
+        finite = [r[metric] for r in rs if not r["diverged"] and math.isfinite(r[metric])]
+        times = [r.get("step_ms") for r in rs if r.get("step_ms")]
+        opt_times = [r.get("opt_step_ms") for r in rs if r.get("opt_step_ms")]
+        out[key] = {
+            "n": len(rs),
+            "diverged": len(rs) - len(finite),
+            "mean": statistics.fmean(finite) if finite else math.inf,
+            "std": statistics.pstdev(finite) if len(finite) > 1 else 0.0,
+            "lr": rs[0]["lr"],
+            "step_ms": statistics.median(times) if times else None,
+            "opt_step_ms": statistics.median(opt_times) if opt_times else None,
+        }
+    return out
+
+
+def _cell(s: dict | None) -> str:
+    if s is None:
+        return "—"
+    if s["diverged"] == s["n"]:
+        return f"diverged {s['n']}/{s['n']}"
+    text = f"{s['mean']:.4g} ± {s['std']:.2g}"
+    return text + (f" ({s['diverged']}/{s['n']} div.)" if s["diverged"] else "")
+
+
+def _table(lines: list[str], keys: list[tuple], names: list[str], cols: list[str], st: dict) -> None:
+    """Append a markdown table: one line per (sweep, task) key, one column per optimizer column; the best
+    mean among the columns without divergence in bold."""
+    lines += ["| task | " + " | ".join(label(c) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for (sweep, task), name in zip(keys, names):
+        stats_ = {c: st.get((sweep, task, c)) for c in cols}
+        cells = {c: _cell(v) for c, v in stats_.items()}
+        clean = {c: v["mean"] for c, v in stats_.items() if v is not None and not v["diverged"]}
+        if clean:
+            best = min(clean, key=clean.get)
+            cells[best] = f"**{cells[best]}**"
+        lines.append(f"| {name} | " + " | ".join(cells[c] for c in cols) + " |")
+
+
+def _provenance_line(rows: list[dict]) -> str:
+    r0 = rows[0]
+    threads = sorted({r.get("threads") for r in rows if r.get("threads")})
+    return (
+        f"git {', '.join(sorted({r['git_sha'][:8] for r in rows}))} · torch {r0['torch_version']} · {r0['device']}"
+        + (f" · {'/'.join(map(str, threads))} thread(s)" if threads else "")
+        + f" · {max(r['date'] for r in rows)[:10]}."
+    )
+
+
+def _heldout_tasks(rows: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(sweep, task) keys in table order (per data set: widths, depth, horizons; then the LM) and names."""
+    info = {}
+    for r in rows:
+        if r["sweep"] != "tune":
+            info[(r["sweep"], r["task"])] = r
+    base = {}
+    for r in info.values():
+        if r["kind"] == "mlp":
+            b = base.setdefault(r["dataset"], {"width": r["base_width"], "depth": r["depth"], "steps": r["steps"]})
+            b["depth"], b["steps"] = min(b["depth"], r["depth"]), min(b["steps"], r["steps"])
+
+    def order(key):
+        r = info[key]
+        ds = DATASET_ORDER.index(r["dataset"]) if r["dataset"] in DATASET_ORDER else len(DATASET_ORDER)
+        lm = r["kind"] == "lm"
+        return (lm, ds, r["dataset"], HELDOUT_SWEEPS.index(r["sweep"]), r["width"], r["depth"], r["steps"])
+
+    keys = sorted(info, key=order)
+    names = []
+    for key in keys:
+        r = info[key]
+        if r["kind"] == "lm":
+            blocks = f"{r['depth']} block{'s' if r['depth'] > 1 else ''}"
+            names.append(f"OOD: byte-level transformer LM (w{r['width']}, {blocks}, {r['steps']} steps)")
+            continue
+        b = base[r["dataset"]]
+        names.append(
+            f"{r['dataset']} · "
+            + {
+                "width": f"width {r['width']} ({r['width'] // b['width']}×)",
+                "depth": f"depth {r['depth']} ({r['depth'] // b['depth']}×)",
+                "horizon": f"{r['steps']} steps ({r['steps'] // b['steps']}×)",
+            }[r["sweep"]]
+        )
+    return keys, names
+
+
+def _tuned(rows: list[dict], keys: list[tuple], cols: list[str], st: dict) -> str:
+    """The transferred lrs: per data set (its 1× width task) and for the LM, each baseline column's lr."""
+    parts = []
+    first = {}
+    for sweep, task in keys:
+        prefix = task.split("-")[0]
+        if (sweep == "width" or sweep == "ood_lm") and prefix not in first:
+            first[prefix] = (sweep, task)
+    for prefix, (sweep, task) in first.items():
+        lrs = [f"{label(c)} {st[(sweep, task, c)]['lr']:g}" for c in cols if (sweep, task, c) in st]
+        lrs = [x for x, c in zip(lrs, [c for c in cols if (sweep, task, c) in st]) if _split(c)[0] not in LEARNED]
+        if lrs:
+            parts.append(f"{'LM' if prefix == 'lm' else prefix}: {', '.join(lrs)}")
+    return "; ".join(parts)
+
+
+def heldout_summary(rows: list[dict]) -> str:
+    """Markdown: the held-out loss table (and the training-loss table under a fold) of the nm presets."""
+    tune_seeds = len({r["seed"] for r in rows if r["sweep"] == "tune"})
+    rows = [r for r in rows if r["sweep"] != "tune"]
+    if not rows:
+        return "_No held-out results yet: run `mulo eval --preset nm`._"
+    st, st_train = metric_stats(rows, "heldout_loss"), metric_stats(rows, "train_loss")
+    keys, names = _heldout_tasks(rows)
+    cols = sorted({k[2] for k in st}, key=_order)
+    seeds = max(s["n"] for s in st.values())
+    mlp = [r for r in rows if r["kind"] == "mlp"]
+    bases = sorted(
+        {(r["dataset"], r["base_width"]) for r in mlp},
+        key=lambda b: DATASET_ORDER.index(b[0]) if b[0] in DATASET_ORDER else 9,
+    )
+    depth = min((r["depth"] for r in mlp), default=0)
+    steps = min((r["steps"] for r in mlp), default=0)
+    batch = mlp[0]["batch"] if mlp else 0
+    tuned = _tuned(rows, keys, cols, st)
+    lines = [
+        f"Held-out loss (cross-entropy on each source's fixed held-out set; the LM: windows of held-out text), "
+        f"mean ± std over {seeds} seeds; (k/n div.): k of n seeds diverged (non-finite loss), the mean is over "
+        f"the others; **bold**: the best mean among the columns without a divergence. Fresh training samples "
+        f"every step. Base tasks (the mulo_nm meta-training's): μP MLPs "
+        f"{', '.join(f'{d} w{w}' for d, w in bases)}, depth {depth}, {steps} steps, batch {batch}. μAdam (μP "
+        f"network) and AdamW (SP twin) peak lrs tuned there by a grid on the held-out loss of {tune_seeds} "
+        f"tuning seeds, per schedule, and transferred"
+        + (f" ({tuned})" if tuned else "")
+        + "; learned optimizers at lr 1. + cos: linear warmup over 5% of the run, cosine to 0 at its last step. "
+        + _provenance_line(rows),
+        "",
+    ]
+    _table(lines, keys, names, cols, st)
+    lines += [
+        "",
+        "<details><summary>Training loss on a fixed sample of the training distribution (the same runs)</summary>",
+        "",
+    ]
+    _table(lines, keys, names, cols, st_train)
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def _model_name(r: dict) -> str:
+    params = f"{r['parameters'] / 1e3:.0f}k params" if r.get("parameters") else ""
+    w, d = r["width"], r["depth"]
+    blocks = f"{d} block{'s' if d > 1 else ''}"
+    return {
+        "gpt": f"GPT byte LM (d{w}, {blocks}, tied head, {params})",
+        "cnn": f"CNN on digits_aug ({w}/{w}/{2 * w} channels, {params})",
+        "vit": f"ViT on digits_aug (d{w}, {blocks}, 2×2 patches, {params})",
+    }.get(r["model"], r["task"])
+
+
+def models_summary(rows: list[dict]) -> str:
+    """Markdown: held-out loss per plain model and optimizer column, then ms per step / per opt.step()."""
+    tune_seeds = len({r["seed"] for r in rows if r["sweep"] == "tune"})
+    rows = [r for r in rows if r["sweep"] != "tune"]
+    if not rows:
+        return "_No plain-model results yet: run `mulo eval --preset models`._"
+    st = metric_stats(rows, "heldout_loss")
+    info = {r["task"]: r for r in rows}
+    tasks = sorted(
+        info, key=lambda t: (MODEL_ORDER.index(info[t]["model"]) if info[t]["model"] in MODEL_ORDER else 9, t)
+    )
+    keys, names = [("models", t) for t in tasks], [_model_name(info[t]) for t in tasks]
+    cols = sorted({k[2] for k in st}, key=_order)
+    seeds = max(s["n"] for s in st.values())
+    steps = sorted({info[t]["steps"] for t in tasks})
+    tuned = ", ".join(
+        f"{info[t]['model']} {label(c)} {st[('models', t, c)]['lr']:g}"
+        for t in tasks
+        for c in cols
+        if ("models", t, c) in st and _split(c)[0] not in LEARNED
+    )
+    lines = [
+        f"Held-out loss after {'/'.join(map(str, steps))} steps, mean ± std over {seeds} seeds (**bold**: best "
+        f"mean without a divergence). Plain torch.nn models; μLO trains each after `mulo.mup.prepare` at lr 1, "
+        f"AdamW (weight decay 0) the model as written at the grid lr with the lowest held-out loss of "
+        f"{tune_seeds} tuning seeds, per schedule ({tuned}). + cos: 5% warmup, cosine to 0. " + _provenance_line(rows),
+        "",
+    ]
+    _table(lines, keys, names, cols, st)
+    lines += [
+        "",
+        "Median wall time per training step (forward, backward, `opt.step()`) / of `opt.step()` alone, ms:",
+        "",
+        "| model | " + " | ".join(label(c) for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for t, name in zip(tasks, names):
+        cells = []
+        for c in cols:
+            s = st.get(("models", t, c))
+            cells.append(f"{s['step_ms']:.3g} / {s['opt_step_ms']:.3g}" if s and s["step_ms"] else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_curve(curves: list[list]) -> tuple[list, list]:
+    n = min(len(c) for c in curves)
+    return [c[0] for c in curves[0][:n]], [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
+
+
+def plot_heldout(rows: list[dict], out_dir: Path) -> list[Path]:
+    """held-out loss vs width (one panel per data set) and the mean held-out curves of each data set's
+    longest runs (and the LM's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in rows if r["sweep"] != "tune"]
+    st = metric_stats(rows, "heldout_loss")
+    cols = sorted({k[2] for k in st}, key=_order)
+    datasets = sorted({r["dataset"] for r in rows if r["kind"] == "mlp"}, key=lambda d: (d not in DATASET_ORDER, d))
+    written = []
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.4), squeeze=False)
+    for ax, ds in zip(axes.flat, datasets):
+        tasks = sorted({(r["width"], r["task"]) for r in rows if r["sweep"] == "width" and r["dataset"] == ds})
+        for c in cols:
+            pts = [(w, st[("width", t, c)]["mean"]) for w, t in tasks if ("width", t, c) in st]
+            pts = [(w, m) for w, m in pts if math.isfinite(m)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", lw=1, label=label(c))
+        ax.set(xscale="log", title=ds, xlabel="hidden width")
+        ax.title.set_fontsize(9)
+    axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    written.append(out_dir / "heldout_width.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    groups = []
+    for ds in datasets:
+        mine = [r for r in rows if r["dataset"] == ds and r["kind"] == "mlp"]
+        longest = max(r["steps"] for r in mine)
+        groups.append((ds, [r for r in mine if r["steps"] == longest]))
+    lm = [r for r in rows if r["kind"] == "lm"]
+    if lm:
+        groups.append(("OOD LM", lm))
+    if groups:
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+        for ax, (title, rs) in zip(axes.flat, groups):
+            for c in cols:
+                curves = [
+                    r["heldout_curve"] for r in rs if r["column"] == c and not r["diverged"] and r["heldout_curve"]
+                ]
+                if curves:
+                    ax.plot(*_mean_curve(curves), lw=1, label=label(c))
+            ax.set(title=f"{title}: {rs[0]['steps'] if rs else ''} steps", xlabel="step")
+            ax.title.set_fontsize(9)
+        axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
+        axes.flat[0].legend(fontsize=6)
+        fig.tight_layout()
+        written.append(out_dir / "heldout_horizon.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def plot_models(rows: list[dict], out_dir: Path) -> list[Path]:
+    """The mean held-out curves of each plain model, one line per optimizer column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in rows if r["sweep"] != "tune"]
+    tasks = sorted({r["task"] for r in rows})
+    cols = sorted({r["column"] for r in rows}, key=_order)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for c in cols:
+            curves = [r["heldout_curve"] for r in rows if r["task"] == task and r["column"] == c and not r["diverged"]]
+            if curves:
+                ax.plot(*_mean_curve(curves), lw=1, label=label(c))
+        ax.set(title=task, xlabel="step")
+        ax.title.set_fontsize(9)
+    axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "models_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--plot" not in argv:  # running the evaluation: exactly `mulo eval` (same options)
@@ -242,20 +584,26 @@ def main(argv: list[str] | None = None) -> int:
         return cli.main(["eval", *argv])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plot", required=True, help="summarize and plot this results file")
-    ap.add_argument("--preset", default="cpu", help="whose rows to use")
+    ap.add_argument("--preset", default="cpu", help="whose rows to use (cpu, quick, nm, nm_quick, models, ...)")
     ap.add_argument("--figures", default="bench/results/figures", help="where the figures go")
-    ap.add_argument("--readme", action="store_true", help="rewrite the README's eval table")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's table of this protocol")
     args = ap.parse_args(argv)
     rows = load(Path(args.plot), args.preset)
     if not rows:
         print(f"no rows of preset {args.preset!r} in {args.plot}", file=sys.stderr)
         return 2
-    table = summary(rows)
+    kind = kind_of(rows)
+    table, draw = {
+        "memorizable": (summary, plot),
+        "heldout": (heldout_summary, plot_heldout),
+        "models": (models_summary, plot_models),
+    }[kind]
+    table = table(rows)
     print(table)
-    for p in plot(rows, Path(args.figures)):
+    for p in draw(rows, Path(args.figures)):
         print(p)
-    if args.readme and not rewrite_readme(table):
-        print("README.md has no eval markers", file=sys.stderr)
+    if args.readme and not rewrite_readme(table, kind=kind):
+        print(f"README.md has no {kind} eval markers ({MARKERS[kind][0]})", file=sys.stderr)
         return 2
     return 0
 

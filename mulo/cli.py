@@ -20,21 +20,8 @@ def _distributed_launch() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _comma_list(choices: tuple[str, ...]):
-    """An argparse type: a comma-separated subset of ``choices`` (kept as the string)."""
-
-    def parse(text: str) -> str:
-        unknown = [item for item in text.split(",") if item not in choices]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {','.join(choices)}")
-        return text
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     from mulo import evaluation
-    from mulo.lopt import pretrained
 
     parser = argparse.ArgumentParser(
         prog="mulo",
@@ -56,46 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--batch", type=int, default=128, help="minibatch size")
     demo.add_argument("--seed", type=int, default=0, help="model and minibatch seed")
     demo.add_argument("--out", default="demo_out", help="directory for curves.json and curves.png")
-    ev = sub.add_parser(
-        "eval",
-        help="generalization sweeps: MuLO vs AdamW/μAdam (and an SP LO) at larger width/depth/horizon",
-        description="What the learned optimizer buys (docs/ALGORITHM.md §8, the μLO paper's protocol at our "
-        "scale): AdamW and μAdam learning rates are tuned by a grid on the base task and transferred unchanged "
-        "to wider, deeper and longer runs and to an out-of-distribution byte-level language model; the learned "
-        "optimizers run at lr 1. One JSON line per run (final full-set training loss, curve, provenance) is "
-        "appended to --out; `python bench/generalization.py --plot OUT --readme` makes the table and figures.",
-        formatter_class=defaults,
-    )
-    ev.add_argument("--out", default="bench/results/generalization.jsonl", help="JSON lines file to append to")
-    ev.add_argument(
-        "--preset",
-        default="cpu",
-        choices=sorted(evaluation.PRESETS),
-        help="quick: a smoke run (seconds); cpu: the full evaluation, CPU-sized (about 40 core-minutes)",
-    )
-    ev.add_argument(
-        "--sweeps",
-        default=",".join(evaluation.SWEEPS),
-        type=_comma_list(evaluation.SWEEPS),
-        help=f"comma list of sweeps to run, from {{{','.join(evaluation.SWEEPS)}}}",
-    )
-    ev.add_argument(
-        "--optimizers",
-        default=",".join(evaluation.OPTIMIZERS),
-        type=_comma_list(evaluation.OPTIMIZERS),
-        help=f"comma list of optimizers to run, from {{{','.join(evaluation.OPTIMIZERS)}}}",
-    )
-    ev.add_argument(
-        "--meta-weights",
-        default=pretrained.DEFAULT,
-        help="μLO weights: a shipped name (e.g. mulo_cpu_s2), a directory or a Hub id",
-    )
-    ev.add_argument(
-        "--sp-weights",
-        default=evaluation.SP_LO_WEIGHTS,
-        help="SP learned-optimizer weights for the SP-LO baseline: a shipped name (e.g. mulo_cpu_sp_s2), a "
-        "directory or a Hub id ('none' skips it)",
-    )
+    evaluation.add_parser(sub)
     from mulo.meta import cli as meta_cli
 
     meta_cli.add_parser(sub)
@@ -112,14 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
         demo_mod.main(args.steps, args.width, args.depth, args.batch, args.seed, args.out)
     if args.command == "eval":
-        evaluation.run(
-            args.out,
-            args.preset,
-            args.meta_weights,
-            args.sp_weights,
-            sweeps=tuple(args.sweeps.split(",")),
-            optimizers=tuple(args.optimizers.split(",")),
-        )
+        return evaluation.main(args)
     return 0
 
 

@@ -15,6 +15,13 @@ AdamW and μAdam learning rates are tuned by a grid on the base task (the meta-t
 horizon) and transferred unchanged to the wider/deeper/longer tasks. The metric is the final training
 loss on the whole training set (digits) or on fixed held-in batches (language model); a run whose loss
 becomes non-finite is recorded as diverged with loss ``inf``.
+
+Those are the memorizable presets (``cpu``, ``quick``): the final *training* loss on the 1,797 digits. The
+held-out presets live in :mod:`mulo.eval` and are run through :func:`run` too: ``nm`` (width/depth/horizon
+sweeps on non-memorizable data, held-out loss, baselines with constant lr and warmup-cosine, learned
+optimizers with and without the schedule; :mod:`mulo.eval.heldout`) and ``models`` (plain ``torch.nn`` GPT,
+CNN and ViT converted by :func:`mulo.mup.prepare`, against AdamW on the model as written;
+:mod:`mulo.eval.models`), each with a ``*_quick`` smoke preset.
 """
 
 from __future__ import annotations
@@ -246,22 +253,98 @@ PRESETS = {
 }
 
 
+HELDOUT_PRESETS = ("nm", "nm_quick")
+MODEL_PRESETS = ("models", "models_quick")
+ALL_PRESETS = (*PRESETS, *HELDOUT_PRESETS, *MODEL_PRESETS)
+#: where each kind of preset appends its rows by default
+DEFAULT_OUT = {
+    "memorizable": "bench/results/generalization.jsonl",
+    "heldout": "bench/results/heldout.jsonl",
+    "models": "bench/results/models.jsonl",
+}
+
+
+def preset_kind(preset: str) -> str:
+    """``memorizable`` (cpu, quick), ``heldout`` (nm, nm_quick) or ``models`` (models, models_quick)."""
+    if preset in PRESETS:
+        return "memorizable"
+    if preset in HELDOUT_PRESETS:
+        return "heldout"
+    if preset in MODEL_PRESETS:
+        return "models"
+    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(ALL_PRESETS)}")
+
+
 def run(
-    out: str | os.PathLike,
+    out: str | os.PathLike | None,
     preset: str = "cpu",
     meta_weights: str | None = None,
     sp_weights: str | None = SP_LO_WEIGHTS,
     log=print,
-    sweeps: tuple[str, ...] = SWEEPS,
-    optimizers: tuple[str, ...] = OPTIMIZERS,
+    sweeps: tuple[str, ...] | None = None,
+    optimizers: tuple[str, ...] | None = None,
+    schedules: tuple[str, ...] | None = None,
+    datasets: tuple[str, ...] | None = None,
+    models: tuple[str, ...] | None = None,
 ) -> Path:
-    """Run the sweeps and append JSON lines to ``out`` (one row per run, provenance in every row).
+    """Run ``preset``'s evaluation and append JSON lines to ``out`` (one row per run, provenance in every
+    row; ``None``: the preset kind's :data:`DEFAULT_OUT`). ``None`` for a subset option means all of it
+    (the preset's default optimizers and schedules).
 
-    ``sweeps`` and ``optimizers`` pick subsets of :data:`SWEEPS` and :data:`OPTIMIZERS`, so that parts can
-    run in parallel processes (the AdamW/μAdam tuning runs first wherever they are needed: it is cheap and
-    deterministic, so every process transfers the same learning rates)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    ``meta_weights``: the μLO weights, a name/directory/Hub id or a comma list of them (one column each).
+    ``sweeps`` and ``optimizers`` pick subsets of :data:`SWEEPS` and :data:`OPTIMIZERS` (held-out presets:
+    :data:`mulo.eval.heldout.SWEEPS`, :data:`mulo.eval.heldout.OPTIMIZERS`; models: ``mulo``, ``adamw``), so
+    that parts can run in parallel processes; ``schedules`` (held-out and models presets) picks ``constant``
+    and/or ``cosine``; ``datasets`` the held-out families; ``models`` the models of the models presets."""
+    kind = preset_kind(preset)
+    out = out if out is not None else DEFAULT_OUT[kind]
+    if kind == "heldout":
+        from mulo.eval import heldout
+
+        return heldout.run(
+            out,
+            preset,
+            meta_weights,
+            sp_weights,
+            log,
+            sweeps=sweeps or heldout.SWEEPS,
+            optimizers=optimizers or heldout.DEFAULT_OPTIMIZERS,
+            schedules=schedules or ("constant", "cosine"),
+            datasets=datasets,
+        )
+    if kind == "models":
+        from mulo.eval import models as model_eval
+
+        if sweeps or datasets:
+            raise ValueError(f"preset {preset!r} has no sweeps or datasets; pick models with models=...")
+        return model_eval.run(
+            out,
+            preset,
+            meta_weights,
+            log,
+            models=models or model_eval.MODELS,
+            optimizers=optimizers or model_eval.OPTIMIZERS,
+            schedules=schedules or ("constant", "cosine"),
+        )
+    for what, given in (("schedules", schedules), ("datasets", datasets), ("models", models)):
+        if given and not (what == "schedules" and tuple(given) == ("constant",)):
+            raise ValueError(
+                f"preset {preset!r} (memorizable digits, constant lr) takes no {what}; use the nm or models presets"
+            )
+    return _run_memorizable(out, preset, meta_weights, sp_weights, log, sweeps or SWEEPS, optimizers or OPTIMIZERS)
+
+
+def _run_memorizable(
+    out: str | os.PathLike,
+    preset: str,
+    meta_weights: str | None,
+    sp_weights: str | None,
+    log,
+    sweeps: tuple[str, ...],
+    optimizers: tuple[str, ...],
+) -> Path:
+    """The memorizable presets (cpu, quick): the AdamW/μAdam tuning runs first wherever it is needed (it is
+    cheap and deterministic, so every process transfers the same learning rates)."""
     for what, given, known in (("sweeps", sweeps, SWEEPS), ("optimizers", optimizers, OPTIMIZERS)):
         unknown = sorted(set(given) - set(known))
         if unknown:
@@ -288,15 +371,16 @@ def run(
         for r in rows:
             emit(r, "tune")
         log(f"tuned {name}: lr={lrs[name]:g}")
+    mulo_weights = [w.strip() for w in meta_weights.split(",") if w.strip()] if meta_weights else [None]
     specs = {
-        "mulo": lambda: OptSpec("mulo", meta_weights=meta_weights),
-        "adamw": lambda: OptSpec("adamw", lrs["adamw"]),
-        "muadam": lambda: OptSpec("muadam", lrs["muadam"], base_width=base.width),
-        "sp_lo": lambda: OptSpec("sp_lo", meta_weights=sp_weights),
+        "mulo": lambda: [OptSpec("mulo", meta_weights=w) for w in mulo_weights],
+        "adamw": lambda: [OptSpec("adamw", lrs["adamw"])],
+        "muadam": lambda: [OptSpec("muadam", lrs["muadam"], base_width=base.width)],
+        "sp_lo": lambda: [OptSpec("sp_lo", meta_weights=sp_weights)],
     }
     if not sp_weights or sp_weights == "none":
         optimizers = tuple(o for o in optimizers if o != "sp_lo")
-    specs = [specs[o]() for o in OPTIMIZERS if o in optimizers]
+    specs = [spec for o in OPTIMIZERS if o in optimizers for spec in specs[o]()]
     tasks = [("width", dataclasses.replace(base, width=base.width * m)) for m in cfg["widths"]]
     tasks += [("depth", dataclasses.replace(base, depth=base.depth * m)) for m in cfg["depths"] if m != 1]
     tasks += [("horizon", dataclasses.replace(base, steps=base.steps * m)) for m in cfg["horizons"] if m != 1]
@@ -308,3 +392,141 @@ def run(
             for seed in range(cfg["seeds"]):
                 emit(train(task, spec, seed, record_every=max(1, task.steps // 50)), sweep)
     return out
+
+
+PRESET_HELP = (
+    "quick: a smoke run of the digits sweeps (seconds); cpu: the digits sweeps, CPU-sized (about 40 "
+    "core-minutes; final training loss on the memorizable digits); nm_quick: a smoke run of nm (seconds); nm: "
+    "the held-out sweeps on non-memorizable data (mnist1d/digits_aug/teacher MLPs at the mulo_nm meta-training "
+    "base: 1×/4×/16× width, 3× depth, 5×/25× horizon, plus the byte LM on held-out text; 5 seeds; about 3 "
+    "core-hours: the baselines with their tuning ≈ 2, each set of meta-weights ≈ 1.1; split it with "
+    "--datasets/--sweeps/--optimizers/--schedules); models_quick: a smoke run of models (seconds); models: "
+    "plain torch.nn GPT byte LM, CNN and ViT (MuLO after mulo.mup.prepare vs AdamW on the model as written; "
+    "held-out loss and ms per step; 5 seeds; about 1.7 core-hours: AdamW with its tuning ≈ 1.2, each set of "
+    "meta-weights ≈ 0.4)"
+)
+
+
+def _comma_list(choices: tuple[str, ...]):
+    """An argparse type: a comma-separated subset of ``choices`` (kept as a tuple)."""
+    import argparse
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(item for item in text.split(",") if item)
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {','.join(choices)}")
+        return items
+
+    return parse
+
+
+def _defaults_formatter():
+    import argparse
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Shows ``(default: X)`` except where the default is None (those helps say what None means)."""
+
+        def _get_help_string(self, action):
+            return action.help if action.default is None else super()._get_help_string(action)
+
+    return Formatter
+
+
+def add_parser(sub) -> None:
+    """The ``mulo eval`` subcommand (its options, defaults and choices) on an argparse subparsers object."""
+    from mulo.eval import heldout, models
+    from mulo.eval.common import SCHEDULES
+    from mulo.lopt import pretrained
+
+    _DefaultsFormatter = _defaults_formatter()
+    ev = sub.add_parser(
+        "eval",
+        help="generalization sweeps: MuLO vs tuned-and-transferred AdamW/μAdam, on memorizable digits, on "
+        "non-memorizable data (held-out loss) and on plain torch.nn models",
+        description="What the learned optimizer buys (docs/ALGORITHM.md §8, the μLO paper's protocol at our "
+        "scale): AdamW and μAdam learning rates are tuned by a grid on the base task and transferred unchanged "
+        "to wider, deeper and longer runs and to an out-of-distribution byte-level language model; the learned "
+        "optimizers run at lr 1. Presets cpu/quick score the final training loss on the memorizable 8×8 "
+        "digits; nm/nm_quick the held-out loss on data that cannot be memorized (fresh samples every step), "
+        "each optimizer with a constant lr and with warmup-cosine (5% warmup, cosine to 0 over the run; for "
+        "MuLO the schedule multiplies its lr); models/models_quick compare MuLO on plain torch.nn models "
+        "converted by mulo.mup.prepare with AdamW on the models as written (held-out loss, ms per step). One "
+        "JSON line per run (metrics, curves, provenance: git SHA, torch, date, device, meta-weights digest) is "
+        "appended to --out; `python bench/generalization.py --plot OUT --preset P --readme` makes the tables "
+        "and figures.",
+        formatter_class=_DefaultsFormatter,
+    )
+    ev.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON lines file to append to (default: {DEFAULT_OUT['memorizable']} for cpu/quick, "
+        f"{DEFAULT_OUT['heldout']} for nm/nm_quick, {DEFAULT_OUT['models']} for models/models_quick)",
+    )
+    ev.add_argument("--preset", default="cpu", choices=sorted(ALL_PRESETS), help=PRESET_HELP)
+    sweeps = tuple(dict.fromkeys(SWEEPS + heldout.SWEEPS))
+    ev.add_argument(
+        "--sweeps",
+        default=None,
+        type=_comma_list(sweeps),
+        help=f"comma list of sweeps to run, from {{{','.join(sweeps)}}} (default: all; not for models presets)",
+    )
+    optimizers = tuple(dict.fromkeys(OPTIMIZERS + heldout.OPTIMIZERS + models.OPTIMIZERS))
+    ev.add_argument(
+        "--optimizers",
+        default=None,
+        type=_comma_list(optimizers),
+        help=f"comma list of optimizers to run, from {{{','.join(optimizers)}}} (default: cpu/quick "
+        f"{','.join(OPTIMIZERS)}; nm {','.join(heldout.DEFAULT_OPTIMIZERS)}; models "
+        f"{','.join(models.OPTIMIZERS)})",
+    )
+    ev.add_argument(
+        "--schedules",
+        default=None,
+        type=_comma_list(SCHEDULES),
+        help=f"nm and models presets: comma list of lr schedules, from {{{','.join(SCHEDULES)}}}: constant, or "
+        "cosine = linear warmup over the first 5%% of the run then cosine decay to 0 at its last step (the "
+        "baselines' peak lr is tuned per schedule; MuLO's lr 1 is multiplied by it) (default: both)",
+    )
+    families = tuple(dict.fromkeys(d for p in heldout.PRESETS.values() for d, _ in p.families))
+    ev.add_argument(
+        "--datasets",
+        default=None,
+        type=_comma_list(families),
+        help=f"nm presets: comma list of task families, from {{{','.join(families)}}} (default: the preset's: "
+        f"nm {','.join(d for d, _ in heldout.PRESETS['nm'].families)})",
+    )
+    ev.add_argument(
+        "--models",
+        default=None,
+        type=_comma_list(models.MODELS),
+        help=f"models presets: comma list of models, from {{{','.join(models.MODELS)}}} (default: all)",
+    )
+    ev.add_argument(
+        "--meta-weights",
+        default=pretrained.DEFAULT,
+        help="μLO weights: a shipped name (e.g. mulo_cpu_s2), a directory or a Hub id; a comma list runs each "
+        "set as its own column",
+    )
+    ev.add_argument(
+        "--sp-weights",
+        default=SP_LO_WEIGHTS,
+        help="SP learned-optimizer weights for the SP-LO baseline: a shipped name (e.g. mulo_cpu_sp_s2), a "
+        "directory or a Hub id ('none' skips it)",
+    )
+
+
+def main(args) -> int:
+    """Run ``mulo eval`` with the parsed ``args`` of :func:`add_parser`."""
+    run(
+        args.out,
+        args.preset,
+        args.meta_weights,
+        args.sp_weights,
+        sweeps=args.sweeps,
+        optimizers=args.optimizers,
+        schedules=args.schedules,
+        datasets=args.datasets,
+        models=args.models,
+    )
+    return 0

@@ -90,8 +90,47 @@ def test_eval_help_has_a_description_defaults_and_choices(capsys):
         cli.main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "What the learned optimizer buys" in text and "docs/ALGORITHM.md §8" in text
-    assert "{cpu,quick}" in text and "(default: cpu)" in text and "(default: mulo_cpu)" in text
+    assert "{cpu,models,models_quick,nm,nm_quick,quick}" in text and "(default: cpu)" in text
+    assert "(default: mulo_cpu)" in text and "a comma list runs each set as its own column" in text
     assert "{width,depth,horizon,ood_lm}" in text and "(default: mulo_cpu_sp)" in text
+    assert "{constant,cosine}" in text and "first 5% of the run" in text and "(default: both)" in text
+    assert "{mnist1d,digits_aug,teacher}" in text and "nm mnist1d,digits_aug,teacher" in text
+    assert "{gpt,cnn,vit}" in text and "(default: None)" not in text
+    assert "bench/results/heldout.jsonl for nm/nm_quick" in text
+    for preset in ("nm:", "nm_quick:", "models:", "models_quick:", "cpu:", "quick:"):
+        assert preset in text, preset
     with pytest.raises(SystemExit):
         cli.main(["eval", "--sweeps", "width,nope"])
     assert "unknown ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--schedules", "step"])
+    assert "unknown ['step']" in capsys.readouterr().err
+
+
+def test_memorizable_presets_take_several_meta_weights_and_refuse_held_out_options(tmp_path):
+    out = ev.run(
+        tmp_path / "g.jsonl",
+        "quick",
+        meta_weights="mulo_cpu,mulo_cpu_s2",
+        log=lambda *_: None,
+        optimizers=("mulo",),
+        sweeps=("width",),
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["meta_weights"] for r in rows if r["width"] == 16] == ["mulo_cpu", "mulo_cpu_s2"]
+    assert len({r["meta_weights_sha256"] for r in rows}) == 2 and "schedule" not in rows[0]
+    for kwargs in ({"schedules": ("cosine",)}, {"datasets": ("teacher",)}, {"models": ("gpt",)}):
+        with pytest.raises(ValueError, match="takes no"):
+            ev.run(tmp_path / "x.jsonl", "quick", **kwargs)
+
+
+def test_cli_routes_the_new_presets(tmp_path, monkeypatch):
+    from mulo import cli
+    from mulo.eval import heldout
+
+    seen = {}
+    monkeypatch.setattr(heldout, "run", lambda out, preset, *a, **k: seen.update(out=out, preset=preset, **k))
+    cli.main(["eval", "--preset", "nm", "--datasets", "teacher", "--schedules", "cosine", "--optimizers", "mulo"])
+    assert seen["out"] == "bench/results/heldout.jsonl" and seen["preset"] == "nm"
+    assert seen["datasets"] == ("teacher",) and seen["schedules"] == ("cosine",) and seen["optimizers"] == ("mulo",)
+    assert seen["sweeps"] == heldout.SWEEPS
