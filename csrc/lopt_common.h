@@ -1,7 +1,7 @@
 // Host side shared by the CPU and CUDA implementations of the mulo::lopt_* ops: argument checks, the
 // [A, Da, B, Db, C] view of each tensor (Layout, lopt_desc.h), the hyper vector (math::Hyper) and the one
 // builder of the per-tensor descriptor table (describe) that both devices' kernels read
-// (ALGORITHM.md §1, ARCHITECTURE.md "backend contract").
+// (docs/ALGORITHM.md §1, ARCHITECTURE.md "backend contract").
 #pragma once
 
 #include <ATen/ATen.h>

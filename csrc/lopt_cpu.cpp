@@ -1,4 +1,4 @@
-// CPU implementation of the mulo::lopt_* ops (ALGORITHM.md §5): pass A (row/column sums of s and the
+// CPU implementation of the mulo::lopt_* ops (docs/ALGORITHM.md §5): pass A (row/column sums of s and the
 // finite flag), pass B (the 28 sums of squares), pass C (apply). OpenMP runs over chunks of all tensors at
 // once; the SIMD kernels of passes B and C are picked at run time (cpuid) among lopt_cpu_{avx512,avx2,base}.
 // Per tensor and per pass, the O(rows + cols) work is done here: the new Adafactor accumulators and their

@@ -1,4 +1,4 @@
-// The μLO CPU kernels (passes B and C of ALGORITHM.md §5): the CPU's tiling of the shared per-element math
+// The μLO CPU kernels (passes B and C of docs/ALGORITHM.md §5): the CPU's tiling of the shared per-element math
 // (lopt_math.h, the code the CUDA kernels compile too), compiled per instruction set.
 //
 // Included by lopt_cpu_{base,avx2,avx512}.cpp after they set MULO_VW (fp32 lanes per vector), MULO_NV

@@ -1,4 +1,4 @@
-// CUDA implementation of the mulo::lopt_* ops (ALGORITHM.md §5), multi-tensor (multi_tensor.cuh): every
+// CUDA implementation of the mulo::lopt_* ops (docs/ALGORITHM.md §5), multi-tensor (multi_tensor.cuh): every
 // pass is one launch over the chunks of all tensors of a call, on the current stream, with no host sync
 // (the finite flags and step counters stay on the device). Storage dtypes of parameters (P) and state (S)
 // are template parameters (the gradient's, the parameter's or float32, is a warp-uniform branch); math is fp32.
@@ -201,7 +201,8 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, math::Hyp
     float* cv = M.colv + e * kRV;
     float c[3];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) c[k] = math::new_acc(H, k, ld_state(M.acc_b, sdt, k * M.ncol + e), M.sums[M.nrow + e], d1);
+    for (int k = 0; k < 3; ++k)
+      c[k] = math::new_acc(H, k, ld_state(M.acc_b, sdt, k * M.ncol + e), M.sums[M.nrow + e], d1);
     math::col_entry(c, [&](int j, float x) { cv[j] = x; });
     finish_entry(cv, l1, spec::kChCol, spec::kChRsqrtCol, M.acc_b, M.ncol, e);
   }
@@ -214,7 +215,7 @@ __global__ void prepare_kernel(const Meta* metas, const float* finite, math::Hyp
 }
 
 // ---- features ----------------------------------------------------------------------------------------------
-// The 28 channels of element e (ALGORITHM.md §2) and the element's new state, through lopt_math.h.
+// The 28 channels of element e (docs/ALGORITHM.md §2) and the element's new state, through lopt_math.h.
 template <class P, class S>
 __device__ __forceinline__ void features(const Meta& M, const math::Hyper& H, int64_t e, float (&x)[kFeatures],
                                          float (&m)[3], float& v, float (&u)[3]) {

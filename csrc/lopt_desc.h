@@ -19,7 +19,7 @@ struct Coords {
   int64_t x, i, y, j, z;
 };
 
-// Shape of one parameter as the kernels see it (ALGORITHM.md §1). A factored tensor (rank ≥ 2) is viewed as
+// Shape of one parameter as the kernels see it (docs/ALGORITHM.md §1). A factored tensor (rank ≥ 2) is viewed as
 // [A, Da, B, Db, C] with Da, Db its two factored axes (a < b); the row accumulator reduces the largest axis
 // d0, the column accumulator d1. Element-wise tensors are contiguous in the parameter's memory order.
 struct Layout {

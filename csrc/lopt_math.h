@@ -1,4 +1,4 @@
-// The per-element μLO math (ALGORITHM.md §1-3), written once for both devices: the CPU kernels instantiate it
+// The per-element μLO math (docs/ALGORITHM.md §1-3), written once for both devices: the CPU kernels instantiate it
 // with their SIMD vector type (lopt_cpu_kernels.h: one vector of VW elements per call), the CPU host code
 // (per-tensor preparation) and the CUDA kernels (lopt_cuda.cu, nvcc) with `float`. Nothing else in csrc/
 // computes a feature channel, a moment or accumulator update, an Adafactor factor, the output head or the
