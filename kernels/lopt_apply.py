@@ -178,32 +178,10 @@ def _decay_features(
 
 @triton.jit
 def lopt_apply_kernel(
-    chunks,
-    meta,
-    ptrs,
-    ws,
-    hyper,
-    decays,
-    taus,
-    perm,
-    w1,
-    b1,
-    w2,
-    b2,
-    w3,
-    b3,
-    exp_mult,
-    step_mult,
-    P_DT: tl.constexpr,
-    G_DT: tl.constexpr,
-    S_DT: tl.constexpr,
-    BX: tl.constexpr,
-    BY: tl.constexpr,
-    NSUB: tl.constexpr,
-    HID: tl.constexpr,
-    DOT: tl.constexpr,
-    IDX: tl.constexpr,
-):
+    chunks, meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
+    NSUB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
+):  # fmt: skip
     """x = 28 features · scale (scale_j = rsqrt(1e-5 + Σx_j²/n), folded into W1) ⊕ tanh(t/τ − 1) (folded
     into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
     p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite.
@@ -250,30 +228,8 @@ def lopt_apply_kernel(
     b3a = tl.load(b3 + 1)
 
     for sub in range(NSUB):  # NSUB tiles of BX × BY elements share the folded weights
-        (
-            t,
-            bidx,
-            xt,
-            yt,
-            n,
-            nx,
-            ny,
-            nbatch,
-            flags,
-            off,
-            mask,
-            mx,
-            my,
-            ix,
-            iy,
-            lx,
-            ly,
-            ws_sx,
-            ws_sy,
-            ws_nx,
-            ws_ny,
-            ws_t,
-        ) = tile_coords(chunks, meta, BX, BY, IDX, NSUB, sub)
+        (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly,
+         ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = tile_coords(chunks, meta, BX, BY, IDX, NSUB, sub)  # fmt: skip
         prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
         ok = tl.load(wsT) == 0.0
         factored = (flags & FLAG_FACTORED) != 0
@@ -371,30 +327,7 @@ def lopt_apply(
     (w1, b1), (w2, b2), (w3, b3) = layers
     grid = (plan.chunks_c.shape[0],)
     lopt_apply_kernel[grid](
-        plan.chunks_c,
-        plan.meta,
-        ptrs,
-        ws,
-        hyper,
-        decays,
-        taus,
-        perm,
-        w1,
-        b1,
-        w2,
-        b2,
-        w3,
-        b3,
-        exp_mult,
-        step_mult,
-        p_dt,
-        g_dt,
-        s_dt,
-        block_x,
-        block_y,
-        nsub,
-        w2.shape[-1],
-        dot,
-        tl.int64 if plan.use_int64 else tl.int32,
+        plan.chunks_c, plan.meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult,
+        p_dt, g_dt, s_dt, block_x, block_y, nsub, w2.shape[-1], dot, tl.int64 if plan.use_int64 else tl.int32,
         num_warps=NUM_WARPS,
-    )
+    )  # fmt: skip

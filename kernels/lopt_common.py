@@ -78,30 +78,9 @@ def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.conste
     ws_nx = tl.load(row + M_WS_NX).to(IDX)
     ws_ny = tl.load(row + M_WS_NY).to(IDX)
     ws_t = tl.load(row + M_WS_T).to(IDX)
-    return (
-        t,
-        bidx,
-        xt,
-        yt,
-        n,
-        nx,
-        ny,
-        nbatch,
-        flags,
-        off,
-        mask,
-        mx,
-        my,
-        ix,
-        iy,
-        lx,
-        ly,
-        ws_sx,
-        ws_sy,
-        ws_nx,
-        ws_ny,
-        ws_t,
-    )
+    # the tile's table row and coordinates, in this order (kernels unpack them positionally)
+    return (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly,
+            ws_sx, ws_sy, ws_nx, ws_ny, ws_t)  # fmt: skip
 
 
 @triton.jit

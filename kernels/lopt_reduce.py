@@ -63,14 +63,6 @@ def lopt_reduce(plan, ptrs: torch.Tensor, ws: torch.Tensor, g_dt, s_dt, block_x:
     """Launch pass A over ``plan.chunks_ab`` (``ws`` must be zeroed)."""
     grid = (plan.chunks_ab.shape[0],)
     lopt_reduce_kernel[grid](
-        plan.chunks_ab,
-        plan.meta,
-        ptrs,
-        ws,
-        g_dt,
-        s_dt,
-        block_x,
-        block_y,
-        tl.int64 if plan.use_int64 else tl.int32,
+        plan.chunks_ab, plan.meta, ptrs, ws, g_dt, s_dt, block_x, block_y, tl.int64 if plan.use_int64 else tl.int32,
         num_warps=NUM_WARPS,
-    )
+    )  # fmt: skip

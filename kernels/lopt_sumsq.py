@@ -136,16 +136,6 @@ def lopt_sumsq(
     """Launch pass B over ``plan.chunks_ab`` (after pass A)."""
     grid = (plan.chunks_ab.shape[0],)
     lopt_sumsq_kernel[grid](
-        plan.chunks_ab,
-        plan.meta,
-        ptrs,
-        ws,
-        decays,
-        p_dt,
-        g_dt,
-        s_dt,
-        block_x,
-        block_y,
-        tl.int64 if plan.use_int64 else tl.int32,
-        num_warps=NUM_WARPS,
-    )
+        plan.chunks_ab, plan.meta, ptrs, ws, decays, p_dt, g_dt, s_dt, block_x, block_y,
+        tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS,
+    )  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from mulo.backends.passes import States, Tensors
 from mulo.lopt.network import MetaWeights
 
 
@@ -30,13 +31,7 @@ class Backend(Protocol):
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool: ...
 
     def step(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        lrs: list[float],
-        weight_decays: list[float],
-        weights: MetaWeights,
+        self, params: Tensors, grads: Tensors, states: States, lrs, weight_decays, weights: MetaWeights
     ) -> None: ...
 
 

@@ -127,40 +127,23 @@ def summed_elements(geom: ShardGeometry, layout: str) -> int:
     return count
 
 
+Tensors = list[torch.Tensor]  # one tensor per parameter of a bucket
+States = list[dict[str, torch.Tensor]]  # each parameter's state dict (ARCHITECTURE.md, the backend contract)
+Geometries = list[ShardGeometry]
+
+
 @runtime_checkable
 class PassBackend(Protocol):
     """What a backend declaring the ``"passes"`` capability implements (see the module docstring)."""
 
     name: str
 
-    def pass_a(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        geoms: list[ShardGeometry],
-        weights: MetaWeights,
-    ) -> list[TensorStats]: ...
+    def pass_a(self, params: Tensors, grads: Tensors, states: States, geoms: Geometries, weights: MetaWeights
+               ) -> list[TensorStats]: ...  # fmt: skip
 
-    def pass_b(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        stats: list[TensorStats],
-        geoms: list[ShardGeometry],
-        weights: MetaWeights,
-    ) -> list[torch.Tensor]: ...
+    def pass_b(self, params: Tensors, grads: Tensors, states: States, stats: list[TensorStats], geoms: Geometries,
+               weights: MetaWeights) -> Tensors: ...  # fmt: skip
 
-    def pass_c(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        stats: list[TensorStats],
-        sumsqs: list[torch.Tensor],
-        geoms: list[ShardGeometry],
-        lrs: list[float],
-        weight_decays: list[float],
-        weights: MetaWeights,
-    ) -> None: ...
+    def pass_c(self, params: Tensors, grads: Tensors, states: States, stats: list[TensorStats], sumsqs: Tensors,
+               geoms: Geometries, lrs: list[float], weight_decays: list[float], weights: MetaWeights
+               ) -> None: ...  # fmt: skip

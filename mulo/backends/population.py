@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mulo.backends.passes import States, Tensors
 from mulo.backends.reference import safe_rsqrt
 from mulo.lopt import constants as C
 from mulo.lopt.network import MetaWeights
@@ -290,13 +291,8 @@ def step_tensor(
 
 
 def population_step(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    states: list[dict[str, torch.Tensor]],
-    lrs: list[float],
-    weight_decays: list[float],
-    weights: PopulationMetaWeights,
-) -> None:
+    params: Tensors, grads: Tensors, states: States, lrs, weight_decays, weights: PopulationMetaWeights
+):
     """One μLO step of every member of a population (see the module docstring), in place."""
     for p, g, st, lr, wd in zip(params, grads, states, lrs, weight_decays, strict=True):
         step_tensor(p, g, st, lr, wd, weights)

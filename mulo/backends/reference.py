@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from mulo.backends.passes import TensorStats
+from mulo.backends.passes import States, Tensors, TensorStats
 from mulo.lopt import constants as C
 from mulo.lopt import spec
 from mulo.lopt.network import MetaWeights
@@ -297,15 +297,7 @@ class ReferenceBackend:
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return True
 
-    def step(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        lrs: list[float],
-        weight_decays: list[float],
-        weights: MetaWeights,
-    ) -> None:
+    def step(self, params: Tensors, grads: Tensors, states: States, lrs, weight_decays, weights: MetaWeights) -> None:
         for p, g, st, lr, wd in zip(params, grads, states, lrs, weight_decays, strict=True):
             step_one(p, g, st, lr, wd, weights)
 

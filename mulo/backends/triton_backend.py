@@ -28,7 +28,7 @@ import triton  # noqa: F401  (ImportError here tells the registry the backend is
 import triton.language as tl
 
 from mulo.backends import reference
-from mulo.backends.passes import ShardGeometry, TensorStats
+from mulo.backends.passes import ShardGeometry, States, Tensors, TensorStats
 from mulo.backends.population import PopulationMetaWeights, member_lr
 from mulo.kernels import lopt_common, lopt_plan
 from mulo.kernels.lopt_apply import DOT_MODES, lopt_apply
@@ -105,15 +105,7 @@ class TritonBackend:
             return torch.cuda.is_available()
         return device.type == "cpu" and lopt_common.INTERPRET
 
-    def step(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict[str, torch.Tensor]],
-        lrs: list[float],
-        weight_decays: list[float],
-        weights: MetaWeights,
-    ) -> None:
+    def step(self, params: Tensors, grads: Tensors, states: States, lrs, weight_decays, weights: MetaWeights) -> None:
         _check_weights(weights.layers)
         # a non-contiguous parameter (a transposed view, channels_last) steps through a contiguous copy, written
         # back after: state is indexed in the parameter's logical order, as by every backend
