@@ -177,47 +177,19 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
     return load_backend(chosen)
 
 
-register_backend(
-    BackendSpec(
-        name="reference",
-        factory="mulo.backends.reference:ReferenceBackend",
-        device_types=("cpu", "cuda", "mps", "xpu", "meta"),
-        priority=100,
-        fix="(always available)",
-        capabilities=frozenset({"passes", "population"}),
-    )
-)
-register_backend(
-    BackendSpec(
-        name="triton",
-        factory="mulo.backends.triton_backend:TritonBackend",
-        device_types=("cuda", "cpu"),
-        priority=20,
-        fix="pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)",
-        auto_device_types=("cuda",),
-        capabilities=frozenset({"passes", "population"}),
-    )
-)
-register_backend(
-    BackendSpec(
-        name="cpu",
-        factory="mulo.backends.native:CpuBackend",
-        device_types=("cpu",),
-        priority=10,
-        fix="build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
-        capabilities=frozenset({"passes", "population"}),
-    )
-)
-register_backend(
-    BackendSpec(
-        name="cuda",
-        factory="mulo.backends.native:CudaBackend",
-        device_types=("cuda",),
-        priority=10,
-        fix="set CUDA_HOME and build the native extension: `make install` (or `pip install --no-build-isolation -e .`)",
-        capabilities=frozenset({"passes"}),
-    )
-)
+_NATIVE_FIX = "build the native extension: `make install` (or `pip install --no-build-isolation -e .`)"
+for _spec in (
+    BackendSpec("reference", "mulo.backends.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
+                "(always available)", capabilities=frozenset({"passes", "population"})),
+    BackendSpec("triton", "mulo.backends.triton_backend:TritonBackend", ("cuda", "cpu"), 20,
+                "pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)", auto_device_types=("cuda",),
+                capabilities=frozenset({"passes", "population"})),
+    BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
+                capabilities=frozenset({"passes", "population"})),
+    BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 10, f"set CUDA_HOME and {_NATIVE_FIX}",
+                capabilities=frozenset({"passes"})),
+):  # fmt: skip
+    register_backend(_spec)
 
 __all__ = [
     "Backend",

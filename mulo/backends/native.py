@@ -146,26 +146,11 @@ def apply(
     acc_a, acc_b = _accumulators(states)
     mlp = [t.float().contiguous() for layer in weights.layers for t in layer]
     torch.ops.mulo.lopt_apply(
-        params,
-        grads,
-        [st["momentum"] for st in states],
-        [st["second_moment"] for st in states],
-        acc_a,
-        acc_b,
-        [st["step"] for st in states],
-        [st["nonfinite_skips"] for st in states],
-        sums,
-        sq,
-        finite,
-        mlp,
-        [float(x) for x in lrs],
-        [float(x) for x in weight_decays],
-        dims,
-        hyper(weights),
-        list(weight_index),
-        list(whole),
-        list(row_acc_sums),
-    )
+        params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], acc_a, acc_b,
+        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], sums, sq, finite, mlp,
+        [float(x) for x in lrs], [float(x) for x in weight_decays], dims, hyper(weights), list(weight_index),
+        list(whole), list(row_acc_sums),
+    )  # fmt: skip
 
 
 def whole_geometry(geoms: list[ShardGeometry], layout: str) -> tuple[list[int], list[int]]:

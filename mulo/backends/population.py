@@ -36,7 +36,7 @@ import torch
 from mulo.backends.passes import States, Tensors
 from mulo.backends.reference import safe_rsqrt
 from mulo.lopt import constants as C
-from mulo.lopt.network import MetaWeights
+from mulo.lopt.network import META_SCALARS, MetaWeights, meta_scalars
 from mulo.lopt.shapes import accumulator_shapes, factored_dims, math_shape, physical_shape
 
 # Rows (elements × members) per batched MLP evaluation: small enough that the hidden activations stay in
@@ -54,16 +54,9 @@ def member_lr(lr, j: int, members: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class PopulationMetaWeights:
-    """Meta-weights of M members: ``layers`` = ((W (M, out, in), b (M, out)), ...); scalars shared."""
-
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    momentum_decays: tuple[float, float, float]
-    rms_decay: float
-    adafactor_decays: tuple[float, float, float]
-    exp_mult: float
-    step_mult: float
-    layout: str
+class PopulationMetaWeights(MetaWeights):
+    """Meta-weights of M members: ``layers`` = ((W (M, out, in), b (M, out)), ...); the scalars (decays,
+    multipliers, layout: :data:`mulo.lopt.network.META_SCALARS`) are shared."""
 
     @property
     def size(self) -> int:
@@ -71,15 +64,7 @@ class PopulationMetaWeights:
 
     def member(self, j: int) -> MetaWeights:
         """Member ``j``'s meta-weights as the single-optimizer backends take them."""
-        return MetaWeights(
-            layers=tuple((w[j], b[j]) for w, b in self.layers),
-            momentum_decays=self.momentum_decays,
-            rms_decay=self.rms_decay,
-            adafactor_decays=self.adafactor_decays,
-            exp_mult=self.exp_mult,
-            step_mult=self.step_mult,
-            layout=self.layout,
-        )
+        return MetaWeights(layers=tuple((w[j], b[j]) for w, b in self.layers), **meta_scalars(self))
 
     @classmethod
     def stack(cls, members: Sequence[MetaWeights]) -> PopulationMetaWeights:
@@ -88,26 +73,14 @@ class PopulationMetaWeights:
             raise ValueError("PopulationMetaWeights.stack needs at least one member")
         first = members[0]
         for j, w in enumerate(members):
-            for f in ("momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout"):
+            for f in META_SCALARS:
                 if getattr(w, f) != getattr(first, f):
                     raise ValueError(f"member {j} has {f}={getattr(w, f)!r}, member 0 has {getattr(first, f)!r}")
         layers = tuple(
             (torch.stack([w.layers[k][0] for w in members]), torch.stack([w.layers[k][1] for w in members]))
             for k in range(len(first.layers))
         )
-        return dataclasses.replace(_scalars_of(first), layers=layers)
-
-
-def _scalars_of(w: MetaWeights) -> PopulationMetaWeights:
-    return PopulationMetaWeights(
-        layers=(),
-        momentum_decays=w.momentum_decays,
-        rms_decay=w.rms_decay,
-        adafactor_decays=w.adafactor_decays,
-        exp_mult=w.exp_mult,
-        step_mult=w.step_mult,
-        layout=w.layout,
-    )
+        return cls(layers=layers, **meta_scalars(first))
 
 
 def init_population_state(

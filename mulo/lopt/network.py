@@ -119,6 +119,15 @@ class MetaWeights:
     layout: str
 
 
+# the scalar fields of MetaWeights, which a population's members share and an LOptConfig also carries
+META_SCALARS = ("momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout")
+
+
+def meta_scalars(source) -> dict:
+    """The :data:`META_SCALARS` of ``source`` (MetaWeights, PopulationMetaWeights or an LOptConfig)."""
+    return {name: getattr(source, name) for name in META_SCALARS}
+
+
 class LOptNet(nn.Module):
     """The 39→32→32→2 small_fc_lopt network, loadable from the published μLO_M layout.
 
@@ -171,15 +180,7 @@ class LOptNet(nn.Module):
             )
             for layer in self.network.values()
         )
-        return MetaWeights(
-            layers=layers,
-            momentum_decays=cfg.momentum_decays,
-            rms_decay=cfg.rms_decay,
-            adafactor_decays=cfg.adafactor_decays,
-            exp_mult=cfg.exp_mult,
-            step_mult=cfg.step_mult,
-            layout=cfg.layout,
-        )
+        return MetaWeights(layers=layers, **meta_scalars(cfg))
 
     def version(self) -> int:
         """Changes whenever a weight is modified in place (used to refresh cached copies)."""

@@ -12,7 +12,7 @@ import dataclasses
 import torch
 
 from mulo.backends.population import PopulationMetaWeights
-from mulo.lopt.network import LOptConfig, LOptNet
+from mulo.lopt.network import LOptConfig, LOptNet, meta_scalars
 
 
 def layer_shapes(config: LOptConfig) -> list[tuple[tuple[int, int], tuple[int]]]:
@@ -58,15 +58,7 @@ def population_weights(thetas: torch.Tensor, config: LOptConfig) -> PopulationMe
         layers.append((w, b))
     if offset != thetas.shape[1]:
         raise ValueError(f"thetas has {thetas.shape[1]} columns, expected {offset} for this LOptConfig")
-    return PopulationMetaWeights(
-        layers=tuple(layers),
-        momentum_decays=config.momentum_decays,
-        rms_decay=config.rms_decay,
-        adafactor_decays=config.adafactor_decays,
-        exp_mult=config.exp_mult,
-        step_mult=config.step_mult,
-        layout=config.layout,
-    )
+    return PopulationMetaWeights(layers=tuple(layers), **meta_scalars(config))
 
 
 def with_step_mult(config: LOptConfig, step_mult: float, **info) -> LOptConfig:
