@@ -362,19 +362,10 @@ def evaluate(
     return float(unroll.task.normalized_loss(loss[:seeds]).mean())
 
 
-def meta_train(
-    config: MetaTrainConfig,
-    out: str | os.PathLike,
-    *,
-    device: torch.device | str = "cpu",
-    init_weights: str | os.PathLike | None = None,
-    progress: bool = True,
-    inner_backend: str = "reference",
-) -> Path:
-    """Meta-train (or resume) into ``out``; returns the directory of the final meta-weights."""
-    return MetaTrainer(
-        config, out, device=device, init_weights=init_weights, progress=progress, inner_backend=inner_backend
-    ).run()
+def meta_train(config: MetaTrainConfig, out: str | os.PathLike, **options) -> Path:
+    """Meta-train (or resume) into ``out``; returns the directory of the final meta-weights. ``options``:
+    those of :class:`MetaTrainer` (device, init_weights, progress, inner_backend)."""
+    return MetaTrainer(config, out, **options).run()
 
 
 __all__ = ["CheckpointError", "MetaTrainer", "build_estimators", "check_output_dir", "evaluate", "meta_train"]

@@ -8,6 +8,23 @@ from torch import nn
 from mulo.mup import MuReadout, ParamRole, fan_in, init_
 
 
+def _declared_roles(model: nn.Module, is_other, is_input) -> dict[str, ParamRole]:
+    """Roles of a model whose readout is ``readout``: ``other`` where ``is_other(name, p)``, ``output`` for
+    the readout's weights, ``input`` where ``is_input(name)``, ``hidden`` for every other tensor."""
+    out = {}
+    for name, p in model.named_parameters():
+        if is_other(name, p):
+            role = "other"
+        elif name.startswith("readout"):
+            role = "output"
+        elif is_input(name):
+            role = "input"
+        else:
+            role = "hidden"
+        out[name] = ParamRole(role, fan_in(p))
+    return out
+
+
 class MuMLP(nn.Module):
     """ReLU MLP in μP: ``input`` Linear → ``depth − 1`` hidden Linears → :class:`MuReadout`.
 
@@ -35,18 +52,7 @@ class MuMLP(nn.Module):
         init_(self, self.roles(), bias_std=bias_std, generator=generator)
 
     def roles(self) -> dict[str, ParamRole]:
-        out = {}
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                role = "other"
-            elif name.startswith("readout"):
-                role = "output"
-            elif name == "layers.0.weight":
-                role = "input"
-            else:
-                role = "hidden"
-            out[name] = ParamRole(role, fan_in(p))
-        return out
+        return _declared_roles(self, lambda name, p: name.endswith("bias"), lambda name: name == "layers.0.weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -88,18 +94,7 @@ class MuTransformerLM(nn.Module):
         init_(self, self.roles(), generator=generator)
 
     def roles(self) -> dict[str, ParamRole]:
-        out = {}
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                role = "other"
-            elif name.startswith(("tok", "pos")):
-                role = "input"
-            elif name.startswith("readout"):
-                role = "output"
-            else:
-                role = "hidden"
-            out[name] = ParamRole(role, fan_in(p))
-        return out
+        return _declared_roles(self, lambda name, p: p.dim() < 2, lambda name: name.startswith(("tok", "pos")))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         b, t = idx.shape
