@@ -15,7 +15,7 @@
 // folded into layer 1's initial value as well.
 //
 // Device-specific here: storage conversions (bf16/fp16), tile loads/stores, the tile's accumulator indices
-// and gathers, the micro-GEMM MLP, the pass-B partial sums, and the exp/rsqrt primitives of Vec.
+// and gathers of their entry values, the micro-GEMM MLP, the pass-B partial sums, and the exp/rsqrt primitives of Vec.
 #pragma once
 
 #include <cstdint>
@@ -163,11 +163,6 @@ struct Vec {
 MULO_INLINE Vec ld(const float* p) { return {vload(p)}; }
 MULO_INLINE void st(float* p, Vec x) { vstore(p, x.x); }
 MULO_INLINE Vec bcast(float x) { return {vbcast(x)}; }
-MULO_INLINE Vec gather(const float* base, const int64_t* idx) {
-  vf r;
-  for (int l = 0; l < VW; ++l) r[l] = base[idx[l]];
-  return {r};
-}
 
 // ---- micro-GEMM ---------------------------------------------------------------------------------------
 // out[O][T] = act(W[O][0:K] · in[K][T] + init); W row-major with leading dimension LDW.
@@ -339,6 +334,21 @@ inline void load_tile(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, Tile& t
 
 constexpr int R(int channel) { return mulo_cpu::row_of_channel(channel); }
 
+// Values J0.. of the row and column accumulator entries of every lane of a tile (generic path).
+template <int J0>
+inline void gather_entries(const mulo_cpu::TensorJob& J, const TilePos& tp, float (&rg)[mulo::math::kAccValues][T],
+                           float (&cg)[mulo::math::kAccValues][T]) {
+  for (int e = 0; e < T; ++e) {
+    const float* r = J.rowv + tp.ridx[e];
+    const float* c = J.colv + tp.cidx[e];
+#pragma GCC unroll 9
+    for (int j = J0; j < mulo::math::kAccValues; ++j) {
+      rg[j][e] = r[j * J.nrow];
+      cg[j][e] = c[j * J.ncol];
+    }
+  }
+}
+
 // The new state into t.m/t.v/t.u and the channels into t.X, one vector at a time through the shared math
 // (lopt_math.h). For factored tensors the row/column channels (13-24) are written only with `rowcol`
 // (otherwise pass B sums them per row/column, and pass C folds them into layer 1's initial value).
@@ -347,6 +357,14 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
                      Tile& t) {
   namespace math = mulo::math;
   const int64_t nr = J.nrow, nc = J.ncol;
+  // generic path (tiles across lines, C > 1): the lanes' row/column entry values, gathered once per tile
+  alignas(64) float rg[math::kAccValues][T], cg[math::kAccValues][T];
+  if (FACT && !tp.fast) {
+    if (rowcol)
+      gather_entries<0>(J, tp, rg, cg);
+    else
+      gather_entries<math::kAccFactor>(J, tp, rg, cg);
+  }
   for (int w = 0; w < NV; ++w) {
     const int o = w * VW;
     auto out = [&](int channel, Vec x) { st(&t.X[R(channel)][o], x); };
@@ -362,8 +380,8 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
         math::factored_channels(g, m, [&](int j) { return ld(J.rowv + j * nr + tp.r0 + o); },
                                 [&](int j) { return bcast(J.colv[j * nc + tp.c0]); }, false, out);
       } else {
-        math::factored_channels(g, m, [&](int j) { return gather(J.rowv + j * nr, tp.ridx + o); },
-                                [&](int j) { return gather(J.colv + j * nc, tp.cidx + o); }, rowcol, out);
+        math::factored_channels(g, m, [&](int j) { return ld(rg[j] + o); }, [&](int j) { return ld(cg[j] + o); },
+                                rowcol, out);
       }
     } else {
       Vec u[3] = {ld(t.u[0] + o), ld(t.u[1] + o), ld(t.u[2] + o)};
