@@ -3,8 +3,9 @@ CMakeLists.txt globs the same ``csrc/*.cpp`` / ``csrc/*.cu``).
 
 - The CPU kernels are always built (``-O3``, OpenMP; the SIMD variants select their instruction set with
   ``#pragma GCC target`` per file and are chosen at run time, so the binary runs on any x86-64 CPU).
-- The CUDA kernels are added when a CUDA toolkit is found (``CUDA_HOME`` or ``nvcc`` on ``PATH``), for
-  sm_80 and sm_90 only (``MULO_CUDA_ARCHS="80;90"`` to change); ``MULO_BUILD_CUDA=0`` skips them.
+- The CUDA kernels are added when a CUDA toolkit is found (``CUDA_HOME`` or ``nvcc`` on ``PATH``), as SASS
+  for sm_80 and sm_90 (``MULO_CUDA_ARCHS="80;90"`` to change) and PTX of the newest of them, which a newer
+  GPU JIT-compiles; ``MULO_BUILD_CUDA=0`` skips them.
 - A failed native build prints a warning and leaves mulo usable with its reference backend, unless
   ``MULO_BUILD_EXT=1`` asks for the build to be mandatory (CI sets it).
 """
@@ -63,6 +64,9 @@ def extensions(root: str) -> list:
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home  # torch resolved it at import; make both agree
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in _archs()]
+        # plus PTX of the newest arch: a newer GPU JIT-compiles it instead of failing with "no kernel image"
+        newest = max(_archs(), key=int)
+        gencode.append(f"-gencode=arch=compute_{newest},code=compute_{newest}")
         nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", *gencode]
         return [
             cpp_extension.CUDAExtension(

@@ -345,6 +345,14 @@ class CpuBackend(_NativeBackend):
         return self._C.cpu_isa()
 
 
+def runs_on_arch(sm: int, built: str) -> bool:
+    """Whether kernels built for ``built`` (``__CUDA_ARCH_LIST__``, e.g. ``"800,900"``: SASS for each, PTX of
+    the newest) run on a GPU of compute capability ``sm`` (e.g. 86): SASS of the same major version and a
+    minor version no higher (sm_80 code runs on sm_86), or PTX JIT-compiled on any GPU newer than the newest."""
+    archs = [int(a) // 10 for a in built.replace(";", ",").split(",") if a.strip().isdigit()]
+    return bool(archs) and (any(a // 10 == sm // 10 and a <= sm for a in archs) or sm > max(archs))
+
+
 class CudaBackend(_NativeBackend):
     """Multi-tensor CUDA μLO (csrc/lopt_cuda.cu)."""
 
@@ -359,3 +367,17 @@ class CudaBackend(_NativeBackend):
                 "mulo._C was built without CUDA kernels (no CUDA toolkit found at build time); set CUDA_HOME to "
                 "the toolkit root and rebuild with `make install` (or `pip install --no-build-isolation -e .`)"
             )
+        self._runs_on: dict[int, bool] = {}
+
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """CUDA parameters of a native dtype on a GPU the build runs on: one of its SASS architectures, or a
+        newer one, which JIT-compiles the embedded PTX of the newest (an older GPU gets ``auto``'s next
+        backend, and an explicit ``backend="cuda"`` says why)."""
+        if not super().supports(device, dtype):
+            return False
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        if index not in self._runs_on:
+            major, minor = torch.cuda.get_device_capability(index)
+            self._runs_on[index] = runs_on_arch(10 * major + minor, self._C.cuda_archs())
+        return self._runs_on[index]

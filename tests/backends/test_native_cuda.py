@@ -139,3 +139,25 @@ def test_cuda_opcheck():
         torch.ops.mulo.lopt_sumsq.default,
         (params, grads, mom, sec, acc_a, acc_b, sums, finite, dims, native.hyper(w)),
     )
+
+
+def test_cuda_backend_runs_only_on_architectures_the_build_covers(monkeypatch):
+    """SASS for sm_80/sm_90 and PTX of sm_90: sm_80/86/89/90 run the SASS, sm_100/120 JIT the PTX, sm_75 is
+    refused (auto moves on; an explicit backend='cuda' names the reason)."""
+    from mulo.backends.native import runs_on_arch
+
+    for sm, ok in ((80, True), (86, True), (89, True), (90, True), (100, True), (120, True), (75, False), (70, False)):
+        assert runs_on_arch(sm, "800,900") is ok, sm
+    assert not runs_on_arch(90, "unknown")
+    assert runs_on_arch(90, "900") and not runs_on_arch(86, "900")
+
+
+@pytest.mark.skipif(not _C.has_cuda(), reason="this build has no CUDA kernels (no toolkit at build time)")
+def test_cuda_supports_checks_the_device_architecture(monkeypatch):
+    backend = native.CudaBackend()
+    caps = {0: (9, 0), 1: (7, 5)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: caps[index])
+    monkeypatch.setattr(backend._C, "cuda_archs", lambda: "800,900")
+    assert backend.supports(torch.device("cuda:0"), torch.float32)
+    assert not backend.supports(torch.device("cuda:1"), torch.float32)
+    assert not backend.supports(torch.device("cuda:0"), torch.float64)
