@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mulo.backends import reference as ref
-from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
+from mulo.lopt.shapes import physical_shape
+from mulo.lopt.state import init_state
 from tests.helpers import SHAPES, hetero_grad, random_net, shape_id
 from tests.tolerances import TRAJECTORY, assert_close, movement_error, state_scale
 
@@ -41,15 +42,8 @@ def isa(request):
 
 
 def new_state(p, dtype, layout="torch"):
-    st = {
-        "step": torch.zeros((), dtype=torch.float32),
-        "momentum": torch.zeros((3, *physical_shape(p.shape)), dtype=dtype),
-        "second_moment": torch.zeros(physical_shape(p.shape), dtype=dtype),
-        "nonfinite_skips": torch.zeros((), dtype=torch.float32),
-    }
-    for k, s in accumulator_shapes(math_shape(p.shape, layout)).items():
-        st[k] = torch.zeros(s, dtype=dtype)
-    return st
+    """Zero state for ``p`` (the package's one allocator)."""
+    return init_state(p.shape, dtype, p.device, layout)
 
 
 def compare(params, states, ref_params, ref_states, key, what, grad_max=None):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mulo.backends.reference import ReferenceBackend
-from mulo.lopt.shapes import accumulator_shapes, math_shape, physical_shape
+from mulo.lopt.shapes import physical_shape
+from mulo.lopt.state import init_state
 from tests.helpers import SHAPES, hetero_grad, random_net, shape_id
 from tests.tolerances import TRAJECTORY, assert_close, movement_error, state_scale
 
@@ -18,16 +19,8 @@ IEEE = dict(dot="ieee")
 
 
 def new_state(p: torch.Tensor, dtype: torch.dtype, layout: str = "torch") -> dict[str, torch.Tensor]:
-    phys = physical_shape(p.shape)
-    st = {
-        "step": torch.zeros((), dtype=torch.float32, device=p.device),
-        "momentum": torch.zeros((3, *phys), dtype=dtype, device=p.device),
-        "second_moment": torch.zeros(phys, dtype=dtype, device=p.device),
-        "nonfinite_skips": torch.zeros((), dtype=torch.float32, device=p.device),
-    }
-    for key, shape in accumulator_shapes(math_shape(p.shape, layout)).items():
-        st[key] = torch.zeros(shape, dtype=dtype, device=p.device)
-    return st
+    """Zero state for ``p`` on its device (the package's one allocator)."""
+    return init_state(p.shape, dtype, p.device, layout)
 
 
 def run_pair(shapes, steps, *, dtype=torch.float32, ref_dtype=torch.float64, state_dtype=None, layout="torch",
