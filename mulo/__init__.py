@@ -6,6 +6,7 @@
 """
 
 from mulo import backends, mup
+from mulo.celo2 import Celo2
 from mulo.lopt import LOptNet, MetaWeights
 from mulo.lopt.network import LOptConfig
 from mulo.optim import MuLO, MuPWarning, PlaceholderMetaWeightsWarning
@@ -13,6 +14,7 @@ from mulo.optim import MuLO, MuPWarning, PlaceholderMetaWeightsWarning
 __version__ = "0.1.0"
 
 __all__ = [
+    "Celo2",
     "LOptConfig",
     "LOptNet",
     "MetaWeights",

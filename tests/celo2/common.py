@@ -1,0 +1,53 @@
+"""What the Celo2 tests share: a random meta-network, its numpy copy for the oracle, a published-layout writer."""
+
+import json
+
+import torch
+
+from mulo.celo2 import Celo2Net
+
+# The published layout of docs/CELO2.md: every key of model.safetensors and its shape.
+PUBLISHED_KEYS = {
+    **{f"w0.{i}": (d, 8) for i, d in enumerate((1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3))},
+    "b0": (8,),
+    "dense_w.0": (8, 8),
+    "dense_b.0": (8,),
+    "dense_w.1": (8, 3),
+    "dense_b.1": (3,),
+}
+PUBLISHED_CONFIG = {
+    "feature_dims": [1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3],
+    "hidden_size": 8,
+    "hidden_layers": 2,
+    "output_size": 3,
+    "activation": "relu",
+}
+
+
+def random_celo2_net(seed: int = 0) -> Celo2Net:
+    """Random weights with non-zero biases, so that every term of the network is exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    net = Celo2Net(generator=gen)
+    with torch.no_grad():
+        for b in [net.b0, *net.dense_b]:
+            b.normal_(0.0, 0.3, generator=gen)
+    return net
+
+
+def numpy_weights(net: Celo2Net) -> dict:
+    return {
+        "w0": [w.detach().double().numpy() for w in net.w0],
+        "b0": net.b0.detach().double().numpy(),
+        "dense": [(w.detach().double().numpy(), b.detach().double().numpy()) for w, b in zip(net.dense_w, net.dense_b)],
+    }
+
+
+def write_published_layout(directory, tensors=None, config=None):
+    """A checkpoint written as the public port's Hub mixin writes one: safetensors + its 5-key config."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = tensors if tensors is not None else {k: torch.randn(s) for k, s in PUBLISHED_KEYS.items()}
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config or PUBLISHED_CONFIG))
+    return tensors
