@@ -518,15 +518,6 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     """Run ``mulo eval`` with the parsed ``args`` of :func:`add_parser`."""
-    run(
-        args.out,
-        args.preset,
-        args.meta_weights,
-        args.sp_weights,
-        sweeps=args.sweeps,
-        optimizers=args.optimizers,
-        schedules=args.schedules,
-        datasets=args.datasets,
-        models=args.models,
-    )
+    subsets = ("sweeps", "optimizers", "schedules", "datasets", "models")
+    run(args.out, args.preset, args.meta_weights, args.sp_weights, **{name: getattr(args, name) for name in subsets})
     return 0

@@ -117,28 +117,11 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~mulo.meta.presets.MetaTrainConfig` the options ask for (the preset plus overrides)."""
     from mulo.meta.presets import preset
 
-    return preset(
-        args.preset,
-        outer_steps=args.outer_steps,
-        dataset=args.dataset,
-        parameterization=args.parameterization,
-        estimator=args.estimator,
-        num_pairs=args.num_pairs,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        lr_peak=args.lr_peak,
-        lr_final=args.lr_final,
-        meta_loss=args.meta_loss,
-        label_noise=args.label_noise,
-        max_length=args.max_length,
-        warmup_steps=args.warmup_steps,
-        decay_end=args.decay_end,
-        inner_schedule=args.inner_schedule,
-        inner_warmup=args.inner_warmup,
-        inner_lr_final=args.inner_lr_final,
-        inner_weight_decay=args.inner_weight_decay,
-        reparam_global=args.reparam_global,
-    )
+    # every override option of the parser, by its name in the preset (None: the preset's value)
+    overrides = ("outer_steps", "dataset", "parameterization", "estimator", "num_pairs", "checkpoint_every",
+        "seed", "lr_peak", "lr_final", "meta_loss", "label_noise", "max_length", "warmup_steps", "decay_end",
+        "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global")  # fmt: skip
+    return preset(args.preset, **{name: getattr(args, name) for name in overrides})
 
 
 def run(args: argparse.Namespace) -> int:

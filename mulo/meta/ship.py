@@ -265,18 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-steps", type=int, default=300, help="inner steps of the held-out check (default 300)")
     args = ap.parse_args(argv)
     try:
-        out = ship(
-            args.run,
-            args.name,
-            preset=args.preset,
-            command=args.command,
-            dest=args.dest,
-            description=args.description,
-            check_steps=args.check_steps,
-            at_step=args.at_step,
-            stop_reason=args.stop_reason,
-            parent=args.parent,
-        )
+        options = ("preset", "command", "dest", "description", "check_steps", "at_step", "stop_reason", "parent")
+        out = ship(args.run, args.name, **{name: getattr(args, name) for name in options})
     except (FileNotFoundError, ValueError) as e:
         print(f"mulo.meta.ship: error: {e}", file=sys.stderr)
         return 2
