@@ -32,13 +32,19 @@ def native_extensions() -> tuple[list, dict]:
 ext_modules, cmdclass = native_extensions()
 
 
+WEIGHT_DIRS = ("mulo/lopt/pretrained", "mulo/celo2/pretrained")  # μLO's and Celo2's shipped meta-weights
+
+
 def weight_packages() -> list[str]:
-    """Each shipped set of meta-weights (a ``mulo/lopt/pretrained/NAME/`` directory with a config.json) is a
-    data-only package: listed as such, setuptools installs its files instead of warning that it would be
+    """Each shipped set of meta-weights (a ``NAME/`` directory with a config.json under one of WEIGHT_DIRS) is
+    a data-only package: listed as such, setuptools installs its files instead of warning that it would be
     ignored."""
-    base = os.path.join(ROOT, "mulo", "lopt", "pretrained")
-    names = sorted(d for d in os.listdir(base) if os.path.isfile(os.path.join(base, d, "config.json")))
-    return [f"mulo.lopt.pretrained.{name}" for name in names]
+    out = []
+    for rel in WEIGHT_DIRS:
+        base = os.path.join(ROOT, *rel.split("/"))
+        names = sorted(d for d in os.listdir(base) if os.path.isfile(os.path.join(base, d, "config.json")))
+        out += [f"{rel.replace('/', '.')}.{name}" for name in names]
+    return out
 
 
 WEIGHT_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]

@@ -194,3 +194,12 @@ def test_unknown_shipped_name_lists_the_choices():
         LOptNet.from_pretrained("mulo_cpu_spx")
     with pytest.raises(FileNotFoundError, match="choose one of"):
         pretrained.weights_dir("nope")
+
+
+def test_placeholder_files_regenerate_byte_for_byte(tmp_path):
+    """`python -m mulo.lopt.pretrained` rebuilds the shipped hand-set placeholder exactly."""
+    from mulo.lopt import pretrained
+
+    out = pretrained.build_handset_adam().save_pretrained(tmp_path / "p")
+    shipped = pretrained.weights_dir(pretrained.PLACEHOLDER)
+    assert (out / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()

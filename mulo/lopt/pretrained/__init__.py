@@ -76,8 +76,3 @@ def build_handset_adam() -> LOptNet:
         net.network["output"].weight[0, 0] = 1.0
         net.network["output"].weight[0, 1] = -1.0
     return net
-
-
-if __name__ == "__main__":
-    # regenerate the placeholder's files
-    print(build_handset_adam().save_pretrained(HERE / PLACEHOLDER))
