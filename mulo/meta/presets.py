@@ -158,6 +158,30 @@ def _mlps(dataset: str, widths, depth: int, batch: int) -> tuple[ImageMLPSpec, .
     return tuple(ImageMLPSpec(dataset, w, depth, batch, "mup") for w in widths)
 
 
+# the recipe of the shipped weights (mulo/lopt/pretrained/mulo_cpu): three small μP widths on the offline
+# digits, the evaluation's base task shape (depth 2, batch 128), the paper's horizons (100..1000, offsets
+# ≤ 50) in 10-step truncations; sized for one CPU core per run (about an hour)
+_MULO_CPU = MetaTrainConfig(
+    families=_mlps("digits", (16, 32, 64), 2, 128),
+    num_pairs=8, unroll_length=10, min_length=100, max_length=1000, max_initial_offset=50,
+    outer_steps=2500, lr_peak=1e-2, lr_final=1e-3, warmup_steps=50, decay_end=2500, checkpoint_every=25,
+)  # fmt: skip
+
+# non-memorizable data (mulo.data.procedural): fresh examples every batch, a loss floor above 0, so
+# growing the logits of memorized examples is never rewarded; each inner run follows a cosine learning-
+# rate schedule to 0 over its sampled length (mulo.meta.inner); the log meta-loss; sized for one CPU
+# core with --inner-backend cpu (≈ 0.25 s per outer step: 2 h), checkpoints every 100 outer steps (≈ 4 MB).
+# Outer LR 1e-3 → 1e-4: at 3e-3 the meta-training collapsed by step 1,600 (bench/results/meta_training)
+_MULO_NM = _MULO_CPU.replace(
+    families=(
+        ImageMLPSpec("mnist1d", 64, 2, 128, "mup"),
+        ImageMLPSpec("digits_aug", 32, 2, 128, "mup"),
+        ImageMLPSpec("teacher", 16, 2, 128, "mup"),
+    ),
+    outer_steps=30000, lr_peak=1e-3, lr_final=1e-4, warmup_steps=100, decay_end=30000, checkpoint_every=100,
+    meta_loss="log", inner_schedule="cosine", inner_warmup=0.05,
+)  # fmt: skip
+
 PRESETS: dict[str, MetaTrainConfig] = {
     "tiny": MetaTrainConfig(
         families=_mlps("digits", (32,), 2, 32),
@@ -184,48 +208,8 @@ PRESETS: dict[str, MetaTrainConfig] = {
         decay_end=480,
         checkpoint_every=25,
     ),
-    # the recipe of the shipped weights (mulo/lopt/pretrained/mulo_cpu): three small μP widths on the offline
-    # digits, the evaluation's base task shape (depth 2, batch 128), the paper's horizons (100..1000, offsets
-    # ≤ 50) in 10-step truncations; sized for one CPU core per run (about an hour)
-    "mulo_cpu": MetaTrainConfig(
-        families=_mlps("digits", (16, 32, 64), 2, 128),
-        num_pairs=8,
-        unroll_length=10,
-        min_length=100,
-        max_length=1000,
-        max_initial_offset=50,
-        outer_steps=2500,
-        lr_peak=1e-2,
-        lr_final=1e-3,
-        warmup_steps=50,
-        decay_end=2500,
-        checkpoint_every=25,
-    ),
-    # non-memorizable data (mulo.data.procedural): fresh examples every batch, a loss floor above 0, so
-    # growing the logits of memorized examples is never rewarded; each inner run follows a cosine learning-
-    # rate schedule to 0 over its sampled length (mulo.meta.inner); the log meta-loss; sized for one CPU
-    # core with --inner-backend cpu (≈ 0.25 s per outer step: 2 h), checkpoints every 100 outer steps (≈ 4 MB)
-    "mulo_nm": MetaTrainConfig(
-        families=(
-            ImageMLPSpec("mnist1d", 64, 2, 128, "mup"),
-            ImageMLPSpec("digits_aug", 32, 2, 128, "mup"),
-            ImageMLPSpec("teacher", 16, 2, 128, "mup"),
-        ),
-        num_pairs=8,
-        unroll_length=10,
-        min_length=100,
-        max_length=1000,
-        max_initial_offset=50,
-        outer_steps=30000,
-        lr_peak=3e-3,
-        lr_final=3e-4,
-        warmup_steps=100,
-        decay_end=30000,
-        checkpoint_every=100,
-        meta_loss="log",
-        inner_schedule="cosine",
-        inner_warmup=0.05,
-    ),
+    "mulo_cpu": _MULO_CPU,
+    "mulo_nm": _MULO_NM,
     "mulo_m": MetaTrainConfig(
         families=_mlps("hf:uoft-cs/cifar10", (128, 512, 1024), 3, 4096),
     ),
