@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from mulo.backends import _caller_stacklevel
 from mulo.celo2 import reference, spec
 from mulo.celo2.network import Celo2Net, Celo2Weights
-from mulo.optim.mulo import NONFINITE_POLICIES, MuLO, PlaceholderMetaWeightsWarning, _check_hparam
+from mulo.optim.mulo import NONFINITE_POLICIES, MuLO, PlaceholderMetaWeightsWarning, _check_hparam, run_closure
 
 # Celo2's backends by name ("auto" picks the first that supports the device). Fused kernels register here.
 BACKENDS: dict[str, Callable[[], Any]] = {"reference": reference.ReferenceBackend}
@@ -250,12 +250,8 @@ class Celo2(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        learned: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list, list]] = {}
+        loss = run_closure(closure)
+        learned: dict[tuple, tuple[list, list, list, list, list]] = {}  # per (device, dtype)
         adamw: list[tuple] = []
         where: list[tuple[int, int, torch.Tensor]] = []
         for gi, group in enumerate(self.param_groups):

@@ -33,6 +33,14 @@ class MuPWarning(UserWarning):
     μP); such runs usually diverge. The message names the parameters and the fix (:func:`mulo.mup.prepare`)."""
 
 
+def run_closure(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """``closure()`` with gradients enabled (``step()`` itself runs under no_grad), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 @dataclasses.dataclass(frozen=True)
 class MuLOOptions:
     backend: str = "auto"
@@ -286,12 +294,8 @@ class MuLO(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list, list]] = {}
+        loss = run_closure(closure)
+        buckets: dict[tuple, tuple[list, list, list, list, list]] = {}  # per (device, dtype)
         where: list[tuple[int, int, torch.Tensor]] = []
         sharded: list[tuple] = []
         for gi, group in enumerate(self.param_groups):
