@@ -302,30 +302,18 @@ def run(
         from mulo.eval import heldout
 
         return heldout.run(
-            out,
-            preset,
-            meta_weights,
-            sp_weights,
-            log,
-            sweeps=sweeps or heldout.SWEEPS,
-            optimizers=optimizers or heldout.DEFAULT_OPTIMIZERS,
-            schedules=schedules or ("constant", "cosine"),
-            datasets=datasets,
-        )
+            out, preset, meta_weights, sp_weights, log, sweeps=sweeps or heldout.SWEEPS, datasets=datasets,
+            optimizers=optimizers or heldout.DEFAULT_OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
+        )  # fmt: skip
     if kind == "models":
         from mulo.eval import models as model_eval
 
         if sweeps or datasets:
             raise ValueError(f"preset {preset!r} has no sweeps or datasets; pick models with models=...")
         return model_eval.run(
-            out,
-            preset,
-            meta_weights,
-            log,
-            models=models or model_eval.MODELS,
-            optimizers=optimizers or model_eval.OPTIMIZERS,
-            schedules=schedules or ("constant", "cosine"),
-        )
+            out, preset, meta_weights, log, models=models or model_eval.MODELS,
+            optimizers=optimizers or model_eval.OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
+        )  # fmt: skip
     for what, given in (("schedules", schedules), ("datasets", datasets), ("models", models)):
         if given and not (what == "schedules" and tuple(given) == ("constant",)):
             raise ValueError(

@@ -182,21 +182,15 @@ _MULO_NM = _MULO_CPU.replace(
     meta_loss="log", inner_schedule="cosine", inner_warmup=0.05,
 )  # fmt: skip
 
+# a 30-step horizon needs a far larger LR than the 5,000-step recipe
+_TINY = MetaTrainConfig(
+    families=_mlps("digits", (32,), 2, 32), num_pairs=4, unroll_length=10, min_length=20, max_length=100,
+    max_initial_offset=10, outer_steps=30, lr_peak=0.1, lr_final=0.03, warmup_steps=2, decay_end=30,
+    checkpoint_every=5,
+)  # fmt: skip
+
 PRESETS: dict[str, MetaTrainConfig] = {
-    "tiny": MetaTrainConfig(
-        families=_mlps("digits", (32,), 2, 32),
-        num_pairs=4,
-        unroll_length=10,
-        min_length=20,
-        max_length=100,
-        max_initial_offset=10,
-        outer_steps=30,
-        lr_peak=0.1,  # a 30-step horizon needs a far larger LR than the 5,000-step recipe
-        lr_final=0.03,
-        warmup_steps=2,
-        decay_end=30,
-        checkpoint_every=5,
-    ),
+    "tiny": _TINY,
     "small": MetaTrainConfig(
         families=_mlps("digits", (64, 256), 3, 128),
         unroll_length=20,

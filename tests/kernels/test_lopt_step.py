@@ -200,14 +200,17 @@ def test_trajectory_follows_reference_within_movement_tolerance():
         assert err <= TRAJECTORY[torch.float32], f"{name}: movement-relative error {err:.3g}"
 
 
-def test_custom_op_traces_under_torch_compile():
-    """The fake implementation lets torch.compile trace the mutating op into one graph (no graph break)."""
-    shapes = [(5, 3), (4,)]
-    net = random_net()
-    w = net.meta_weights(DEVICE, torch.float32)
+def _small_problem(shapes=((5, 3), (4,))):
+    """Meta-weights, parameters, zero state and gradients of a 2-tensor problem on DEVICE."""
+    w = random_net().meta_weights(DEVICE, torch.float32)
     params = [torch.randn(s, device=DEVICE) for s in shapes]
     states = [new_state(p, torch.float32) for p in params]
-    grads = [hetero_grad(s).float().to(DEVICE) for s in shapes]
+    return w, params, states, [hetero_grad(s).float().to(DEVICE) for s in shapes]
+
+
+def test_custom_op_traces_under_torch_compile():
+    """The fake implementation lets torch.compile trace the mutating op into one graph (no graph break)."""
+    w, params, states, grads = _small_problem()
     eager_p = [p.clone() for p in params]
     eager_s = [{k: v.clone() for k, v in st.items()} for st in states]
     backend = triton_backend.TritonBackend(**IEEE)
@@ -252,12 +255,7 @@ def test_import_mulo_does_not_import_triton():
 
 def test_custom_op_passes_opcheck():
     """Schema (mutated arguments declared), fake tensor and AOT-dispatch checks of mulo::triton_lopt_step_."""
-    shapes = [(5, 3), (4,)]
-    net = random_net()
-    w = net.meta_weights(DEVICE, torch.float32)
-    params = [torch.randn(s, device=DEVICE) for s in shapes]
-    states = [new_state(p, torch.float32) for p in params]
-    grads = [hetero_grad(s).float().to(DEVICE) for s in shapes]
+    w, params, states, grads = _small_problem()
     accs = [a for st in states for a in ([st["row"], st["col"]] if "row" in st else [st["full"]])]
     decays = [*w.momentum_decays, w.rms_decay, *w.adafactor_decays, 1.0 - w.rms_decay]
     args = (
