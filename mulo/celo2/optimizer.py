@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from mulo.backends import _caller_stacklevel
 from mulo.celo2 import reference, spec
 from mulo.celo2.network import Celo2Net, Celo2Weights
-from mulo.optim.mulo import NONFINITE_POLICIES, MuLO, PlaceholderMetaWeightsWarning, _check_hparam, run_closure
+from mulo.optim.mulo import (
+    NONFINITE_POLICIES,
+    MuLO,
+    _check_hparam,
+    run_closure,
+    warn_if_placeholder,
+)
 
 # Celo2's backends by name ("auto" picks the first that supports the device). Fused kernels register here.
 BACKENDS: dict[str, Callable[[], Any]] = {"reference": reference.ReferenceBackend}
@@ -123,14 +127,10 @@ class Celo2(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.options = Celo2Options(backend, orthogonalize, normalize_axes, nonfinite)
         self.net = resolve_meta_weights(meta_weights)
-        if self.net.is_placeholder:
-            warnings.warn(
-                f"Celo2 is using mulo's placeholder meta-weights {self.net.config.info.get('name')!r}: "
-                f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> of "
-                "meta-trained Celo2 weights (e.g. the published layout of docs/CELO2.md) for the learned rule.",
-                PlaceholderMetaWeightsWarning,
-                stacklevel=_caller_stacklevel(),
-            )
+        warn_if_placeholder(
+            self.net, "Celo2", "of meta-trained Celo2 weights (e.g. the published layout of docs/CELO2.md) for the "
+            "learned rule.",
+        )  # fmt: skip
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, Celo2Weights]] = {}
         defaults = dict(
             lr=lr,

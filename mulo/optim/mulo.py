@@ -33,6 +33,18 @@ class MuPWarning(UserWarning):
     μP); such runs usually diverge. The message names the parameters and the fix (:func:`mulo.mup.prepare`)."""
 
 
+def warn_if_placeholder(net, optimizer: str, advice: str) -> None:
+    """Warn once, at the user's line, when ``net`` holds hand-set placeholder (not meta-trained) weights."""
+    if net.is_placeholder:
+        info = net.config.info
+        warnings.warn(
+            f"{optimizer} is using mulo's placeholder meta-weights {info.get('name')!r}: "
+            f"{info.get('description', '')} Pass meta_weights=<directory or Hub id> {advice}",
+            PlaceholderMetaWeightsWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
 def run_closure(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
     """``closure()`` with gradients enabled (``step()`` itself runs under no_grad), or None without one."""
     if closure is None:
@@ -137,14 +149,9 @@ class MuLO(Optimizer):
             raise ValueError(f"layout must be 'torch', 'jax' or None, got {layout!r}")
         self.options = MuLOOptions(backend=backend, nonfinite=nonfinite, state_dtype=STATE_DTYPES[state_dtype])
         self.net = resolve_meta_weights(meta_weights, layout)
-        if self.net.is_placeholder:
-            warnings.warn(
-                f"MuLO is using mulo's placeholder meta-weights {self.net.config.info.get('name')!r}: "
-                f"{self.net.config.info.get('description', '')} Pass meta_weights=<directory or Hub id> "
-                "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights.",
-                PlaceholderMetaWeightsWarning,
-                stacklevel=_caller_stacklevel(),
-            )
+        warn_if_placeholder(
+            self.net, "MuLO", "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights."
+        )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
         defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
