@@ -105,14 +105,19 @@ def _tasks(rows: list[dict]) -> list[tuple[str, str]]:
     return sorted(keys, key=lambda k: (SWEEP_ORDER.index(k[0]) if k[0] in SWEEP_ORDER else 9, keys[k]))
 
 
-def stats(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
-    """Per (sweep, task, optimizer): mean and std of the final loss over finite seeds, and divergences."""
+def _by_cell(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The evaluated runs (not the lr tuning) grouped by table cell: (sweep, task, column)."""
     by = defaultdict(list)
     for r in rows:
         if r["sweep"] != "tune":
             by[(r["sweep"], r["task"], r["column"])].append(r)
+    return by
+
+
+def stats(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """Per (sweep, task, optimizer): mean and std of the final loss over finite seeds, and divergences."""
     out = {}
-    for key, rs in by.items():
+    for key, rs in _by_cell(rows).items():
         finite = [r["final_loss"] for r in rs if not r["diverged"] and math.isfinite(r["final_loss"])]
         out[key] = {
             "n": len(rs),
@@ -275,12 +280,8 @@ def kind_of(rows: list[dict]) -> str:
 def metric_stats(rows: list[dict], metric: str = "heldout_loss") -> dict[tuple[str, str, str], dict]:
     """Per (sweep, task, column): runs, divergences, mean and std of ``metric`` over the seeds that did not
     diverge, the lr, and the median step / opt.step() times."""
-    by = defaultdict(list)
-    for r in rows:
-        if r["sweep"] != "tune":
-            by[(r["sweep"], r["task"], r["column"])].append(r)
     out = {}
-    for key, rs in by.items():
+    for key, rs in _by_cell(rows).items():
         finite = [r[metric] for r in rs if not r["diverged"] and math.isfinite(r[metric])]
         times = [r.get("step_ms") for r in rs if r.get("step_ms")]
         opt_times = [r.get("opt_step_ms") for r in rs if r.get("opt_step_ms")]
@@ -416,11 +417,8 @@ def heldout_summary(rows: list[dict]) -> str:
         "",
     ]
     _table(lines, keys, names, cols, st)
-    lines += [
-        "",
-        "<details><summary>Training loss on a fixed sample of the training distribution (the same runs)</summary>",
-        "",
-    ]
+    summary = "<details><summary>Training loss on a fixed sample of the training distribution (the same runs)</summary>"
+    lines += ["", summary, ""]
     _table(lines, keys, names, cols, st_train)
     lines += ["", "</details>"]
     return "\n".join(lines)
@@ -466,13 +464,9 @@ def models_summary(rows: list[dict]) -> str:
         "",
     ]
     _table(lines, keys, names, cols, st)
-    lines += [
-        "",
-        "Median wall time per training step (forward, backward, `opt.step()`) / of `opt.step()` alone, ms:",
-        "",
-        "| model | " + " | ".join(label(c) for c in cols) + " |",
-        "|---|" + "---:|" * len(cols),
-    ]
+    header = "| model | " + " | ".join(label(c) for c in cols) + " |"
+    timing = "Median wall time per training step (forward, backward, `opt.step()`) / of `opt.step()` alone, ms:"
+    lines += ["", timing, "", header, "|---|" + "---:|" * len(cols)]
     for t, name in zip(tasks, names):
         cells = []
         for c in cols:
@@ -511,12 +505,7 @@ def plot_heldout(rows: list[dict], out_dir: Path) -> list[Path]:
                 ax.plot(*zip(*pts), marker="o", lw=1, label=label(c))
         ax.set(xscale="log", title=ds, xlabel="hidden width")
         ax.title.set_fontsize(9)
-    axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    written.append(out_dir / "heldout_width.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_finish(fig, axes, out_dir / "heldout_width.png"))
 
     groups = []
     for ds in datasets:
@@ -537,13 +526,20 @@ def plot_heldout(rows: list[dict], out_dir: Path) -> list[Path]:
                     ax.plot(*_mean_curve(curves), lw=1, label=label(c))
             ax.set(title=f"{title}: {rs[0]['steps'] if rs else ''} steps", xlabel="step")
             ax.title.set_fontsize(9)
-        axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
-        axes.flat[0].legend(fontsize=6)
-        fig.tight_layout()
-        written.append(out_dir / "heldout_horizon.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_finish(fig, axes, out_dir / "heldout_horizon.png"))
     return written
+
+
+def _finish(fig, axes, path: Path) -> Path:
+    """Label the first panel, save ``fig`` to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    axes.flat[0].set_ylabel("held-out loss (mean of seeds)")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_models(rows: list[dict], out_dir: Path) -> list[Path]:
