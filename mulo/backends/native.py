@@ -20,11 +20,12 @@ import threading
 
 import torch
 
+from mulo.backends import reference
 from mulo.backends.passes import ShardGeometry, TensorStats
 from mulo.lopt import constants as C
 from mulo.lopt import spec
 from mulo.lopt.network import MetaWeights
-from mulo.lopt.shapes import physical_factored_dims
+from mulo.lopt.shapes import math_shape, physical_factored_dims
 
 BUILD_HINT = (
     "the native extension mulo._C is not built; build it with `make install` "
@@ -245,12 +246,10 @@ class _NativeBackend:
                 nrow = row_shape.numel()
                 stats.row_sum = sums[i][:nrow].view(row_shape)
                 stats.col_sum = sums[i][nrow:].view(col_shape)
-                d1, d0 = geom.factored_dims(weights.layout)
-                if geom.sharded_dim == d1:  # d0 whole here: the shard's new row accumulator is local
-                    beta = torch.tensor(weights.adafactor_decays, dtype=torch.float32, device=sums[i].device)
-                    beta = beta.view(3, *([1] * len(row_shape)))
-                    new_row = beta * st["row"].float() + (1 - beta) * (stats.row_sum / geom.shape[d0])
-                    stats.row_acc_sum = new_row.sum(dim=1 + (d1 - 1 if d1 > d0 else d1))
+                if geom.sharded_dim == geom.factored_dims(weights.layout)[0]:  # split along d1: d0 is whole
+                    shape = math_shape(geom.shape, weights.layout)  # the shard's new row accumulator is local
+                    new_row = reference.new_row_accumulator(st, stats, weights, shape)
+                    stats.row_acc_sum = reference.row_acc_sum(new_row, shape)
             out.append(stats)
         return out
 

@@ -271,9 +271,6 @@ def population_step(
         step_tensor(p, g, st, lr, wd, weights)
 
 
-population_step.per_member_lrs = True  # lrs[i] may be M floats (mulo.meta.inner passes schedules through)
-
-
 def backend_population_step(backend: str = "reference", device: torch.device | str = "cpu"):
     """The population entry point of ``backend``: one call steps every member (per-member lrs accepted).
 
@@ -310,7 +307,6 @@ def backend_population_step(backend: str = "reference", device: torch.device | s
                 )
 
     step.backend = impl.name
-    step.per_member_lrs = True
     return step
 
 

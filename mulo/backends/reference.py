@@ -87,11 +87,18 @@ def pass_a(
     stats.row_sum = s.sum(dim=d0)
     stats.col_sum = s.sum(dim=d1)
     if sharded_axis is not None and sharded_axis == d1:
-        stats.row_acc_sum = _row_accumulator(state, stats, w, shape).sum(dim=1 + _without(d1, d0))
+        stats.row_acc_sum = row_acc_sum(new_row_accumulator(state, stats, w, shape), shape)
     return stats
 
 
-def _row_accumulator(state, stats, w: MetaWeights, shape) -> torch.Tensor:
+def row_acc_sum(new_row: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Σ over d1 of a (shard's) new row accumulator (3, math shape without d0) of a tensor whose whole math
+    shape is ``shape``: the pass-A statistic of a tensor split along d1, whose row mean needs every rank."""
+    d1, d0 = factored_dims(shape)
+    return new_row.sum(dim=1 + _without(d1, d0))
+
+
+def new_row_accumulator(state, stats, w: MetaWeights, shape) -> torch.Tensor:
     """r_k ← β_f,k r_k + (1 − β_f,k) mean_{d0}(s), the mean being pass A's (summed) Σ_{d0} s / n_{d0}."""
     d0 = factored_dims(shape)[1]
     row_sum = stats.row_sum
@@ -131,7 +138,7 @@ def features_and_state(
     if dims is not None:
         d1, d0 = dims
         beta_f = _decays(w.adafactor_decays, rank - 1, g)
-        r = _row_accumulator(state, stats, w, shape)  # (3, S without d0)
+        r = new_row_accumulator(state, stats, w, shape)  # (3, S without d0)
         c = beta_f * state["col"].to(cd) + (1 - beta_f) * stats.col_sum / shape[d1]  # (3, S without d1)
         axis = 1 + _without(d1, d0)  # r's d1 axis
         if stats.row_acc_sum is not None:  # r is split along d1 across ranks: its mean comes from pass A's sums

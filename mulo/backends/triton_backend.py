@@ -370,21 +370,20 @@ def _contiguous(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 # ---- shards: pass A's statistics in and out of the workspace (ALGORITHM.md §5) ----------------------------
+def _shape(geom: ShardGeometry, weights: MetaWeights) -> tuple[int, ...]:
+    """The whole tensor's math shape."""
+    return math_shape(geom.shape, weights.layout)
+
+
 def _new_accumulators(st, stats: TensorStats, geom: ShardGeometry, weights: MetaWeights):
     """The new row and column accumulators of a factored shard from pass A's summed sums, by the reference's
     formulas (a shard without elements runs the reference: replicated accumulators agree on every rank)."""
-    shape = math_shape(geom.shape, weights.layout)
+    shape = _shape(geom, weights)
     d1, _ = factored_dims(shape)
-    row = reference._row_accumulator(st, stats, weights, shape)
+    row = reference.new_row_accumulator(st, stats, weights, shape)
     beta = reference._decays(weights.adafactor_decays, stats.col_sum.dim(), stats.col_sum)
     col = beta * st["col"].to(stats.col_sum.dtype) + (1 - beta) * stats.col_sum / shape[d1]
     return row, col
-
-
-def _row_sums(new_row: torch.Tensor, geom: ShardGeometry, weights: MetaWeights) -> torch.Tensor:
-    """Σ over d1 of the new row accumulator, per decay and batch: (3, batch axes...)."""
-    d1, d0 = factored_dims(math_shape(geom.shape, weights.layout))
-    return new_row.sum(dim=1 + reference._without(d1, d0))
 
 
 def _shard_stats(w: Workspace, t: int, st, geom: ShardGeometry, weights: MetaWeights) -> TensorStats:
@@ -398,7 +397,8 @@ def _shard_stats(w: Workspace, t: int, st, geom: ShardGeometry, weights: MetaWei
         stats.row_sum = row_sum.view(st["row"].shape[1:])
         stats.col_sum = col_sum.view(st["col"].shape[1:])
         if geom.sharded_dim == geom.factored_dims(weights.layout)[0]:  # split along d1
-            stats.row_acc_sum = _row_sums(_new_accumulators(st, stats, geom, weights)[0], geom, weights)
+            new_row = _new_accumulators(st, stats, geom, weights)[0]
+            stats.row_acc_sum = reference.row_acc_sum(new_row, _shape(geom, weights))
     return stats
 
 
@@ -422,7 +422,9 @@ def _load_stats(backend, w: Workspace, idx, states, stats, geoms, weights: MetaW
             put(ws_t + lopt_plan.WS_SUMSQ, sumsqs[i])
         if lay.factored:
             new_row, new_col = _new_accumulators(states[i], sa, geoms[i], weights)
-            rsum = sa.row_acc_sum if sa.row_acc_sum is not None else _row_sums(new_row, geoms[i], weights)
+            rsum = sa.row_acc_sum
+            if rsum is None:
+                rsum = reference.row_acc_sum(new_row, _shape(geoms[i], weights))
             put(ws_t + lopt_plan.WS_BATCH + row[lopt_plan.M_NBATCH], rsum)
             sums, accs = (sa.col_sum, sa.row_sum), (new_col, new_row)
             if not lay.d0_is_x:

@@ -12,7 +12,7 @@ pairs do not.
 
 **Per-member learning rates.** Every population entry point (:func:`mulo.backends.population.
 population_step` and the fused steps of :func:`~mulo.backends.population.backend_population_step`) takes
-``lrs[i]`` as a list of M floats, one per member, so :func:`member_lr_step` passes them straight through:
+``lrs[i]`` as a list of M floats, one per member, so the inner run passes them straight through:
 member j's tensor i steps with ``lrs[i][j]`` and decays by ``wd·lrs[i][j]`` after the step, where the step
 was applied — the update of ``reference.step_one`` at that lr (tested against it).
 
@@ -85,12 +85,6 @@ class InnerSchedule:
         return float(self.multipliers(torch.tensor([step]), torch.tensor([length]))[0])
 
 
-def member_lr_step(step_fn: Callable) -> Callable:
-    """A population step taking per-member ``lrs[i]`` (M floats each): ``step_fn`` itself, since every
-    population entry point takes them (see the module docstring)."""
-    return step_fn
-
-
 def log_uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     """``n`` draws of exp(U[ln low, ln high]) (float64, CPU)."""
     u = torch.rand(n, generator=generator, dtype=torch.float64)
@@ -111,6 +105,5 @@ __all__ = [
     "REPARAM_GLOBAL_RANGE",
     "InnerSchedule",
     "log_uniform",
-    "member_lr_step",
     "reparam_global",
 ]

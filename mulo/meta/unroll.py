@@ -29,7 +29,7 @@ import torch
 
 from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
-from mulo.meta.inner import InnerSchedule, log_uniform, member_lr_step
+from mulo.meta.inner import InnerSchedule, log_uniform
 from mulo.meta.tasks import META_LOSSES, Task, TaskFamily
 from mulo.meta.theta import population_weights, theta_size
 from mulo.meta.truncation import LogUniformTruncation
@@ -160,7 +160,7 @@ class PopulationUnroll(TruncatedStep):
         m = self.schedule.multipliers(state["inner_step"], state["length"]).tolist()
         m = m + m  # "+" members, then "−": a pair shares its run's schedule
         member_lrs = [[scale * v for v in m] for scale in lrs]
-        member_lr_step(self.step_fn)(*args, member_lrs, [self.weight_decay] * len(names), weights)
+        self.step_fn(*args, member_lrs, [self.weight_decay] * len(names), weights)
 
     def grads_and_losses(self, state: dict, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every member's gradient and loss on its slice of ``batch`` (stacked on the member axis), at its

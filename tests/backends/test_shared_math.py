@@ -70,10 +70,12 @@ def test_every_shared_function_compiles_for_host_and_device():
 # What only lopt_math.h may write: (what, pattern, files allowed to match and how often)
 FORBIDDEN = [
     ("an epsilon of the algorithm", r"\bkEps\w+", {}),
-    ("a square root (rsqrt features, factors, normalization)", r"\b(?:std::)?r?sqrtf?\s*\(|__builtin_sqrtf|\bsqrt_",
-     {CPU_KERNELS: 2}),  # the CPU vector's rsqrt primitive (its name and its __builtin_sqrtf)
-    ("an exponential (the output head)", r"\b(?:std::)?expf?\s*\(|__expf|exp_approx|__builtin_expf|\bexp2f?\s*\(",
-     {}),
+    (
+        "a square root (rsqrt features, factors, normalization)",
+        r"\b(?:std::)?r?sqrtf?\s*\(|__builtin_sqrtf|\bsqrt_",
+        {CPU_KERNELS: 2},
+    ),  # the CPU vector's rsqrt primitive (its name and its __builtin_sqrtf)
+    ("an exponential (the output head)", r"\b(?:std::)?expf?\s*\(|__expf|exp_approx|__builtin_expf|\bexp2f?\s*\(", {}),
     ("a time feature", r"\b(?:std::)?tanhf?\s*\(|__builtin_tanhf", {}),
     ("a decay of a moment or accumulator", r"\.(?:bm|om|bf|of)\s*\[|\.(?:bv|ov)\b", {"lopt_common.h": 8}),  # make_hyper
     ("the output head's multipliers", r"\.(?:exp_mult|step_mult)\b", {"lopt_common.h": 2}),  # make_hyper

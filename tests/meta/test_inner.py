@@ -10,7 +10,7 @@ from mulo import cli
 from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
 from mulo.meta import theta as theta_mod
-from mulo.meta.inner import REPARAM_GLOBAL_RANGE, InnerSchedule, member_lr_step
+from mulo.meta.inner import REPARAM_GLOBAL_RANGE, InnerSchedule
 from mulo.meta.presets import OMITTED_AT_DEFAULT, MetaTrainConfig, preset
 from mulo.meta.tasks import ImageMLPFamily, ImageMLPSpec
 from mulo.meta.trainer import CHECKPOINT, MetaTrainer, evaluate
@@ -69,7 +69,6 @@ def test_a_schedule_reaches_the_population_step_unchanged(kind):
         calls.append((steps, lengths, lrs, wds))
         population_step(params, grads, states, [v[0] for v in lrs], wds, weights)
 
-    recording.per_member_lrs = True  # a step taking per-member lrs gets them exactly as computed
     unroll = make_unroll(schedule=InnerSchedule(kind, 0.2, 0.05), weight_decay=0.01, step_fn=recording)
     gen = torch.Generator().manual_seed(0)
     state = holder["state"] = unroll.init_state(gen)
@@ -89,7 +88,7 @@ def test_a_schedule_reaches_the_population_step_unchanged(kind):
 
 
 def test_per_member_lrs_and_weight_decay_equal_single_member_steps():
-    """member_lr_step around population_step: every member moves exactly as alone with its own lr and
+    """population_step with per-member lrs: every member moves exactly as alone with its own lr and
     decoupled weight decay (float64); a member with a non-finite gradient changes nothing (no decay)."""
     m = 4
     gen = torch.Generator().manual_seed(0)
@@ -103,7 +102,7 @@ def test_per_member_lrs_and_weight_decay_equal_single_member_steps():
     wds = [0.1, 0.02]
     got = [p.clone() for p in params]
     got_states = [{k: v.clone() for k, v in st.items()} for st in states]
-    member_lr_step(population_step)(got, grads, got_states, lrs, wds, weights)
+    population_step(got, grads, got_states, lrs, wds, weights)
     for j in range(m):
         alone = [p[j : j + 1].clone() for p in params]
         st = [{k: v[j : j + 1].clone() for k, v in s.items()} for s in states]
