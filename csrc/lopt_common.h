@@ -135,7 +135,7 @@ inline int dtype_code(at::ScalarType t) {
 // The op's hyper vector (mulo.lopt.spec.HYPER_ORDER) as the kernels take it.
 inline math::Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
   TORCH_CHECK(h.size() == kNumHyper, op, ": hyper needs ", kNumHyper,
-              " values (β_m ×3, β_v, β_f ×3, exp_mult, step_mult), got ", h.size());
+              " values (β_m ×3, β_v, β_f ×3, exp_mult, step_mult, time_clamp), got ", h.size());
   math::Hyper H;
   for (int k = 0; k < 3; ++k) {
     // the reference forms (1 - β) from a float32 tensor of decays: same rounding here
@@ -148,6 +148,7 @@ inline math::Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
   H.ov = static_cast<float>(1.0 - h[spec::kHyperBetaV]);
   H.exp_mult = static_cast<float>(h[spec::kHyperExpMult]);
   H.step_mult = static_cast<float>(h[spec::kHyperStepMult]);
+  H.time_clamp = static_cast<float>(h[spec::kHyperTimeClamp]);
   return H;
 }
 

@@ -413,7 +413,7 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
       for (int j = 0; j < kFeatures; ++j)
         scale[j] = math::norm_scale(sq[i * kFeatures + j], static_cast<float>(J.whole_n));
       float tf[kTimescales];
-      math::time_features(*J.step, tf);
+      math::time_features(*J.step, in.H.time_clamp, tf);
       float* wf = &w1f[i * kHidden * kFeatures];
       float* bf = &b1f[i * kHidden];
       const float* W1 = mlp[0].data_ptr<float>() + widx[i] * nW1;

@@ -276,7 +276,7 @@ __global__ void sumsq_kernel(const Meta* metas, const mt::Chunk* chunks, const f
 
 // ---- fold (per tensor) -------------------------------------------------------------------------------------
 __global__ void fold_kernel(const Meta* metas, const float* finite, const float* sumsq, const float* W1,
-                            const float* b1) {
+                            const float* b1, float time_clamp) {
   const int t = blockIdx.x;
   if (finite[t] == 0.f) return;
   const Meta& M = metas[t];
@@ -288,7 +288,7 @@ __global__ void fold_kernel(const Meta* metas, const float* finite, const float*
   }
   if (threadIdx.x < kHidden) {
     float tf[kTimescales];
-    math::time_features(*M.step, tf);
+    math::time_features(*M.step, time_clamp, tf);
     for (int o = threadIdx.x; o < kHidden; o += blockDim.x)
       M.w1f[kHidden * kFeatures + o] = math::folded_bias(b1[o], W1 + o * In, tf);
   }
@@ -503,7 +503,7 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const int n = static_cast<int>(params.size());
   mt::launch(prepare_kernel, n, kThreads, 0, T.metas, fin, c.H, c.sdt, static_cast<float*>(nullptr), 1);
   mt::launch(fold_kernel, n, kThreads, 0, T.metas, fin, sumsq.data_ptr<float>(), mlp[0].data_ptr<float>(),
-             mlp[1].data_ptr<float>());
+             mlp[1].data_ptr<float>(), c.H.time_clamp);
   dispatch_types(c.pdt, c.sdt, [&](auto p, auto s) {
     mt::launch(apply_kernel<decltype(p), decltype(s)>, T.num_chunks, kThreads, 0, T.metas, T.chunks, fin,
                c.H, mlp[2].data_ptr<float>(), mlp[3].data_ptr<float>(), mlp[4].data_ptr<float>(),

@@ -92,6 +92,7 @@ struct Hyper {
   float bv, ov;        // second-moment decay β_v and 1 − β_v
   float bf[3], of[3];  // Adafactor decays β_f,k and 1 − β_f,k
   float exp_mult, step_mult;
+  float time_clamp;  // the time features read min(t, time_clamp); +inf: no clamp
 };
 
 // The values of one Adafactor accumulator entry that the element-wise passes read (both devices' scratch

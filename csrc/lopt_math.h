@@ -189,10 +189,11 @@ MULO_HD MULO_INLINE void row_entry(const float (&r)[3], const float (&row_mean)[
 // The normalization of channel j: rsqrt(EPS_NORMALIZE + mean over the whole tensor of x_j²).
 MULO_HD MULO_INLINE float norm_scale(float sumsq, float n) { return rsqrt(spec::kEpsNormalize + sumsq / n); }
 
-// The time features tanh(t/τ_q − 1) of step t (0-based).
-MULO_HD MULO_INLINE void time_features(float t, float (&tf)[spec::kTimescales]) {
+// The time features tanh(min(t, t_clamp)/τ_q − 1) of step t (0-based); t_clamp = +inf is no clamp.
+MULO_HD MULO_INLINE void time_features(float t, float t_clamp, float (&tf)[spec::kTimescales]) {
+  const float tc = t < t_clamp ? t : t_clamp;
   MULO_UNROLL
-  for (int q = 0; q < spec::kTimescales; ++q) tf[q] = MULO_TANHF(t / spec::timescale(q) - 1.0f);
+  for (int q = 0; q < spec::kTimescales; ++q) tf[q] = MULO_TANHF(tc / spec::timescale(q) - 1.0f);
 }
 
 // Layer 1's bias of output o with the time features folded in: b_o + Σ_q W1[o][28 + q]·tf_q (`w_row` = W1[o]).

@@ -54,8 +54,8 @@ MULO_HD constexpr float timescale(int q) {
   return 0.0f;
 }
 
-// the hyper-parameter vector: beta_m0, beta_m1, beta_m2, beta_v, beta_f0, beta_f1, beta_f2, exp_mult, step_mult
-constexpr int kNumHyper = 9;
+// the hyper-parameter vector: beta_m0, beta_m1, beta_m2, beta_v, beta_f0, beta_f1, beta_f2, exp_mult, step_mult, time_clamp
+constexpr int kNumHyper = 10;
 constexpr int kHyperBetaM0 = 0;
 constexpr int kHyperBetaM1 = 1;
 constexpr int kHyperBetaM2 = 2;
@@ -65,6 +65,7 @@ constexpr int kHyperBetaF1 = 5;
 constexpr int kHyperBetaF2 = 6;
 constexpr int kHyperExpMult = 7;
 constexpr int kHyperStepMult = 8;
+constexpr int kHyperTimeClamp = 9;
 
 }  // namespace spec
 }  // namespace mulo

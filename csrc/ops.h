@@ -15,7 +15,8 @@
 //       meta-weight sets stacked in mlp it uses (each mlp tensor holds K sets back to back: a population
 //       of optimizers, one set per member, in one call).
 // acc_a is `row` (rank ≥ 2) or `full` (rank < 2); acc_b is `col` or an empty tensor. dims holds (d1, d0)
-// per tensor as physical axes, (-1, -1) for rank < 2. hyper = (β_m ×3, β_v, β_f ×3, exp_mult, step_mult).
+// per tensor as physical axes, (-1, -1) for rank < 2. hyper = (β_m ×3, β_v, β_f ×3, exp_mult, step_mult,
+// time_clamp).
 // mlp = (W1, b1, W2, b2, W3, b3) float32 on the params' device. Sums A and B are plain sums, so a sharded
 // caller can all-reduce them between the passes; it then passes each shard's whole-tensor geometry:
 // whole = (d0 size, d1 size, numel) per tensor (empty: every tensor is whole; the means over d0/d1 and the

@@ -178,12 +178,12 @@ def _decay_features(
 
 @triton.jit
 def lopt_apply_kernel(
-    chunks, meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult,
+    chunks, meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult, time_clamp,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
     NSUB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
 ):  # fmt: skip
-    """x = 28 features · scale (scale_j = rsqrt(1e-5 + Σx_j²/n), folded into W1) ⊕ tanh(t/τ − 1) (folded
-    into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
+    """x = 28 features · scale (scale_j = rsqrt(1e-5 + Σx_j²/n), folded into W1) ⊕ tanh(min(t, time_clamp)/τ − 1)
+    (folded into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
     p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite.
     The layers hold K stacked meta-weight sets ((K, HID, 39), (K, HID), ...); a tensor uses set
     ``meta[M_WIDX]`` (its population member; K = 1 and index 0 for a single optimizer)."""
@@ -195,7 +195,7 @@ def lopt_apply_kernel(
     numel = tl.load(mrow + M_WN).to(tl.float32)  # the whole tensor's (this may be a shard of it)
     wnx = tl.load(mrow + M_WNX)
     wny = tl.load(mrow + M_WNY)
-    step_t = tl.load(wsT + WS_T)
+    step_t = tl.minimum(tl.load(wsT + WS_T), time_clamp)  # the time features' t (time_clamp +inf: none)
     # this tensor's meta-weight set: the layers are stacked (K, ...), one set per population member
     widx = tl.load(mrow + M_WIDX)
     w1 = w1 + widx * (HID * 39)
@@ -315,6 +315,7 @@ def lopt_apply(
     layers,
     exp_mult: float,
     step_mult: float,
+    time_clamp: float,
     p_dt,
     g_dt,
     s_dt,
@@ -328,6 +329,6 @@ def lopt_apply(
     grid = (plan.chunks_c.shape[0],)
     lopt_apply_kernel[grid](
         plan.chunks_c, plan.meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult,
-        p_dt, g_dt, s_dt, block_x, block_y, nsub, w2.shape[-1], dot, tl.int64 if plan.use_int64 else tl.int32,
-        num_warps=NUM_WARPS,
+        time_clamp, p_dt, g_dt, s_dt, block_x, block_y, nsub, w2.shape[-1], dot,
+        tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS,
     )  # fmt: skip

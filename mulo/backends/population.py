@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mulo.backends import reference
 from mulo.backends.passes import States, Tensors
 from mulo.backends.reference import safe_rsqrt
 from mulo.lopt import constants as C
@@ -189,10 +190,9 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(C.EPS_NORMALIZE + x.square().mean(dim=dims, keepdim=True))
 
 
-def time_features(step: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(M,) step counts → (M, 11) tanh(t/τ − 1)."""
-    tau = torch.tensor(C.TIMESCALES, dtype=dtype, device=step.device)
-    return torch.tanh(step.to(dtype).unsqueeze(1) / tau - 1.0)
+def time_features(step: torch.Tensor, dtype: torch.dtype, time_clamp: float | None = None) -> torch.Tensor:
+    """(M,) step counts → (M, 11) tanh(min(t, time_clamp)/τ − 1)."""
+    return reference.time_features(step.unsqueeze(1), dtype, time_clamp)
 
 
 def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeights) -> torch.Tensor:
@@ -243,7 +243,7 @@ def step_tensor(
     views["second_moment"] = _math_view(state["second_moment"], layout)
 
     feats, new = features_and_state(g, p, views, w)
-    update = lopt_step(normalize(feats), time_features(state["step"], cd), w)
+    update = lopt_step(normalize(feats), time_features(state["step"], cd, w.time_clamp), w)
     if not isinstance(lr, numbers.Real):  # one per member, broadcast over each member's elements
         lrs = [member_lr(lr, j, w.size) for j in range(w.size)]
         lr = torch.tensor(lrs, dtype=cd, device=p.device).view(-1, *([1] * (p.dim() - 1)))

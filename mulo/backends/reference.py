@@ -33,10 +33,14 @@ def safe_rsqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.rsqrt(torch.clamp(x, min=C.EPS_SAFE_RSQRT))
 
 
-def time_features(step: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """tanh(t/τ − 1) for the 11 timescales; ``step`` is the 0-based count of applied updates."""
+def time_features(step: torch.Tensor, dtype: torch.dtype, time_clamp: float | None = None) -> torch.Tensor:
+    """tanh(t/τ − 1) for the 11 timescales; ``step`` is the 0-based count of applied updates, read as
+    min(t, time_clamp) when the meta-weights set a clamp (:attr:`mulo.lopt.network.LOptConfig.time_clamp`)."""
     tau = torch.tensor(C.TIMESCALES, dtype=dtype, device=step.device)
-    return torch.tanh(step.to(dtype) / tau - 1.0)
+    t = step.to(dtype)
+    if time_clamp is not None:
+        t = torch.clamp(t, max=time_clamp)
+    return torch.tanh(t / tau - 1.0)
 
 
 def grad_is_finite(grad: torch.Tensor) -> torch.Tensor:
@@ -236,7 +240,7 @@ def apply_update(
     """Pass C: p ← p − lr·step, p ← p − wd·lr·p, state ← new — or, where ``finite`` is False, nothing but
     ``nonfinite_skips += 1`` (a device-side ``where``, no host sync). ``param`` is the math view that
     writes go through, ``p`` its value in the compute dtype, ``views`` the state's math views."""
-    update = lopt_step(normalize(feats, sumsq, numel), time_features(state["step"], p.dtype), w)
+    update = lopt_step(normalize(feats, sumsq, numel), time_features(state["step"], p.dtype, w.time_clamp), w)
     p_new = p - lr * update
     if weight_decay != 0.0:
         p_new = p_new - weight_decay * lr * p_new

@@ -35,6 +35,7 @@ from mulo.kernels.lopt_apply import DOT_MODES, lopt_apply
 from mulo.kernels.lopt_reduce import lopt_reduce
 from mulo.kernels.lopt_sumsq import lopt_sumsq
 from mulo.lopt import constants as C
+from mulo.lopt import spec
 from mulo.lopt.network import MetaWeights
 from mulo.lopt.shapes import factored_dims, math_shape
 
@@ -46,11 +47,12 @@ class Workspace:
     """What the three passes share for one group: tables, the float32 workspace, meta-weights."""
 
     def __init__(
-        self, plan, ptrs, hyper, ws, decays, taus, perm, layers, exp_mult, step_mult, dtypes, tiles, nsub, dot
-    ):
+        self, plan, ptrs, hyper, ws, decays, taus, perm, layers, exp_mult, step_mult, time_clamp, dtypes, tiles, nsub,
+        dot,
+    ):  # fmt: skip
         self.plan, self.ptrs, self.hyper, self.ws = plan, ptrs, hyper, ws
         self.decays, self.taus, self.perm, self.layers = decays, taus, perm, layers
-        self.exp_mult, self.step_mult = exp_mult, step_mult
+        self.exp_mult, self.step_mult, self.time_clamp = exp_mult, step_mult, time_clamp
         self.p_dt, self.g_dt, self.s_dt = dtypes
         self.block_x, self.block_y, self.block_xc = tiles
         self.nsub = nsub
@@ -227,7 +229,7 @@ class TritonBackend:
 
     # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
     def prepare(self, params, grads, momentum, second_moment, accs, steps, skips, lrs, wds, flat, decays, exp_mult,
-                step_mult, layout, weight_index=None, wholes=None) -> Workspace:  # fmt: skip
+                step_mult, time_clamp, layout, weight_index=None, wholes=None) -> Workspace:  # fmt: skip
         """Tables and a zeroed workspace for one group (no kernel runs); ``wholes``: the whole tensors' shapes
         when ``params`` are local shards (the pass contract)."""
         device = params[0].device
@@ -273,8 +275,8 @@ class TritonBackend:
         dot = self.dot
         if lopt_common.INTERPRET and dot == "bf16":
             dot = "bf16_emulated"  # the interpreter mishandles bf16 tl.dot; same rounding through fp32
-        w = Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, dtypes, self.tiles,
-                      self.apply_subtiles, dot)  # fmt: skip
+        w = Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, time_clamp, dtypes,
+                      self.tiles, self.apply_subtiles, dot)  # fmt: skip
         w.key = key
         return w
 
@@ -292,7 +294,7 @@ class TritonBackend:
     def apply(w: Workspace) -> None:
         """Pass C: features, MLP, update; writes parameters and state."""
         lopt_apply(
-            w.plan, w.ptrs, w.ws, w.hyper, w.decays, w.taus, w.perm, w.layers, w.exp_mult, w.step_mult,
+            w.plan, w.ptrs, w.ws, w.hyper, w.decays, w.taus, w.perm, w.layers, w.exp_mult, w.step_mult, w.time_clamp,
             w.p_dt, w.g_dt, w.s_dt, w.block_xc, w.block_y, w.nsub, w.dot,
         )  # fmt: skip
 
@@ -359,10 +361,12 @@ def _op_tensors(params, grads, states, idx) -> tuple[list[torch.Tensor], ...]:
 
 
 def _net(weights) -> tuple:
-    """(the six layer tensors, the decay vector, exp_mult, step_mult, layout) as the custom op takes them."""
+    """(the six layer tensors, the decay vector, exp_mult, step_mult, time_clamp (+inf: none), layout) as the
+    custom op takes them."""
     flat = [t.contiguous() for layer in weights.layers for t in layer]
     decays = [*weights.momentum_decays, weights.rms_decay, *weights.adafactor_decays, 1.0 - weights.rms_decay]
-    return flat, decays, float(weights.exp_mult), float(weights.step_mult), weights.layout
+    clamp = spec.time_clamp_value(weights.time_clamp)
+    return flat, decays, float(weights.exp_mult), float(weights.step_mult), clamp, weights.layout
 
 
 def _contiguous(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -493,6 +497,7 @@ def triton_lopt_step_(
     decays: list[float],
     exp_mult: float,
     step_mult: float,
+    time_clamp: float,
     layout: str,
     dot: str,
     tiles: list[int],
@@ -512,7 +517,7 @@ def triton_lopt_step_(
         backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
     with _device_guard(params):
         w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays,
-                            net, decays, exp_mult, step_mult, layout, weight_index)  # fmt: skip
+                            net, decays, exp_mult, step_mult, time_clamp, layout, weight_index)  # fmt: skip
         backend.reduce(w)
         backend.sumsq(w)
         backend.apply(w)
@@ -520,5 +525,5 @@ def triton_lopt_step_(
 
 @triton_lopt_step_.register_fake
 def _(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net, decays, exp_mult,
-      step_mult, layout, dot, tiles, weight_index=None) -> None:  # fmt: skip
+      step_mult, time_clamp, layout, dot, tiles, weight_index=None) -> None:  # fmt: skip
     return None

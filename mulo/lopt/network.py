@@ -48,6 +48,10 @@ class LOptConfig:
     # Axis convention the weights were meta-trained under (docs/ALGORITHM.md §6): "torch" reads a 2-d weight as
     # (out, in); "jax" reads it as (in, out), which swaps the row and column channels of every 2-d tensor.
     layout: str = "torch"
+    # The step count at which the time features stop moving: they read min(t, time_clamp) instead of t, so a
+    # run longer than the meta-training horizon keeps seeing time features from the range meta-training saw.
+    # None (the default, and μLO's) is no clamp: the exact μLO update.
+    time_clamp: float | None = None
     # Free-form provenance ("name", "placeholder", training recipe...). Not used by the math.
     info: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -68,6 +72,11 @@ class LOptConfig:
                     raise ValueError(f"LOptConfig.{key} needs {n} values, got {getattr(self, key)}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"LOptConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.time_clamp is not None and not (math.isfinite(self.time_clamp) and self.time_clamp >= 1):
+            raise ValueError(
+                f"LOptConfig.time_clamp must be None (no clamp) or a finite step count ≥ 1 (e.g. the meta-training "
+                f"horizon, 1000), got {self.time_clamp!r}"
+            )
 
     @property
     def momentum_decays(self) -> tuple[float, float, float]:
@@ -117,10 +126,13 @@ class MetaWeights:
     exp_mult: float
     step_mult: float
     layout: str
+    time_clamp: float | None = None
 
 
 # the scalar fields of MetaWeights, which a population's members share and an LOptConfig also carries
-META_SCALARS = ("momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout")
+META_SCALARS = (
+    "momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout", "time_clamp"
+)  # fmt: skip
 
 
 def meta_scalars(source) -> dict:

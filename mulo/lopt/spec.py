@@ -10,6 +10,8 @@ that the committed header is what this module generates). docs/ALGORITHM.md §2 
 
 from __future__ import annotations
 
+import math
+
 # ---- epsilons, each named after where it appears -------------------------------------------------------------
 EPS_GRAD_SQ = 1e-30  # s = g² + 1e-30
 EPS_SAFE_RSQRT = 1e-9  # safe_rsqrt(x) = rsqrt(max(x, 1e-9)); row-mean and full-accumulator offsets
@@ -17,7 +19,8 @@ EPS_RMS = 1e-6  # rsqrt(v + 1e-6) and (u + 1e-6)^-½
 EPS_ACC_FEATURE = 1e-8  # rsqrt(row/col feature + 1e-8)
 EPS_NORMALIZE = 1e-5  # rsqrt(1e-5 + mean x²)
 
-# ---- time features: tanh(t/τ − 1) for each τ ---------------------------------------------------------------
+# ---- time features: tanh(min(t, t_clamp)/τ − 1) for each τ (t_clamp = +inf, no clamp, unless the meta-weights'
+# config sets ``time_clamp``) -----------------------------------------------------------------------------------
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0)
 
 # ---- the 28 feature channels, in order: (name, width, what it is) ---------------------------------------------
@@ -64,6 +67,7 @@ HYPER_ORDER = (
     "beta_f2",
     "exp_mult",
     "step_mult",
+    "time_clamp",
 )
 
 
@@ -75,7 +79,13 @@ def hyper_vector(weights) -> list[float]:
         *map(float, weights.adafactor_decays),
         float(weights.exp_mult),
         float(weights.step_mult),
+        time_clamp_value(weights.time_clamp),
     ]
+
+
+def time_clamp_value(time_clamp: float | None) -> float:
+    """The t the time features stop growing at, as the kernels take it: ``None`` (no clamp) is +inf."""
+    return math.inf if time_clamp is None else float(time_clamp)
 
 
 def _camel(name: str) -> str:

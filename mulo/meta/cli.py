@@ -92,6 +92,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "w0/s, the loss is evaluated at s·w (default: the preset's, off)",
     )
     p.add_argument(
+        "--time-clamp",
+        type=float,
+        default=None,
+        help="the time features read min(t, T) instead of t, in meta-training and in every later use of the "
+        "weights (stored in their config.json): a run longer than the horizon keeps seeing time features from "
+        "the range meta-training saw. Give the longest inner horizon, e.g. 1000 (default: the preset's, none)",
+    )
+    p.add_argument(
         "--init-weights",
         default=None,
         help="meta-weights to start from: an LOptNet directory or a shipped name (default: fresh init)",
@@ -120,7 +128,8 @@ def config_from_args(args: argparse.Namespace):
     # every override option of the parser, by its name in the preset (None: the preset's value)
     overrides = ("outer_steps", "dataset", "parameterization", "estimator", "num_pairs", "checkpoint_every",
         "seed", "lr_peak", "lr_final", "meta_loss", "label_noise", "max_length", "warmup_steps", "decay_end",
-        "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global")  # fmt: skip
+        "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global",
+        "time_clamp")  # fmt: skip
     return preset(args.preset, **{name: getattr(args, name) for name in overrides})
 
 

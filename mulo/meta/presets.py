@@ -70,6 +70,9 @@ class MetaTrainConfig:
     inner_weight_decay: float = 0.0
     #: reparameterize each task by a global scale s ~ log-uniform[1e-3, 1e3] (params w₀/s, loss at s·w)
     reparam_global: bool = False
+    #: the meta-weights read the time features at min(t, time_clamp) (LOptConfig.time_clamp), in the inner
+    #: runs and in every later use of the weights; None: no clamp (μLO's)
+    time_clamp: float | None = None
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -94,6 +97,11 @@ class MetaTrainConfig:
             )
         if not isinstance(self.reparam_global, bool):
             raise ValueError(f"reparam_global (--reparam-global) must be True or False, got {self.reparam_global!r}")
+        if self.time_clamp is not None and not (math.isfinite(self.time_clamp) and self.time_clamp >= 1):
+            raise ValueError(
+                f"time_clamp (--time-clamp) must be a step count ≥ 1, e.g. the longest inner horizon "
+                f"{self.max_length}, got {self.time_clamp!r}"
+            )
 
     def inner_schedule_spec(self) -> InnerSchedule:
         """The inner runs' learning-rate schedule (:class:`mulo.meta.inner.InnerSchedule`)."""
@@ -135,7 +143,9 @@ class MetaTrainConfig:
 
 
 #: fields added after checkpoints were written; to_json omits them while they hold their defaults
-OMITTED_AT_DEFAULT = ("inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global")
+OMITTED_AT_DEFAULT = (
+    "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global", "time_clamp"
+)  # fmt: skip
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
 
 

@@ -19,6 +19,7 @@ Output directory ``DIR``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -76,7 +77,7 @@ def check_output_dir(out: str | os.PathLike) -> Path:
 
 
 def lopt_config_for(config: MetaTrainConfig) -> LOptConfig:
-    return LOptConfig(step_mult=config.step_mult)
+    return LOptConfig(step_mult=config.step_mult, time_clamp=config.time_clamp)
 
 
 def build_estimators(
@@ -249,7 +250,7 @@ class MetaTrainer:
             "config": self.config.to_json(),
             "init_weights": self.init_weights,  # None: a fresh LOptNet drawn with config.seed
         }
-        return theta_mod.to_net(self.theta.detach().cpu(), LOptConfig(step_mult=self.config.step_mult, info=info))
+        return theta_mod.to_net(self.theta.detach().cpu(), dataclasses.replace(lopt_config_for(self.config), info=info))
 
     def save_weights(self) -> Path:
         return self.meta_net().save_pretrained(self.out / WEIGHTS_DIR)

@@ -156,6 +156,48 @@ def test_time_features():
     )
 
 
+@pytest.mark.parametrize(("t", "clamp", "reads"), [(2500.0, 1000.0, 1000.0), (400.0, 1000.0, 400.0), (7.0, None, 7.0)])
+def test_time_clamp_reads_min_of_t_and_clamp(t, clamp, reads):
+    got = ref.time_features(torch.tensor(t), torch.float64, clamp)
+    expected = torch.tensor([math.tanh(reads / tau - 1.0) for tau in C.TIMESCALES], dtype=torch.float64)
+    assert_close(got, expected, KEY, f"time features at t={t}, clamp {clamp}")
+
+
+def test_time_clamp_step_past_the_clamp_is_the_step_at_the_clamp():
+    """Meta-weights with time_clamp = 1000 at t = 2500 give the update the unclamped weights give at t = 1000
+    (and not the one they give at t = 2500); only the step counter differs."""
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    base = random_net()
+    clamped = LOptNet(LOptConfig(time_clamp=1000.0))
+    clamped.load_state_dict(base.state_dict())
+    g, p = hetero_grad((6, 5), dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    results = {}
+    for name, net, t in (("clamped@2500", clamped, 2500.0), ("plain@1000", base, 1000.0), ("plain@2500", base, 2500.0)):
+        q, st = p.clone(), torch_state((6, 5))
+        st["step"].fill_(t)
+        ref.step_one(q, g, st, 1.0, 0.0, net.meta_weights("cpu", torch.float64))
+        results[name] = q
+    assert torch.equal(results["clamped@2500"], results["plain@1000"])
+    assert (results["clamped@2500"] - results["plain@2500"]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, math.inf, math.nan])
+def test_time_clamp_must_be_a_finite_step_count(bad):
+    from mulo.lopt.network import LOptConfig
+
+    with pytest.raises(ValueError, match="time_clamp"):
+        LOptConfig(time_clamp=bad)
+
+
+def test_time_clamp_survives_save_and_load(tmp_path):
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    LOptNet(LOptConfig(time_clamp=1000.0)).save_pretrained(tmp_path)
+    assert LOptNet.from_pretrained(tmp_path).config.time_clamp == 1000.0
+    assert LOptNet.from_pretrained(tmp_path, time_clamp=None).config.time_clamp is None
+
+
 def _one_step_update(g, p, net):
     w = net.meta_weights("cpu", torch.float64)
     p = p.clone()

@@ -46,7 +46,7 @@ def variants():
             for dot in ("tf32", "ieee", "bf16"):
                 sig = {**TABLES, "hyper": "*fp32", "decays": "*fp32", "taus": "*fp32", "perm": "*i32"}
                 sig.update({k: "*fp32" for k in ("w1", "b1", "w2", "b2", "w3", "b3")})
-                sig.update({"exp_mult": "fp32", "step_mult": "fp32"})
+                sig.update({"exp_mult": "fp32", "step_mult": "fp32", "time_clamp": "fp32"})
                 c = {**consts, "BX": 2, "BY": 64, "NSUB": 8, "HID": 32, "DOT": dot}
                 sig.update({k: "constexpr" for k in c})
                 yield f"lopt_apply {tag} dot={dot}", lopt_apply_kernel, sig, c

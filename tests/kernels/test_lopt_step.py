@@ -261,7 +261,8 @@ def test_custom_op_passes_opcheck():
     args = (
         params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], accs,
         [st["step"] for st in states], [st["nonfinite_skips"] for st in states], [1.0, 1.0], [0.0, 0.0],
-        [t for layer in w.layers for t in layer], decays, w.exp_mult, w.step_mult, "torch", "ieee", [32, 64, 8, 1, 0],
+        [t for layer in w.layers for t in layer], decays, w.exp_mult, w.step_mult, 1000.0, "torch", "ieee",
+        [32, 64, 8, 1, 0],
     )  # fmt: skip
     result = torch.library.opcheck(torch.ops.mulo.triton_lopt_step_.default, args)
     assert all(v == "SUCCESS" for v in result.values()), result

@@ -169,3 +169,21 @@ def test_cli_schedule_horizon_and_meta_loss_options_reach_the_config(tmp_path, c
     with pytest.raises(SystemExit):
         cli.main(args + ["--meta-loss", "squared"])
     assert "invalid choice: 'squared'" in capsys.readouterr().err
+
+
+def test_time_clamp_reaches_the_inner_runs_and_the_shipped_weights(tmp_path, capsys):
+    """--time-clamp: the population's meta-weights clamp the time features (so inner runs train with the
+    clamp), the weights written carry it in config.json, and a bad value is refused by name."""
+    from mulo.meta.trainer import lopt_config_for
+
+    cfg = preset("tiny", **SHORT, time_clamp=60.0)
+    assert lopt_config_for(cfg).time_clamp == 60.0
+    trainer = MetaTrainer(cfg.replace(outer_steps=1), tmp_path / "run", progress=False)
+    unroll = trainer.estimators[0].truncated_step  # builds each family's members' weights from its config
+    assert theta_mod.population_weights(trainer.theta.detach()[None], unroll.config).time_clamp == 60.0
+    out = tmp_path / "cli"
+    args = ["meta-train", "--out", str(out), "--outer-steps", "1", "--num-pairs", "1", "--no-progress"]
+    assert cli.main(args + ["--time-clamp", "60"]) == 0
+    assert json.loads((out / WEIGHTS_DIR / "config.json").read_text())["time_clamp"] == 60.0
+    assert cli.main(args + ["--time-clamp", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "time_clamp (--time-clamp) must be a step count ≥ 1" in capsys.readouterr().err

@@ -33,6 +33,8 @@ class Case:
     weight_decay: float = 0.0
     mup: bool = False  # lr_scale 1/fan_in on rank ≥ 2 tensors, as μP hidden weights get
     noncontiguous: bool = False  # parameters and gradients are transposed views
+    time_clamp: float | None = None  # the meta-weights' clamp of the time features' t
+    start_step: float = 0.0  # every tensor's step counter before the first step
 
 
 CASES = [
@@ -40,6 +42,9 @@ CASES = [
     Case("shape-zoo-mup-wd", (*SHAPES, (33, 70)), steps=3, weight_decay=0.05, mup=True),
     Case("jax-layout", ((4, 6), (6, 4), (5, 5), (2, 3, 4)), layout="jax"),
     Case("noncontiguous", ((6, 5), (3, 7)), noncontiguous=True),
+    # past the clamp (t = 2,500 read as 1,000) and below it (t = 400): both sides of min(t, time_clamp)
+    Case("time-clamp", ((6, 5), (7,), (2, 3, 4)), start_step=2500.0, time_clamp=1000.0),
+    Case("time-clamp-below", ((6, 5), (7,)), start_step=400.0, time_clamp=1000.0),
 ]
 
 # (whole shape, split physical axis): split along d0, d1, neither; uneven and empty shards; zero-size
@@ -72,10 +77,10 @@ def _fast_backend(name: str):
 FAST = [b for b in available_backends("cpu", torch.float32) if b != "reference"]
 
 
-def _weights(layout: str):
+def _weights(layout: str, time_clamp: float | None = None):
     from mulo.lopt.network import LOptConfig, LOptNet
 
-    net = LOptNet(LOptConfig(layout=layout))
+    net = LOptNet(LOptConfig(layout=layout, time_clamp=time_clamp))
     net.load_state_dict(random_net().state_dict())
     return net.meta_weights("cpu", torch.float32), net.meta_weights("cpu", torch.float64)
 
@@ -94,11 +99,13 @@ def _param(shape, noncontiguous: bool) -> torch.Tensor:
 @pytest.mark.parametrize("backend", FAST)
 def test_step_matches_reference(backend, case):
     fast = _fast_backend(backend)
-    w32, w64 = _weights(case.layout)
+    w32, w64 = _weights(case.layout, case.time_clamp)
     params = [_param(s, case.noncontiguous) for s in case.shapes]
     ref_params = [p.double().clone() for p in params]
     states = [init_state(s, torch.float32, layout=case.layout) for s in case.shapes]
     ref_states = [init_state(s, torch.float64, layout=case.layout) for s in case.shapes]
+    for st in (*states, *ref_states):
+        st["step"].fill_(case.start_step)
     lrs = [_lr(case, s) for s in case.shapes]
     wds = [case.weight_decay] * len(case.shapes)
     grad_max = [torch.zeros(physical_shape(s), dtype=torch.float64) for s in case.shapes]
