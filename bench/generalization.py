@@ -65,6 +65,8 @@ def column(row: dict, digests: dict[str, str] | None = None) -> str:
     digest = row.get("meta_weights_sha256")
     named = [n for full, n in (digests or {}).items() if digest and full.startswith(digest)]  # rows keep a prefix
     name = (named[0] if named else None) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
+    if row.get("meta_weights_time_clamp") is not None:  # same weights file, time features clamped
+        name += f"@t{row['meta_weights_time_clamp']:g}"
     return f"{opt}:{name}{suffix}"
 
 

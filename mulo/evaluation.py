@@ -185,15 +185,28 @@ def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
     }
 
 
+def _weights_path(source: str) -> Path:
+    path = Path(source)
+    if not path.is_dir() and source in pretrained.names():
+        path = pretrained.weights_dir(source)
+    return path
+
+
 def _weights_digest(source: str | None) -> str | None:
     """sha256 (first 16 hex digits) of the meta-weights file a row was trained with: names can be reused."""
     if source is None:
         return None
-    path = Path(source)
-    if not path.is_dir() and source in pretrained.names():
-        path = pretrained.weights_dir(source)
-    digest = pretrained.model_digest(path)
+    digest = pretrained.model_digest(_weights_path(source))
     return digest[:16] if digest else None
+
+
+def _weights_time_clamp(source: str | None) -> float | None:
+    """The time clamp the meta-weights' config.json sets (None: none), which changes the update without
+    changing the weights file, so rows record it beside the digest."""
+    if source is None:
+        return None
+    file = _weights_path(source) / "config.json"
+    return json.loads(file.read_text()).get("time_clamp") if file.is_file() else None
 
 
 def tune_lr(task: Task, spec: OptSpec, grid=ADAM_GRID, seeds=(0, 1)) -> tuple[float, list[dict]]:

@@ -234,6 +234,7 @@ def run_row(
         "lr": lr,
         "meta_weights": weights,
         "meta_weights_sha256": evaluation._weights_digest(weights) if weights else None,
+        "meta_weights_time_clamp": evaluation._weights_time_clamp(weights),
         "seed": seed,
         **result,
     }
