@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "celo2_ops.h"
 #include "ops.h"
 
 TORCH_LIBRARY(mulo, m) {
@@ -18,12 +19,33 @@ TORCH_LIBRARY(mulo, m) {
       "Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] sums, "
       "Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims, float[] hyper, "
       "int[] weight_index=[], int[] whole=[], Tensor[]? row_acc_sums=None) -> ()");
+  // Celo2's passes (celo2_ops.h)
+  m.def("celo2_reduce(Tensor[] grads, int[] dims) -> (Tensor[], Tensor)");
+  m.def(
+      "celo2_sumsq(Tensor[] params, Tensor[] grads, Tensor(a!)[] momentum, Tensor(b!)[] second_moment, "
+      "Tensor(c!)[] row, Tensor(d!)[] col, Tensor[] sums, Tensor finite, int[] dims) -> Tensor");
+  m.def(
+      "celo2_direction(Tensor[] params, Tensor[] grads, Tensor[] momentum, Tensor[] second_moment, Tensor[] row, "
+      "Tensor[] col, Tensor[] sums, Tensor finite, int[] dims, Tensor sumsq, Tensor[] mlp, Tensor(a!)[] directions, "
+      "int[] weight_index=[]) -> Tensor");
+  m.def(
+      "celo2_apply(Tensor(a!)[] params, Tensor[] grads, Tensor[] momentum, Tensor[] second_moment, Tensor[] row, "
+      "Tensor[] col, Tensor[] sums, Tensor finite, int[] dims, Tensor sumsq, Tensor[] mlp, Tensor dsumsq, "
+      "Tensor(b!)[] steps, Tensor(c!)[] skips, float[] lrs, float[] wds, int[] weight_index=[]) -> ()");
+  m.def(
+      "celo2_apply_steps(Tensor(a!)[] params, Tensor[] directions, Tensor(b!)[] steps, Tensor(c!)[] skips, "
+      "Tensor finite, float[] lrs, float[] wds) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mulo, CPU, m) {
   m.impl("lopt_reduce", &mulo::lopt_reduce_cpu);
   m.impl("lopt_sumsq", &mulo::lopt_sumsq_cpu);
   m.impl("lopt_apply", &mulo::lopt_apply_cpu);
+  m.impl("celo2_reduce", &mulo::celo2_reduce_cpu);
+  m.impl("celo2_sumsq", &mulo::celo2_sumsq_cpu);
+  m.impl("celo2_direction", &mulo::celo2_direction_cpu);
+  m.impl("celo2_apply", &mulo::celo2_apply_cpu);
+  m.impl("celo2_apply_steps", &mulo::celo2_apply_steps_cpu);
 }
 
 #ifdef MULO_WITH_CUDA

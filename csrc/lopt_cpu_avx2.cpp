@@ -2,6 +2,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "celo2_cpu.h"
 #include "lopt_cpu.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -15,6 +16,7 @@
 #define MULO_NV 3
 #define MULO_OB 4
 #include "lopt_cpu_kernels.h"
+#include "celo2_cpu_kernels.h"  // Celo2's kernels, on the same SIMD primitives
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -22,9 +24,13 @@
 #endif
 namespace mulo_cpu {
 Kernels kernels_avx2() { return {"avx2", &sumsq_entry, &apply_entry}; }
+Celo2Kernels celo2_kernels_avx2() {
+  return {&celo2_sumsq_entry, &celo2_direction_entry, &celo2_apply_entry, &celo2_apply_steps_entry};
+}
 }  // namespace mulo_cpu
 #else
 namespace mulo_cpu {
 Kernels kernels_avx2() { return {"avx2", nullptr, nullptr}; }
+Celo2Kernels celo2_kernels_avx2() { return {}; }
 }  // namespace mulo_cpu
 #endif

@@ -24,6 +24,13 @@ TOL = {
     # atol is a few ulps at 1, not at the result
     ("population", torch.float64): (1e-13, 1e-16),
     ("population", torch.float32): (1e-6, 5e-7),
+    # Celo2: a fast backend's update Δp in float32 against the float64 reference, one step from the same state,
+    # relative to the tensor's largest |Δp| (``scale``: the step is RMS-normalized, so its elements near 0 carry
+    # the rounding of the largest). Without Newton–Schulz: observed ≤ 2e-5. With it, float32 rounding of the
+    # direction is amplified on small singular values (≈ 3.4445 per iteration, 5 iterations): observed ≤ 1.6e-4,
+    # the same for the reference in float32.
+    ("celo2 step", torch.float32): (1e-4, 0.0),
+    ("celo2 step newton-schulz", torch.float32): (1e-3, 0.0),
     # a DTensor-sharded step vs the same backend on the whole tensor: only summation order differs
     ("sharded", torch.float64): (1e-10, 1e-12),
     ("sharded", torch.float32): (1e-4, 1e-6),

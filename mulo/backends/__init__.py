@@ -1,10 +1,11 @@
-"""A small registry of μLO backends.
+"""A small registry of backends, per update rule (``"mulo"``: μLO, ``"celo2"``: Celo2).
 
-Every backend implements one entry point with one signature::
+Every backend of a rule implements one entry point with one signature; μLO's::
 
     backend.step(params, grads, states, lrs, weight_decays, weights)
 
-for a flat list of tensors on one device in one dtype (``weights`` is a :class:`mulo.lopt.MetaWeights`).
+for a flat list of tensors on one device in one dtype (``weights`` is a :class:`mulo.lopt.MetaWeights`); Celo2's
+adds ``orthogonalize=`` and ``axes=`` keywords and takes :class:`mulo.celo2.Celo2Weights` (:mod:`mulo.celo2.cpu`).
 The optimizer never knows which backend runs. Backends are loaded lazily, so a missing native
 extension or Triton never breaks ``import mulo``; asking for an unavailable backend by name raises
 :class:`BackendUnavailable` with the command that fixes it, while ``"auto"`` falls back and says so once.
@@ -61,6 +62,8 @@ class BackendSpec:
     # through it); "population" — ``population_step`` with per-member meta-weights in one call per pass
     # (:mod:`mulo.backends.population`).
     capabilities: frozenset[str] = frozenset()
+    # The update rule whose step the backend runs: "mulo" (μLO) or "celo2"; each rule has its own names.
+    rule: str = "mulo"
 
     def auto_on(self, device_type: str) -> bool:
         return device_type in (self.auto_device_types if self.auto_device_types is not None else self.device_types)
@@ -82,63 +85,83 @@ def _caller_stacklevel() -> int:
     return level
 
 
-_REGISTRY: dict[str, BackendSpec] = {}
-_LOADED: dict[str, Backend] = {}
+RULES = ("mulo", "celo2")
+_REGISTRY: dict[str, BackendSpec] = {}  # μLO's backends by name
+_RULE_REGISTRY: dict[str, dict[str, BackendSpec]] = {"mulo": _REGISTRY, "celo2": {}}
+_LOADED: dict[str, Backend] = {}  # by _key(rule, name), as _FAILED
 _FAILED: dict[str, str] = {}
-_ANNOUNCED: set[tuple[str, str]] = set()
+_ANNOUNCED: set[tuple[str, ...]] = set()
+
+
+def _registry(rule: str) -> dict[str, BackendSpec]:
+    if rule not in _RULE_REGISTRY:
+        raise ValueError(f"unknown update rule {rule!r}; choose one of {RULES}")
+    return _RULE_REGISTRY[rule]
+
+
+def _key(rule: str, name: str) -> str:
+    return name if rule == "mulo" else f"{rule}:{name}"
 
 
 def register_backend(spec: BackendSpec) -> None:
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
-        raise ValueError(f"a different backend named {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
+    registry = _registry(spec.rule)
+    if spec.name in registry and registry[spec.name] != spec:
+        raise ValueError(f"a different {spec.rule} backend named {spec.name!r} is already registered")
+    registry[spec.name] = spec
 
 
-def known_backends() -> list[str]:
-    return sorted(_REGISTRY)
+def known_backends(rule: str = "mulo") -> list[str]:
+    return sorted(_registry(rule))
 
 
 CAPABILITIES = ("passes", "population")
 
 
-def has_capability(name: str, capability: str) -> bool:
-    """Whether backend ``name`` declares ``capability`` (one of :data:`CAPABILITIES`) in its spec."""
+def has_capability(name: str, capability: str, rule: str = "mulo") -> bool:
+    """Whether ``rule``'s backend ``name`` declares ``capability`` (one of :data:`CAPABILITIES`) in its spec."""
     if capability not in CAPABILITIES:
         raise ValueError(f"unknown capability {capability!r}; choose one of {CAPABILITIES}")
-    return capability in _REGISTRY[name].capabilities
+    return capability in _registry(rule)[name].capabilities
 
 
-def load_backend(name: str) -> Backend:
-    """The backend called ``name``; raises :class:`BackendUnavailable` with the fix if it cannot load."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {known_backends()}")
-    if name in _LOADED:
-        return _LOADED[name]
-    spec = _REGISTRY[name]
-    if name not in _FAILED:
+def load_backend(name: str, rule: str = "mulo") -> Backend:
+    """``rule``'s backend called ``name``; raises :class:`BackendUnavailable` with the fix if it cannot load."""
+    registry = _registry(rule)
+    if name not in registry:
+        what = "backend" if rule == "mulo" else f"{rule} backend"
+        raise ValueError(f"unknown {what} {name!r}; choose 'auto' or one of {known_backends(rule)}")
+    key = _key(rule, name)
+    if key in _LOADED:
+        return _LOADED[key]
+    spec = registry[name]
+    if key not in _FAILED:
         module, attr = spec.factory.split(":")
         try:
-            _LOADED[name] = getattr(importlib.import_module(module), attr)()
-            return _LOADED[name]
+            _LOADED[key] = getattr(importlib.import_module(module), attr)()
+            return _LOADED[key]
         except (ImportError, OSError, RuntimeError) as e:
-            _FAILED[name] = f"{type(e).__name__}: {e}"
-    raise BackendUnavailable(f"backend {name!r} is not available here ({_FAILED[name]}). Fix: {spec.fix}")
+            _FAILED[key] = f"{type(e).__name__}: {e}"
+    raise BackendUnavailable(f"backend {name!r} is not available here ({_FAILED[key]}). Fix: {spec.fix}")
 
 
 def available_backends(
-    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, *, auto: bool = False
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    auto: bool = False,
+    rule: str = "mulo",
 ) -> list[str]:
-    """Names of the backends that load here (and run on ``device`` with parameters of ``dtype`` if a device
-    is given; with ``auto``, only those "auto" may pick there), best first."""
+    """Names of ``rule``'s backends that load here (and run on ``device`` with parameters of ``dtype`` if a
+    device is given; with ``auto``, only those "auto" may pick there), best first."""
     dev = torch.device(device) if device is not None else None
     out = []
-    for spec in sorted(_REGISTRY.values(), key=lambda s: s.priority):
+    for spec in sorted(_registry(rule).values(), key=lambda s: s.priority):
         if dev is not None and dev.type not in spec.device_types:
             continue
         if dev is not None and auto and not spec.auto_on(dev.type):
             continue
         try:
-            backend = load_backend(spec.name)
+            backend = load_backend(spec.name, rule)
         except BackendUnavailable:
             continue
         if dev is None or backend.supports(dev, dtype):
@@ -146,35 +169,37 @@ def available_backends(
     return out
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Backend:
-    """The backend to run for parameters of ``dtype`` on ``device``: ``name`` itself, or for ``"auto"`` the
-    best available one."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32, rule: str = "mulo") -> Backend:
+    """``rule``'s backend to run for parameters of ``dtype`` on ``device``: ``name`` itself, or for ``"auto"``
+    the best available one."""
+    registry = _registry(rule)
     if name != "auto":
-        backend = load_backend(name)
-        if device.type not in _REGISTRY[name].device_types or not backend.supports(device, dtype):
-            runs_on = ", ".join(_REGISTRY[name].device_types)
+        backend = load_backend(name, rule)
+        if device.type not in registry[name].device_types or not backend.supports(device, dtype):
+            runs_on = ", ".join(registry[name].device_types)
             raise BackendUnavailable(
                 f"backend {name!r} (runs on {runs_on}) does not run {dtype} parameters on {device}; use "
-                f"backend='auto' or one of {available_backends(device, dtype)}"
+                f"backend='auto' or one of {available_backends(device, dtype, rule=rule)}"
             )
         return backend
-    candidates = available_backends(device, dtype, auto=True)
+    candidates = available_backends(device, dtype, auto=True, rule=rule)
     chosen = candidates[0]  # "reference" runs everywhere
-    key = (device.type, chosen)  # announce once per device type and choice
+    key = (device.type, chosen) if rule == "mulo" else (rule, device.type, chosen)  # announce once per choice
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
         skipped = [
-            f"{s.name} ({_FAILED.get(s.name, 'unavailable')})"
-            for s in sorted(_REGISTRY.values(), key=lambda s: s.priority)
+            f"{s.name} ({_FAILED.get(_key(rule, s.name), 'unavailable')})"
+            for s in sorted(registry.values(), key=lambda s: s.priority)
             if s.auto_on(device.type) and s.name not in candidates
         ]
         note = f"; not available: {', '.join(skipped)}" if skipped else ""
+        who = "mulo" if rule == "mulo" else f"mulo.{rule.capitalize()}"
         warnings.warn(
-            f"mulo: backend='auto' uses {chosen!r} on {device.type}{note}",
+            f"{who}: backend='auto' uses {chosen!r} on {device.type}{note}",
             MuLOBackendNotice,
             stacklevel=_caller_stacklevel(),
         )
-    return load_backend(chosen)
+    return load_backend(chosen, rule)
 
 
 _NATIVE_FIX = "build the native extension: `make install` (or `pip install --no-build-isolation -e .`)"
@@ -188,6 +213,10 @@ for _spec in (
                 capabilities=frozenset({"passes", "population"})),
     BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 10, f"set CUDA_HOME and {_NATIVE_FIX}",
                 capabilities=frozenset({"passes"})),
+    # Celo2 (mulo.Celo2): the oracle and the fused C++ passes (mulo/celo2/cpu.py)
+    BackendSpec("reference", "mulo.celo2.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
+                "(always available)", rule="celo2"),
+    BackendSpec("cpu", "mulo.celo2.cpu:CpuBackend", ("cpu",), 10, _NATIVE_FIX, rule="celo2"),
 ):  # fmt: skip
     register_backend(_spec)
 
@@ -197,6 +226,7 @@ __all__ = [
     "BackendUnavailable",
     "MuLOBackendNotice",
     "CAPABILITIES",
+    "RULES",
     "available_backends",
     "has_capability",
     "known_backends",

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from mulo.backends import load_backend, resolve_backend
 from mulo.celo2 import reference, spec
 from mulo.celo2.network import Celo2Net, Celo2Weights
 from mulo.optim.mulo import (
@@ -19,9 +20,6 @@ from mulo.optim.mulo import (
     run_closure,
     warn_if_placeholder,
 )
-
-# Celo2's backends by name ("auto" picks the first that supports the device). Fused kernels register here.
-BACKENDS: dict[str, Callable[[], Any]] = {"reference": reference.ReferenceBackend}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +66,9 @@ class Celo2(Optimizer):
             (``model.safetensors`` + ``config.json``), the name of Celo2 weights shipped with mulo
             (:func:`mulo.celo2.pretrained.names`), or ``None``: mulo's hand-set placeholder (no meta-trained
             Celo2 weights ship yet; a :class:`~mulo.PlaceholderMetaWeightsWarning` says so).
-        backend: ``"auto"`` or ``"reference"`` (the only Celo2 backend so far: plain PyTorch, float64-capable).
+        backend: ``"auto"`` (the fastest available: ``"cpu"`` on CPU when the native extension is built),
+            ``"reference"`` (plain PyTorch, float64-capable, the oracle) or ``"cpu"`` (fused C++ passes,
+            :mod:`mulo.celo2.cpu`; float32/bfloat16/float16 CPU parameters).
         orthogonalize: Newton–Schulz on the learned direction (Celo2); ``False`` is Celo2-base.
         adam_lr_mult: the AdamW route's learning rate is ``lr · adam_lr_mult``.
         adam_betas, adam_eps: AdamW's moment decays and the epsilon added to √v̂.
@@ -114,11 +114,10 @@ class Celo2(Optimizer):
             _check_hparam(name, value)
         if adam_weight_decay is not None:
             _check_hparam("adam_weight_decay", adam_weight_decay)
-        if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
-            raise ValueError(
-                f"backend must be 'auto' or one of Celo2's backends {sorted(BACKENDS)}, got {backend!r} (fused "
-                "Celo2 kernels are not implemented yet; μLO's backends run mulo.MuLO only)"
-            )
+        if not isinstance(backend, str):
+            raise ValueError(f"backend must be 'auto' or the name of one of Celo2's backends, got {backend!r}")
+        if backend != "auto":
+            load_backend(backend, rule="celo2")  # unknown → ValueError, unavailable → BackendUnavailable with the fix
         if not isinstance(orthogonalize, bool):
             raise TypeError(f"orthogonalize must be True (Celo2) or False (Celo2-base), got {orthogonalize!r}")
         if normalize_axes not in spec.NORMALIZE_AXES:
@@ -132,6 +131,7 @@ class Celo2(Optimizer):
             "learned rule.",
         )  # fmt: skip
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, Celo2Weights]] = {}
+        self._backends: dict[tuple[torch.device, torch.dtype], Any] = {}
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -211,13 +211,12 @@ class Celo2(Optimizer):
     _meta_weights = MuLO._meta_weights  # the network's copy per (device, dtype), refreshed when it changes
 
     def backend_for(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Any:
-        """The backend this optimizer runs for learned-rule tensors of ``dtype`` on ``device``."""
-        names = list(BACKENDS) if self.options.backend == "auto" else [self.options.backend]
-        for name in names:
-            backend = BACKENDS[name]()
-            if backend.supports(torch.device(device), dtype):
-                return backend
-        raise RuntimeError(f"no Celo2 backend among {names} supports {dtype} on {device}")
+        """The backend this optimizer runs for learned-rule tensors of ``dtype`` on ``device`` (``"auto"``: the
+        best available there, announced once; an explicit backend that cannot run them raises, naming the fix)."""
+        key = (torch.device(device), dtype)
+        if key not in self._backends:
+            self._backends[key] = resolve_backend(self.options.backend, *key, rule="celo2")
+        return self._backends[key]
 
     @staticmethod
     def _raise_on_nonfinite(where: list[tuple[int, int, torch.Tensor]]) -> None:

@@ -66,3 +66,41 @@ ADAM_EPS = 1e-8
 # they are (the public PyTorch port); "io" sees a tensor of rank ≥ 3 in optax's HWIO layout (PyTorch
 # (O, I, *spatial) → (*spatial, I, O)), so its last two axes are (I, O).
 NORMALIZE_AXES = ("last2", "io")
+
+
+# ---- the C++ header (csrc/celo2_spec.h) ----------------------------------------------------------------------------
+_PREAMBLE = """\
+// GENERATED from mulo/celo2/spec.py by `python -m mulo.celo2.spec > csrc/celo2_spec.h`; do not edit.
+// The one specification of Celo2's per-element rule (tests/celo2/test_cpu_backend.py checks this file).
+#pragma once
+
+namespace mulo {
+namespace celo2 {
+"""
+
+
+def _c_name(name: str) -> str:
+    return "k" + "".join(part.capitalize() for part in name.lower().split("_"))
+
+
+def c_header() -> str:
+    """The text of csrc/celo2_spec.h: this module's constants for the fused kernels."""
+    scalars = {name: globals()[name] for name in ("GRAD_CLAMP", "FEATURE_CLIP", "EPS_GRAD_SQ", "EPS_SAFE_RSQRT",
+                                                  "EPS_RSQRT", "EPS_NORMALIZE")}  # fmt: skip
+    decays = {name: globals()[name] for name in ("RMS_DECAY", "EXP_MULT", "RMS_MULT")}
+    sizes = {"FEATURES": NUM_FEATURES, "HIDDEN": HIDDEN_SIZE, "HIDDEN_LAYERS": HIDDEN_LAYERS, "OUTPUT": OUTPUT_SIZE}
+    starts = [sum(FEATURE_DIMS[:i]) for i in range(len(FEATURE_DIMS))]
+    out = [f"constexpr float {_c_name(k)} = {v!r}f;" for k, v in scalars.items()]
+    out += [f"constexpr double {_c_name(k)} = {v!r};" for k, v in decays.items()]
+    out += [f"constexpr double {_c_name(k)}[3] = {{{', '.join(map(repr, globals()[k]))}}};"
+            for k in ("MOMENTUM_DECAYS", "ADAFACTOR_DECAYS")]  # fmt: skip
+    out += ["", *(f"constexpr int {_c_name(k)} = {v};" for k, v in sizes.items()), ""]
+    out += ["// the features: index of the first value of each group (width 1 or 3), in FEATURE_GROUPS order"]
+    out += ["enum Feature : int {"]
+    out += [f"  kFeat{_c_name(n)[1:]} = {i},  // {w}: {what}" for (n, w, what), i in zip(FEATURE_GROUPS, starts)]
+    out += ["};", "", "}  // namespace celo2", "}  // namespace mulo", ""]
+    return _PREAMBLE + "\n" + "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(c_header(), end="")

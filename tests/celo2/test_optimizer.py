@@ -185,7 +185,7 @@ def test_nonfinite_raise_names_the_parameter_and_changes_nothing():
     [
         ({"lr": -1.0}, ValueError, "lr must be finite and ≥ 0"),
         ({"weight_decay": float("nan")}, ValueError, "weight_decay"),
-        ({"backend": "cpu"}, ValueError, "Celo2's backends"),
+        ({"backend": "cuda"}, ValueError, "unknown celo2 backend 'cuda'"),
         ({"normalize_axes": "hwio"}, ValueError, "normalize_axes"),
         ({"orthogonalize": 1}, TypeError, "orthogonalize"),
         ({"nonfinite": "ignore"}, ValueError, "nonfinite"),

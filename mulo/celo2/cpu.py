@@ -1,0 +1,228 @@
+"""Celo2's ``cpu`` backend: the pass plan of :mod:`mulo.celo2.reference` as fused C++ ops (csrc/celo2_cpu.cpp),
+each over all tensors of a bucket at once:
+
+- ``torch.ops.mulo.celo2_reduce`` (A): the row/column sums of s = clamp(g)² + 1e-30 and a finite flag per tensor;
+- ``torch.ops.mulo.celo2_sumsq`` (B): commits the new accumulators (m, v, row, col) and returns the 30 features'
+  sums of squares per slice (the last two axes);
+- ``torch.ops.mulo.celo2_direction`` (C): the direction through the 30→8→8→3 network, and Σ d² per slice;
+- with ``orthogonalize=True`` C writes the direction straight into one stacked buffer per slice shape, Newton–Schulz
+  runs as one chain of batched matrix products per buffer (:func:`mulo.celo2.reference.newton_schulz`), and
+  ``torch.ops.mulo.celo2_apply_steps`` (E) sums each slice's squares and applies the normalized step;
+- without it (Celo2-base) no direction is materialized: C only sums d², and ``torch.ops.mulo.celo2_apply`` (E)
+  recomputes d from the features and applies it.
+
+Tensors are passed as the contiguous math view the rule reads (``normalize_axes="io"`` permutes a rank ≥ 3
+tensor: a contiguous copy, written back). Float64 parameters, non-float32 state and meta-networks other than the
+published 30→8→8→3 ReLU shape run the reference instead (exact, slower).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+
+import torch
+
+from mulo.backends.native import NATIVE_DTYPES, _kernel_grads, load_extension
+from mulo.celo2 import reference, spec
+from mulo.celo2.network import Celo2Weights
+from mulo.lopt.shapes import factored_dims
+
+_fakes_lock = threading.Lock()
+_fakes_registered = False
+
+
+def _register_fakes() -> None:
+    """Fake (meta) implementations of the celo2 ops, so that ``torch.compile`` can trace them."""
+    global _fakes_registered
+    with _fakes_lock:
+        if _fakes_registered:
+            return
+
+        def slices(params) -> int:
+            return sum(p.numel() // max(1, p.shape[-2] * p.shape[-1]) for p in params)
+
+        @torch.library.register_fake("mulo::celo2_reduce")
+        def _reduce_fake(grads, dims):
+            sums = [g.new_empty((g.numel() // g.shape[dims[2 * i + 1]] + g.numel() // g.shape[dims[2 * i]],),
+                                dtype=torch.float32) for i, g in enumerate(grads)]  # fmt: skip
+            return sums, grads[0].new_empty((len(grads),), dtype=torch.float32)
+
+        @torch.library.register_fake("mulo::celo2_sumsq")
+        def _sumsq_fake(params, *args):
+            return params[0].new_empty((slices(params), spec.NUM_FEATURES), dtype=torch.float32)
+
+        @torch.library.register_fake("mulo::celo2_direction")
+        def _direction_fake(params, *args, **kwargs):
+            return params[0].new_empty((slices(params),), dtype=torch.float32)
+
+        for name in ("celo2_apply", "celo2_apply_steps"):
+            torch.library.register_fake(f"mulo::{name}")(lambda *args, **kwargs: None)
+        _fakes_registered = True
+
+
+def network_supported(w: Celo2Weights) -> bool:
+    """The kernels hard-code the published network: 14 groups → 8 (ReLU) → 8 (ReLU) → ≥ 2 outputs."""
+    return (
+        w.activation == "relu"
+        and [tuple(x.shape) for x in w.w0] == [(d, spec.HIDDEN_SIZE) for d in spec.FEATURE_DIMS]
+        and len(w.dense) == spec.HIDDEN_LAYERS
+        and tuple(w.dense[0][0].shape) == (spec.HIDDEN_SIZE, spec.HIDDEN_SIZE)
+        and w.dense[1][0].shape[0] == spec.HIDDEN_SIZE
+        and w.dense[1][0].shape[1] >= 2
+    )
+
+
+def mlp_tensors(w0: Sequence[torch.Tensor], b0, dense) -> list[torch.Tensor]:
+    """The ops' ``mlp`` (W1, b1, W2, b2, W3, b3): float32, W as (out, in), the two used outputs (direction,
+    magnitude) of the last layer. Each weight may carry leading member axes (K sets back to back)."""
+    out = [
+        torch.cat(list(w0), dim=-2).mT,
+        b0,
+        dense[0][0].mT,
+        dense[0][1],
+        dense[1][0][..., :2].mT,
+        dense[1][1][..., :2],
+    ]
+    return [t.float().contiguous() for t in out]
+
+
+def weights_mlp(w: Celo2Weights) -> list[torch.Tensor]:
+    return mlp_tensors(w.w0, w.b0, w.dense)
+
+
+@dataclasses.dataclass
+class _Work:
+    """One tensor as the ops take it: its math view, contiguous (``copy_back`` pairs: written back after E)."""
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    momentum: torch.Tensor
+    second_moment: torch.Tensor
+    state: dict[str, torch.Tensor]
+    copy_back: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _contiguous(view: torch.Tensor, copy_back: list) -> torch.Tensor:
+    if view.is_contiguous():
+        return view
+    work = view.contiguous()
+    copy_back.append((view, work))
+    return work
+
+
+def _work(param, grad, state, axes: str) -> _Work:
+    back: list = []
+    views = reference.state_views(state, axes)
+    return _Work(
+        param=_contiguous(reference.math_view(param, axes), back),
+        grad=reference.math_view(grad, axes),
+        momentum=_contiguous(views["momentum"], back),
+        second_moment=_contiguous(views["second_moment"], back),
+        state=state,
+        copy_back=back,
+    )
+
+
+def run_passes(works: list[_Work], lrs, weight_decays, mlp, *, orthogonalize: bool, weight_index=()) -> None:
+    """Passes A–E of every tensor in ``works`` (rank ≥ 2, at least one element each), in place."""
+    params = [t.param for t in works]
+    grads = _kernel_grads(params, [t.grad for t in works])
+    momentum = [t.momentum for t in works]
+    second = [t.second_moment for t in works]
+    rows, cols = [t.state["row"] for t in works], [t.state["col"] for t in works]
+    dims = [d for p in params for d in factored_dims(p.shape)]
+    ops = torch.ops.mulo
+    sums, finite = ops.celo2_reduce(grads, dims)  # A
+    accumulators = (params, grads, momentum, second, rows, cols, sums, finite, dims)
+    sumsq = ops.celo2_sumsq(*accumulators)  # B (commits m, v, row, col)
+    steps = [t.state["step"] for t in works]
+    skips = [t.state["nonfinite_skips"] for t in works]
+    lrs, wds = [float(x) for x in lrs], [float(x) for x in weight_decays]
+    if not orthogonalize:
+        dsumsq = ops.celo2_direction(*accumulators, sumsq, mlp, [], list(weight_index))  # C: Σ d² only
+        ops.celo2_apply(*accumulators, sumsq, mlp, dsumsq, steps, skips, lrs, wds, list(weight_index))  # E
+        return
+    buffers, directions = _direction_buffers(params)
+    ops.celo2_direction(*accumulators, sumsq, mlp, directions, list(weight_index))  # C, written into the buffers
+    done = {}
+    for key, buf in buffers.items():  # Newton–Schulz: one chain of batched matrix products per slice shape
+        x = reference.newton_schulz(buf)
+        done[key] = x if x.is_contiguous() else x.contiguous()
+    orthogonal = [_slices_of(done, p, offset) for p, offset in zip(params, _offsets(params))]
+    ops.celo2_apply_steps(params, orthogonal, steps, skips, finite, lrs, wds)  # E
+
+
+def _offsets(params) -> list[int]:
+    """Each tensor's first slice in its slice-shape buffer."""
+    seen: dict[tuple[int, int], int] = {}
+    out = []
+    for p in params:
+        key = tuple(p.shape[-2:])
+        out.append(seen.get(key, 0))
+        seen[key] = out[-1] + p.numel() // (key[0] * key[1])
+    return out
+
+
+def _slices_of(buffers, p: torch.Tensor, offset: int) -> torch.Tensor:
+    key = tuple(p.shape[-2:])
+    n = p.numel() // (key[0] * key[1])
+    return buffers[key][offset : offset + n].view(p.shape)
+
+
+def _direction_buffers(params) -> tuple[dict[tuple[int, int], torch.Tensor], list[torch.Tensor]]:
+    """One (slices, rows, cols) float32 buffer per slice shape, and each tensor's view into its buffer."""
+    counts: dict[tuple[int, int], int] = {}
+    for p in params:
+        key = tuple(p.shape[-2:])
+        counts[key] = counts.get(key, 0) + p.numel() // (key[0] * key[1])
+    buffers = {key: torch.empty((n, *key), dtype=torch.float32) for key, n in counts.items()}
+    return buffers, [_slices_of(buffers, p, off) for p, off in zip(params, _offsets(params))]
+
+
+class CpuBackend:
+    """Fused C++ Celo2 on the CPU (OpenMP over chunks of all tensors, SIMD chosen at run time as μLO's)."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._C = load_extension()
+        _register_fakes()
+        self._fallback = reference.ReferenceBackend()
+
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return torch.device(device).type == "cpu" and dtype in NATIVE_DTYPES
+
+    @staticmethod
+    def _exact_here(states, weights: Celo2Weights) -> bool:
+        return network_supported(weights) and all(st["momentum"].dtype == torch.float32 for st in states)
+
+    def step(self, params, grads, states, lrs, weight_decays, weights: Celo2Weights, *, orthogonalize, axes) -> None:
+        if not params:
+            return
+        if not self._exact_here(states, weights):  # another network shape or float64 state: stay exact
+            self._fallback.step(params, grads, states, lrs, weight_decays, weights, orthogonalize=orthogonalize,
+                                axes=axes)  # fmt: skip
+            return
+        bad = [(i, p.dtype) for i, p in enumerate(params) if p.dtype not in NATIVE_DTYPES]
+        if bad:
+            raise TypeError(f"Celo2 backend 'cpu' runs float32/bfloat16/float16 parameters; params[{bad[0][0]}] has "
+                            f"dtype {bad[0][1]} (use backend='reference' or 'auto' for it)")  # fmt: skip
+        works, keep = [], []
+        for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
+            if p.numel() == 0:
+                st["step"].add_(1.0)  # nothing to update (as the reference)
+                continue
+            works.append(_work(p, g, st, axes))
+            keep.append(i)
+        if works:
+            run_passes(works, [lrs[i] for i in keep], [weight_decays[i] for i in keep], weights_mlp(weights),
+                       orthogonalize=orthogonalize)  # fmt: skip
+        for t in works:
+            for view, work in t.copy_back:
+                view.copy_(work)
+
+    @property
+    def isa(self) -> str:
+        return self._C.cpu_isa()
