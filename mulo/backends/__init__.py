@@ -60,7 +60,7 @@ class BackendSpec:
     # What the backend object implements beyond ``step`` (declared, never probed): "passes" — the pass
     # contract of :mod:`mulo.backends.passes` (pass_a/pass_b/pass_c on shards; FSDP2/DTensor parameters run
     # through it); "population" — ``population_step`` with per-member meta-weights in one call per pass
-    # (:mod:`mulo.backends.population`).
+    # (:mod:`mulo.backends.population`; Celo2's: :mod:`mulo.celo2.population`).
     capabilities: frozenset[str] = frozenset()
     # The update rule whose step the backend runs: "mulo" (μLO) or "celo2"; each rule has its own names.
     rule: str = "mulo"
@@ -215,8 +215,9 @@ for _spec in (
                 capabilities=frozenset({"passes"})),
     # Celo2 (mulo.Celo2): the oracle and the fused C++ passes (mulo/celo2/cpu.py)
     BackendSpec("reference", "mulo.celo2.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
-                "(always available)", rule="celo2"),
-    BackendSpec("cpu", "mulo.celo2.cpu:CpuBackend", ("cpu",), 10, _NATIVE_FIX, rule="celo2"),
+                "(always available)", capabilities=frozenset({"population"}), rule="celo2"),
+    BackendSpec("cpu", "mulo.celo2.cpu:CpuBackend", ("cpu",), 10, _NATIVE_FIX, capabilities=frozenset({"population"}),
+                rule="celo2"),
 ):  # fmt: skip
     register_backend(_spec)
 

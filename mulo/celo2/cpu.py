@@ -223,6 +223,36 @@ class CpuBackend:
             for view, work in t.copy_back:
                 view.copy_(work)
 
+    def population_step(self, params, grads, states, lrs, weight_decays, weights, options) -> None:
+        """:func:`mulo.celo2.population.population_step` with every member's learned tensors in ONE call per pass
+        (views of the stacked (M, *S) tensors, a meta-weight index per tensor, per-member lrs) and one
+        Newton–Schulz chain per slice shape for the whole population; the AdamW route vectorized."""
+        from mulo.celo2 import population as pop
+
+        learned, adamw = pop.split_routes(params, grads, states, lrs, weight_decays)
+        m = weights.size
+        if learned and not self._exact_here([st for _, _, st, _, _ in learned], weights.member(0)):
+            pop.population_step(params, grads, states, lrs, weight_decays, weights, options)
+            return
+        works, member_lrs, wds, index = [], [], [], []
+        for p, g, st, lr, wd in learned:
+            if p[0].numel() == 0:
+                st["step"].add_(1.0)
+                continue
+            for j in range(m):
+                works.append(_work(p[j], g[j], {k: v[j] for k, v in st.items()}, options.axes))
+                member_lrs.append(pop.member_lr(lr, j, m))
+                wds.append(wd)
+                index.append(j)
+        if works:
+            mlp = mlp_tensors(weights.w0, weights.b0, weights.dense)
+            run_passes(works, member_lrs, wds, mlp, orthogonalize=options.orthogonalize, weight_index=index)
+            for t in works:
+                for view, work in t.copy_back:
+                    view.copy_(work)
+        if adamw:
+            pop.adamw_route(*zip(*adamw), options)
+
     @property
     def isa(self) -> str:
         return self._C.cpu_isa()
