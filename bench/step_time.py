@@ -1,12 +1,14 @@
-"""What does a μLO step cost compared with AdamW, on my model, on my device — and how close is it to what
-the hardware allows?
+"""What does a μLO (or Celo2) step cost compared with AdamW, on my model, on my device — and how close is it to
+what the hardware allows?
 
     python bench/step_time.py --quick                       # CPU-sized subset, well under a minute
     python bench/step_time.py --device cuda                 # model-shaped sets + synthetic 1M.. largest
     python bench/step_time.py --sets gpt2-124m,vit-b16 --sizes 1048576,16777216 --backends reference
 
 Every available mulo backend (``mulo.backends.available_backends(device, auto=True)``, or ``--backends``)
-runs against torch AdamW (for-loop, foreach, fused) on the same parameters in the same run. Timing:
+runs against torch AdamW (for-loop, foreach, fused) on the same parameters in the same run, and so does every
+Celo2 backend (``--celo2-backends``; rows ``celo2`` and ``celo2_base`` = orthogonalize off), with the batched
+Newton–Schulz of the set's matrices timed alone (row ``celo2_newton_schulz``: part of each ``celo2`` row). Timing:
 CUDA events with an L2 flush on a GPU, ``perf_counter`` on CPU; warm-up steps (the first allocates the
 state) are not timed; each timed step sees the next of several rotating gradient sets, so caches don't
 flatter small sizes. Each row: median and p20/p80, the ratio to fused AdamW measured in the same run,
@@ -78,8 +80,32 @@ def synthetic_sizes(device: torch.device, spec: str) -> list[int]:
     return sizes
 
 
+class NewtonSchulzOnly:
+    """A stand-in optimizer whose step is Celo2's Newton–Schulz alone: the directions of the set's ≥ 2-d
+    tensors (random, float32) stacked per slice shape as the cpu backend stacks them, one batched chain each."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        from mulo.celo2 import cpu, reference
+
+        self._ns = reference.newton_schulz
+        matrices = [p for p in params if p.dim() >= 2]
+        self.buffers, views = cpu._direction_buffers(matrices)
+        for v in views:
+            v.copy_(torch.randn(v.shape))
+        self.state: dict = {}
+
+    def step(self) -> None:
+        for buf in self.buffers.values():
+            self._ns(buf)
+
+
 def optimizers(
-    setup: common.Setup, device: torch.device, dtype: torch.dtype, backends: list[str], state_dtype: str | None
+    setup: common.Setup,
+    device: torch.device,
+    dtype: torch.dtype,
+    backends: list[str],
+    state_dtype: str | None,
+    celo2_backends: list[str] = (),
 ) -> list[tuple[str, str, Callable[[], torch.optim.Optimizer]]]:
     """(optimizer, backend, factory) in measuring order: the AdamW baseline first."""
     import mulo
@@ -91,7 +117,40 @@ def optimizers(
         out.append((name, "torch", lambda kw=kw: torch.optim.AdamW(setup.groups(1e-3, scale_lr=True), **kw)))
     for b in backends:
         out.append(("mulo", b, lambda b=b: mulo.MuLO(setup.groups(1.0), backend=b, state_dtype=state_dtype)))
+    for b in celo2_backends:  # Celo2's lr is the step's RMS: one group, the paper's 1e-3
+        for name, orth in (("celo2", True), ("celo2_base", False)):
+            out.append((name, b, lambda b=b, o=orth: mulo.Celo2(setup.params, lr=1e-3, backend=b, orthogonalize=o)))
+    if celo2_backends:
+        out.append(("celo2_newton_schulz", "torch", lambda: NewtonSchulzOnly(setup.params)))
     return out
+
+
+# ---- Celo2's byte / FLOP model per pass (docs/CELO2.md "Cost") ---------------------------------------------
+CELO2_MLP_MACS = 30 * 8 + 8 * 8 + 8 * 2  # 320: the network up to the two outputs the step reads
+
+
+def celo2_cost(pset: common.ParamSet, optimizer: str, param_bytes: int, grad_bytes: int) -> dict:
+    """Minimum bytes and FLOPs of one fused Celo2 step (float32 state, direction in float32). Per element of
+    a ≥ 2-d tensor: A reads g; B reads g, p, m₁₋₃, v and writes m₁₋₃, v; C reads g, p, m, v and (Celo2) writes
+    d; Celo2's E reads d twice (its per-slice RMS, then the update) and reads/writes p: 3G + 4P + 12S + 3D;
+    Celo2-base's E recomputes d instead (reads g, p, m, v, writes p): 4G + 4P + 16S and a second network pass.
+    Row/col accumulators are O(rows + cols); ≤ 1-d tensors are charged AdamW's floor. Newton–Schulz (Celo2):
+    per slice (r ≤ c) 5 × (4r²c + 2r³) FLOPs on top of the network's 2 × 320 per element and pass."""
+    orth = optimizer == "celo2"
+    nbytes = flops = 0
+    for spec in pset.specs:
+        n = math.prod(spec.shape) if spec.shape else 1
+        if len(spec.shape) < 2:
+            nbytes += common.adamw_bytes(spec.shape, param_bytes, grad_bytes)
+            flops += common.ADAMW_FLOPS_PER_ELEMENT * n
+            continue
+        per = 3 * grad_bytes + 4 * param_bytes + 12 * 4 + 3 * 4 if orth else 4 * grad_bytes + 4 * param_bytes + 16 * 4
+        nbytes += n * per
+        flops += n * 2 * CELO2_MLP_MACS * (1 if orth else 2)
+        if orth:
+            r, c = sorted(spec.shape[-2:])
+            flops += (n // (r * c)) * 5 * (4 * r * r * c + 2 * r**3)
+    return {"bytes_model": nbytes, "flops_model": flops}
 
 
 def state_nbytes(opt: torch.optim.Optimizer) -> int:
@@ -166,7 +225,9 @@ def run_set(
     p_bytes = torch.tensor([], dtype=dtype).element_size()
     s_bytes = 2 if args.state_dtype == "bfloat16" else (8 if dtype == torch.float64 else 4)
     rows = []
-    for optimizer, backend, factory in optimizers(setup, device, dtype, ctx["backends"], args.state_dtype):
+    for optimizer, backend, factory in optimizers(
+        setup, device, dtype, ctx["backends"], args.state_dtype, ctx["celo2_backends"]
+    ):
         if time.monotonic() > deadline:
             print(f"  budget spent: skipping {optimizer}/{backend} on {pset.name}", file=sys.stderr)
             continue
@@ -176,7 +237,10 @@ def run_set(
             continue
         res = measure(factory, setup, timer, device, args.warmup, args.iters, args.min_iters, args.max_seconds)
         opt_kind = "mulo" if optimizer == "mulo" else "adamw"
-        cost = common.model_cost(pset, opt_kind, p_bytes, itemsize, s_bytes if opt_kind == "mulo" else p_bytes)
+        if optimizer.startswith("celo2"):
+            cost = celo2_cost(pset, optimizer, p_bytes, itemsize)
+        else:
+            cost = common.model_cost(pset, opt_kind, p_bytes, itemsize, s_bytes if opt_kind == "mulo" else p_bytes)
         median = res.get("median_ms")
         row = {
             "schema": common.SCHEMA,
@@ -189,7 +253,9 @@ def run_set(
             "shapes": pset.shape_summary(),
             "param_dtype": args.dtype,
             "grad_dtype": str(grad_dtype).removeprefix("torch."),
-            "state_dtype": (args.state_dtype or "float32") if opt_kind == "mulo" else args.dtype,
+            "state_dtype": (args.state_dtype or "float32")
+            if opt_kind == "mulo" or optimizer.startswith("celo2")
+            else args.dtype,
             "optimizer": optimizer,
             "backend": backend,
             "timer": timer.kind,
@@ -246,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sets", default=None, help=f"comma list of {sorted(common.MODEL_SETS)} ('' for none)")
     ap.add_argument("--sizes", default=None, help="synthetic sizes: comma list of element counts, 'auto', or ''")
     ap.add_argument("--backends", default=None, help="comma list of mulo backends (default: all available here)")
+    ap.add_argument(
+        "--celo2-backends",
+        default=None,
+        help="comma list of Celo2 backends (default: all available here; '' for none)",
+    )
     ap.add_argument("--max-n", action="append", default=[], help="BACKEND=N: skip sets above N elements")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--grad-dtype", default=None, choices=sorted(DTYPES))
@@ -305,6 +376,16 @@ def run(argv: list[str] | None = None) -> list[dict]:
         backends = [b for b in backends if b in here]
     not_here = sorted(set(known_backends()) - set(backends))
     print(f"mulo backends measured on {device}: {backends}" + (f" (not measured: {not_here})" if not_here else ""))
+    celo2_here = available_backends(device, dtype, rule="celo2")
+    if args.celo2_backends is None:
+        celo2_backends = celo2_here
+    else:
+        celo2_backends = [b for b in args.celo2_backends.split(",") if b]
+        unknown = sorted(set(celo2_backends) - set(known_backends("celo2")))
+        if unknown:
+            raise SystemExit(f"--celo2-backends: unknown {unknown}; known: {known_backends('celo2')}")
+        celo2_backends = [b for b in celo2_backends if b in celo2_here]
+    print(f"Celo2 backends measured on {device}: {celo2_backends}")
 
     psets = [common.param_set(s) for s in args.sets.split(",") if s]
     psets += [common.synthetic(n) for n in synthetic_sizes(device, args.sizes)]
@@ -316,6 +397,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
         "provenance": common.provenance(device),
         "floors": common.device_floors(device),
         "backends": backends,
+        "celo2_backends": celo2_backends,
         "max_n": parse_max_n(args.max_n),
     }
     f = ctx["floors"]

@@ -44,7 +44,20 @@ math::Hyper celo2_hyper(const char* op) {
   return make_hyper(h, op);
 }
 
-int num_threads() { return std::max(1, at::get_num_threads()); }
+// Threads for `work` elements in `items` independent pieces: one below kParallelMin elements (a parallel region
+// costs a scheduling quantum whenever a core is shared, more than a small call's whole work), else up to one per
+// piece.
+constexpr int64_t kParallelMin = int64_t{1} << 17;
+int threads_for(int64_t work, int64_t items) {
+  if (work < kParallelMin) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items)));
+}
+
+int64_t total_elements(const Jobs& jobs) {
+  int64_t n = 0;
+  for (const auto& J : jobs) n += J.n;
+  return n;
+}
 
 // ---- pass A ---------------------------------------------------------------------------------------------------
 template <class GT>
@@ -161,15 +174,13 @@ Table make_table(const char* op, at::TensorList params, at::TensorList grads, at
 // Every finite tensor's accumulator-entry values (from its current row/col state) into the table.
 std::vector<Entries> prepare_entries(Table& T, at::TensorList row, at::TensorList col) {
   std::vector<Entries> prep(T.jobs.size());
-  at::parallel_for(0, static_cast<int64_t>(T.jobs.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      Celo2Job& J = T.jobs[i];
-      if (T.finite[i] == 0.f || J.n == 0) continue;
-      entry_values(J, row[i].data_ptr<float>(), col[i].data_ptr<float>(), prep[i]);
-      J.rowv = prep[i].rowv.data();
-      J.colv = prep[i].colv.data();
-    }
-  });
+  for (size_t i = 0; i < T.jobs.size(); ++i) {  // O(rows + cols) each: not worth a parallel region
+    Celo2Job& J = T.jobs[i];
+    if (T.finite[i] == 0.f || J.n == 0) continue;
+    entry_values(J, row[i].data_ptr<float>(), col[i].data_ptr<float>(), prep[i]);
+    J.rowv = prep[i].rowv.data();
+    J.colv = prep[i].colv.data();
+  }
   return prep;
 }
 
@@ -285,9 +296,10 @@ std::vector<Chunk> make_chunks(const Table& T, int64_t& partials) {
 }
 
 template <class Fn>
-void run_chunks(const std::vector<Chunk>& chunks, Fn&& fn) {
+void run_chunks(const Table& T, const std::vector<Chunk>& chunks, Fn&& fn) {
   const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+  const int nt = threads_for(total_elements(T.jobs), nc);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t c = 0; c < nc; ++c) fn(chunks[c]);
 }
 
@@ -295,7 +307,7 @@ void run_chunks(const std::vector<Chunk>& chunks, Fn&& fn) {
 std::vector<double> sum_slices(const Table& T, const std::vector<Chunk>& chunks, int64_t partials, int width,
                                mulo_cpu::Celo2SumsFn kernel) {
   std::vector<double> partial(static_cast<size_t>(partials) * width, 0.0);
-  run_chunks(chunks, [&](const Chunk& c) {
+  run_chunks(T, chunks, [&](const Chunk& c) {
     kernel(T.jobs[c.tensor], T.H, c.start, c.end, &partial[c.partial * width]);
   });
   std::vector<double> total(static_cast<size_t>(T.slices) * width, 0.0);
@@ -326,21 +338,23 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> celo2_reduce_cpu(at::TensorList 
     TORCH_CHECK(L[i].factored, op, ": dims for grads[", i, "] must be its factored axes (d1, d0), not -1");
   at::Tensor finite = at::ones({nt}, at::TensorOptions().dtype(at::kFloat));
   float* fin = finite.data_ptr<float>();
-  at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      float* out = sums[i].data_ptr<float>();
-      switch (grads[i].scalar_type()) {
-        case at::kBFloat16:
-          reduce_tensor(grads[i].data_ptr<c10::BFloat16>(), L[i], out, fin + i);
-          break;
-        case at::kHalf:
-          reduce_tensor(grads[i].data_ptr<c10::Half>(), L[i], out, fin + i);
-          break;
-        default:
-          reduce_tensor(grads[i].data_ptr<float>(), L[i], out, fin + i);
-      }
+  int64_t work = 0;
+  for (const auto& l : L) work += l.n;
+  const int threads = threads_for(work, nt);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int64_t i = 0; i < nt; ++i) {
+    float* out = sums[i].data_ptr<float>();
+    switch (grads[i].scalar_type()) {
+      case at::kBFloat16:
+        reduce_tensor(grads[i].data_ptr<c10::BFloat16>(), L[i], out, fin + i);
+        break;
+      case at::kHalf:
+        reduce_tensor(grads[i].data_ptr<c10::Half>(), L[i], out, fin + i);
+        break;
+      default:
+        reduce_tensor(grads[i].data_ptr<float>(), L[i], out, fin + i);
     }
-  });
+  }
   return {sums, finite};
 }
 
@@ -406,7 +420,7 @@ void celo2_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList
   int64_t partials = 0;
   const auto chunks = make_chunks(T, partials);
   const auto kernel = celo2_kernels().apply;
-  run_chunks(chunks, [&](const Chunk& c) { kernel(T.jobs[c.tensor], T.H, c.start, c.end); });
+  run_chunks(T, chunks, [&](const Chunk& c) { kernel(T.jobs[c.tensor], T.H, c.start, c.end); });
   count_steps(T);
 }
 
@@ -439,21 +453,21 @@ void celo2_apply_steps_cpu(at::TensorList params, at::TensorList directions, at:
   set_update(op, T, steps, skips, lrs, wds);
   // the step's sums of squares per slice, then its normalization
   std::vector<double> sq(static_cast<size_t>(T.slices), 0.0);
-  at::parallel_for(0, T.slices, 16, [&](int64_t b, int64_t e) {
-    for (int64_t s = b; s < e; ++s) {
-      const size_t i = std::upper_bound(T.first_slice.begin(), T.first_slice.end(), s) - T.first_slice.begin() - 1;
-      const float* d = T.jobs[i].steps + (s - T.first_slice[i]) * T.jobs[i].L;
-      double a = 0.0;
-      for (int64_t k = 0; k < T.jobs[i].L; ++k) a += static_cast<double>(d[k]) * d[k];
-      sq[s] = a;
-    }
-  });
+  const int threads = threads_for(total_elements(T.jobs), T.slices);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) if (threads > 1)
+  for (int64_t s = 0; s < T.slices; ++s) {
+    const size_t i = std::upper_bound(T.first_slice.begin(), T.first_slice.end(), s) - T.first_slice.begin() - 1;
+    const float* d = T.jobs[i].steps + (s - T.first_slice[i]) * T.jobs[i].L;
+    double a = 0.0;
+    for (int64_t k = 0; k < T.jobs[i].L; ++k) a += static_cast<double>(d[k]) * d[k];
+    sq[s] = a;
+  }
   const auto sscale = step_scales(T, sq.data());
   for (size_t i = 0; i < nt; ++i) T.jobs[i].sscale = sscale.data() + T.first_slice[i];
   int64_t partials = 0;
   const auto chunks = make_chunks(T, partials);
   const auto kernel = celo2_kernels().apply_steps;
-  run_chunks(chunks, [&](const Chunk& c) { kernel(T.jobs[c.tensor], T.H, c.start, c.end); });
+  run_chunks(T, chunks, [&](const Chunk& c) { kernel(T.jobs[c.tensor], T.H, c.start, c.end); });
   count_steps(T);
 }
 

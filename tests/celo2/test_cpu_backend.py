@@ -258,3 +258,31 @@ def test_kernels_and_host_call_the_shared_celo2_math():
     for name in ("celo2_cpu.cpp", "celo2_cpu_kernels.h", "celo2_cpu.h", "celo2_ops.h"):
         hits = re.findall(r"\bk(?:Eps\w+|GradClamp|FeatureClip|RmsMult)\b|\bsqrtf?\s*\(|\bexpf?\s*\(", code(name))
         assert not hits, f"csrc/{name} restates Celo2's math ({hits[:3]}); it lives in csrc/celo2_math.h"
+
+
+@pytest.mark.parametrize("orthogonalize", [True, False], ids=["celo2", "celo2_base"])
+def test_threads_do_not_change_the_result(orthogonalize):
+    """Enough elements for the passes to run on several threads (chunks of whole slices and pieces of a large
+    slice): bit for bit the single-threaded result (per-slice sums are added in a fixed order)."""
+    shapes = [(3, 300, 160), (700, 300), (64, 8, 3, 3)]
+    net = random_celo2_net(2)
+    runs = []
+    for threads in (1, 2):
+        torch.manual_seed(0)
+        params = [torch.randn(s) for s in shapes]
+        opt = mulo.Celo2(params, lr=0.01, weight_decay=0.1, meta_weights=net, backend="cpu",
+                         orthogonalize=orthogonalize)  # fmt: skip
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(2):
+                for p in params:
+                    p.grad = hetero_grad(p.shape, dtype=torch.float32)
+                opt.step()
+        finally:
+            torch.set_num_threads(before)
+        runs.append((params, [opt.state[p] for p in params]))
+    (p1, s1), (p2, s2) = runs
+    for a, b, sa, sb in zip(p1, p2, s1, s2):
+        assert torch.equal(a, b)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
