@@ -37,6 +37,7 @@ MARKERS = {
     "memorizable": (BEGIN, END),
     "heldout": ("<!-- eval:heldout:begin -->", "<!-- eval:heldout:end -->"),
     "models": ("<!-- eval:models:begin -->", "<!-- eval:models:end -->"),
+    "ablation": ("<!-- eval:ablation:begin -->", "<!-- eval:ablation:end -->"),
 }
 OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo")
 LABELS = {"mulo": "μLO", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO"}
@@ -426,6 +427,78 @@ def heldout_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ABLATION_CELLS = ("16× width", "25× horizon")
+
+
+def _ablation_cells(rows: list[dict]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(data set, cell name) → (sweep, task) of the ablation's cells: each data set's MLP 16× wider than its
+    base task, and its longest horizon (25× in the nm preset)."""
+    longest = defaultdict(int)
+    for r in rows:
+        if r["kind"] == "mlp" and r["sweep"] == "horizon":
+            longest[r["dataset"]] = max(longest[r["dataset"]], r["steps"])
+    out = {}
+    for r in rows:
+        if r["kind"] == "mlp" and r["sweep"] == "width" and r["width"] == 16 * r["base_width"]:
+            out[(r["dataset"], ABLATION_CELLS[0])] = ("width", r["task"])
+        elif r["kind"] == "mlp" and r["sweep"] == "horizon" and r["steps"] == longest[r["dataset"]]:
+            out[(r["dataset"], ABLATION_CELLS[1])] = ("horizon", r["task"])
+    return out
+
+
+def ablation_summary(rows: list[dict]) -> str:
+    """Markdown: one line per learned-optimizer variant (meta-weights, time clamp, schedule) and the baselines,
+    one column per (data set, 16× width / 25× horizon): held-out mean over seeds, the worst seed, divergences,
+    and ✓ where every seed of the variant is at or below the mean of μAdam's better form (constant or
+    warmup-cosine) on that task — issue 15's bar."""
+    rows = [r for r in rows if r["sweep"] != "tune"]
+    cells = _ablation_cells(rows)
+    if not cells:
+        return "_No 16×-width or horizon rows yet._"
+    by = _by_cell(rows)
+    keys = sorted(
+        cells, key=lambda k: (DATASET_ORDER.index(k[0]) if k[0] in DATASET_ORDER else 9, ABLATION_CELLS.index(k[1]))
+    )
+    cols = sorted({c for (_, _, c) in by}, key=_order)
+
+    def mean(rs):
+        finite = [r["heldout_loss"] for r in rs if not r["diverged"] and math.isfinite(r["heldout_loss"])]
+        return statistics.fmean(finite) if finite else math.inf
+
+    bar = {}
+    for key in keys:
+        sweep, task = cells[key]
+        muadam = [mean(rs) for (sw, t, c), rs in by.items() if (sw, t) == (sweep, task) and _split(c)[0] == "muadam"]
+        bar[key] = min(muadam, default=math.inf)
+    lines = [
+        "Held-out loss, mean over seeds (worst seed); ✓: every seed at or below μAdam's better form (bold "
+        "μAdam cell) on that task; k div.: seeds with a non-finite loss. " + _provenance_line(rows),
+        "",
+        "| variant | " + " | ".join(f"{d} {n}" for d, n in keys) + " | ✓ |",
+        "|---|" + "---:|" * (len(keys) + 1),
+    ]
+    for c in cols:
+        out, wins = [], 0
+        for key in keys:
+            rs = by.get((*cells[key], c))
+            if not rs:
+                out.append("—")
+                continue
+            losses = [r["heldout_loss"] if not r["diverged"] else math.inf for r in rs]
+            div = sum(1 for x in losses if not math.isfinite(x))
+            worst = max(losses)
+            text = f"{mean(rs):.3f} ({worst:.3f})" if math.isfinite(worst) else f"{mean(rs):.3f} ({div} div.)"
+            if _split(c)[0] == "muadam" and mean(rs) == bar[key]:
+                text = f"**{text}**"
+            elif _split(c)[0] in LEARNED and worst <= bar[key]:
+                text += " ✓"
+                wins += 1
+            out.append(text)
+        total = f"{wins}/{len(keys)}" if _split(c)[0] in LEARNED else ""
+        lines.append(f"| {label(c)} | " + " | ".join(out) + f" | {total} |")
+    return "\n".join(lines)
+
+
 def _model_name(r: dict) -> str:
     params = f"{r['parameters'] / 1e3:.0f}k params" if r.get("parameters") else ""
     w, d = r["width"], r["depth"]
@@ -581,20 +654,24 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli.main(["eval", *argv])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plot", required=True, help="summarize and plot this results file")
+    ap.add_argument("--plot", required=True, action="append", help="summarize and plot this results file "
+                    "(repeatable: the rows of every file)")  # fmt: skip
+    ap.add_argument("--ablation", action="store_true", help="the held-out ablation table (learned-optimizer "
+                    "variants at 16× width and 25× horizon against μAdam) instead of the full tables")  # fmt: skip
     ap.add_argument("--preset", default="cpu", help="whose rows to use (cpu, quick, nm, nm_quick, models, ...)")
     ap.add_argument("--figures", default="bench/results/figures", help="where the figures go")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's table of this protocol")
     args = ap.parse_args(argv)
-    rows = load(Path(args.plot), args.preset)
+    rows = [r for path in args.plot for r in load(Path(path), args.preset)]
     if not rows:
-        print(f"no rows of preset {args.preset!r} in {args.plot}", file=sys.stderr)
+        print(f"no rows of preset {args.preset!r} in {', '.join(args.plot)}", file=sys.stderr)
         return 2
-    kind = kind_of(rows)
+    kind = "ablation" if args.ablation else kind_of(rows)
     table, draw = {
         "memorizable": (summary, plot),
         "heldout": (heldout_summary, plot_heldout),
         "models": (models_summary, plot_models),
+        "ablation": (ablation_summary, lambda rows, out: []),
     }[kind]
     table = table(rows)
     print(table)

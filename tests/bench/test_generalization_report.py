@@ -183,3 +183,25 @@ def test_models_table_has_held_out_loss_and_step_times(tmp_path, monkeypatch):
     assert "| CNN on digits_aug (16/16/32 channels, 7k params) | 13 / 3 | 3 / 0.5 |" in table  # median ms
     assert "gpt AdamW + cos 0.002" in table[0] and "1000 steps, mean ± std over 3 seeds" in table[0]
     assert gen.plot_models(loaded, tmp_path / "fig")[0].stat().st_size > 0
+
+
+def test_ablation_table_marks_variants_that_beat_muadams_better_form_in_every_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(gen, "_shipped_digests", lambda: {"f" * 64: "mulo_cpu"})
+    clamp = {"meta_weights_time_clamp": 1000.0}
+    rows = []
+    for seed, (lo, lo_clamp) in enumerate([(0.70, 0.60), (0.74, 0.80)]):
+        for width, steps, sweep in ((16, 1000, "width"), (256, 1000, "width"), (16, 25000, "horizon")):
+            rows += [_hrow("teacher", width, "muadam", seed, 0.78, sweep=sweep, steps=steps)]
+            rows += [_hrow("teacher", width, "muadam", seed, 0.75, sweep=sweep, steps=steps, sched="cosine")]
+            rows += [_hrow("teacher", width, "mulo", seed, lo, sweep=sweep, steps=steps)]
+            rows += [_hrow("teacher", width, "mulo", seed, lo_clamp, sweep=sweep, steps=steps) | clamp]
+    rows += [_hrow("teacher", 16, "mulo", 2, float("inf"), sweep="horizon", steps=25000) | clamp]
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = gen.ablation_summary(gen.load(path, "nm")).splitlines()
+    assert "| variant | teacher 16× width | teacher 25× horizon | ✓ |" in lines
+    # every seed of mulo_cpu (0.70, 0.74) is below μAdam + cos's 0.75: ✓ on both tasks
+    assert "| μLO (mulo_cpu) | 0.720 (0.740) ✓ | 0.720 (0.740) ✓ | 2/2 |" in lines
+    # the clamped variant is its own line; one seed at 0.80 misses the bar; a divergence shows as such
+    assert "| μLO (mulo_cpu@t1000) | 0.700 (0.800) | 0.700 (1 div.) | 0/2 |" in lines
+    assert "| μAdam + cos | **0.750 (0.750)** | **0.750 (0.750)** |  |" in lines
