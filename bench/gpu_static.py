@@ -656,6 +656,17 @@ def rare_weight(cond: str, arm: str, ctx: Context) -> float:
     c = " ".join(cond.split())
     f = ctx.frac
     then = arm == "then"
+    # Triton pass C tests `& ok` (the tensor is finite: the modelled path) and `xc == 0` (its chunk is the
+    # first along X: per program, not per tile) inside compound conditions
+    atoms = {a.strip(" ()") for a in c.split("&")} - {"ok"}
+    if "xc == 0" in atoms:
+        if not then:
+            return 1.0
+        if "yt == 0" in atoms:
+            return f.get("f_first_chunk", 0.0)
+        return f.get("f_xc0", 1.0) * (f.get("f_fact", 1.0) if "factored" in atoms else 1.0)
+    if len(atoms) == 1 and atoms != {c}:
+        return rare_weight(next(iter(atoms)), arm, ctx)
     if "xt == 0" in c and "yt == 0" in c:
         return f.get("f_first", 0.0) if then else 1.0
     if c == "xt == 0":
@@ -887,7 +898,7 @@ def compile_triton(only: set[str] | None = None, arch: int = 90) -> list[Kernel]
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from tests.kernels.aot_compile import variants
+    from tests.kernels.aot_compile import options, variants
 
     target = GPUTarget("cuda", arch, 32)
     out = []
@@ -896,7 +907,7 @@ def compile_triton(only: set[str] | None = None, arch: int = 90) -> list[Kernel]
         for name, fn, sig, consts in variants():
             if only is not None and name not in only:
                 continue
-            compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target)
+            compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target, options=options(fn))
             md = compiled.metadata
             cubin = work / "k.cubin"
             cubin.write_bytes(compiled.asm["cubin"])
@@ -1031,12 +1042,13 @@ def _layout(shape: tuple[int, ...], by: int):
 def triton_tiles(pset, bx: int, by: int, nsub: int = 1) -> dict:
     """Programs of a Triton pass over the set (chunks of ``nsub`` tiles of ``bx × by`` along X, as
     ``lopt_plan`` builds them) and how often, per tile, the rare conditions hold."""
-    programs = tiles = xt0 = yt0 = fact = d0x = 0
+    programs = tiles = xt0 = yt0 = fact = d0x = xc0 = 0
     for spec in pset.specs:
         lay = _layout(spec.shape, by)
         nb = lay.n_a * lay.n_b * lay.n_c
         nyt = math.ceil(lay.ny / by)
         chunks = nb * math.ceil(lay.nx / (bx * nsub)) * nyt
+        xc0 += nb * nyt  # chunks at the first X position (as many as tiles at xt == 0)
         t = chunks * nsub  # every program runs nsub subtiles (those past nx masked)
         programs += chunks
         tiles += t
@@ -1050,6 +1062,8 @@ def triton_tiles(pset, bx: int, by: int, nsub: int = 1) -> dict:
             "f_xt0": xt0 / tiles,
             "f_yt0": yt0 / tiles,
             "f_first": len(pset.specs) / tiles,
+            "f_xc0": xc0 / programs,  # per program (code before a kernel's loop over its chunk's tiles)
+            "f_first_chunk": len(pset.specs) / programs,
             "f_fact": fact / tiles,
             "f_unf": 1 - fact / tiles,
             "f_d0x": d0x / tiles,

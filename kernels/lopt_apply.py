@@ -28,20 +28,32 @@ from mulo.kernels.lopt_common import (
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
+    M_FLAGS,
+    M_LX,
+    M_LY,
+    M_SX,
+    M_SY,
     M_WIDX,
     M_WN,
     M_WNX,
     M_WNY,
+    M_WS_NX,
+    M_WS_NY,
     M_WS_T,
+    M_XX,
+    M_YY,
     NMETA,
+    WS_BATCH,
     WS_SUMSQ,
     WS_T,
-    factor_vectors,
+    batch_coords,
     safe_rsqrt,
-    tile_coords,
 )
 
 NUM_WARPS = 4
+# no software pipelining of the loop over a chunk's tiles: it would hold the next tiles' loads in registers
+# (172 instead of 168 per thread, two blocks per SM instead of three) and copy them every iteration
+NUM_STAGES = 1
 DOT_MODES = ("tf32", "ieee", "bf16")
 
 
@@ -75,14 +87,16 @@ def _join32(
     f25,
     f26,
     f27,
+    one,
     z,
     SB: tl.constexpr,
 ):
-    """(SB, 32) matrix of 28 feature vectors + 4 zero columns, by a balanced tree of joins."""
+    """(SB, 32) matrix of 28 feature vectors, a constant-1 column (channel 28) and 3 zero columns, by a balanced
+    tree of joins."""
     a0 = tl.join(tl.join(tl.join(f0, f1), tl.join(f2, f3)), tl.join(tl.join(f4, f5), tl.join(f6, f7)))
     a1 = tl.join(tl.join(tl.join(f8, f9), tl.join(f10, f11)), tl.join(tl.join(f12, f13), tl.join(f14, f15)))
     a2 = tl.join(tl.join(tl.join(f16, f17), tl.join(f18, f19)), tl.join(tl.join(f20, f21), tl.join(f22, f23)))
-    a3 = tl.join(tl.join(tl.join(f24, f25), tl.join(f26, f27)), tl.join(tl.join(z, z), tl.join(z, z)))
+    a3 = tl.join(tl.join(tl.join(f24, f25), tl.join(f26, f27)), tl.join(tl.join(one, z), tl.join(z, z)))
     return tl.reshape(tl.join(tl.join(a0, a1), tl.join(a2, a3)), (SB, 32))
 
 
@@ -103,75 +117,85 @@ def _mm(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def _hidden_order(h, SB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
+    """The (SB, HID) hidden activations with columns reordered c = 8j + 2t + e → 8j + 4e + t: in the
+    tensor cores' float32 accumulator layout each thread then already holds the columns the next tf32 dot
+    reads as its operand (no shuffles between the layers; bf16 operands already match: no reorder). The next
+    layer's weight rows are read in the same order (``_hidden_source``), so the product is unchanged."""
+    if (DOT == "bf16") or (DOT == "bf16_emulated"):
+        return h
+    else:
+        return tl.reshape(tl.permute(tl.reshape(h, (SB, HID // 8, 4, 2)), (0, 1, 3, 2)), (SB, HID))
+
+
+@triton.jit
+def _hidden_source(i, DOT: tl.constexpr):
+    """The hidden unit that column ``i`` of ``_hidden_order``'s output holds."""
+    if (DOT == "bf16") or (DOT == "bf16_emulated"):
+        return i
+    else:
+        return (i & ~7) | ((i & 3) << 1) | ((i >> 2) & 1)
+
+
+@triton.jit
+def _row_mean_scales(wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given):
+    """(sx, sy): what decay k's accX and accY vectors are multiplied by before safe_rsqrt (factor_vectors of
+    lopt_common, once per program): 1/(mean r + 1e-9) on the row accumulator's axis, 1 on the other."""
+    nd0 = tl.where(d0x, wnx, wny).to(tl.float32)
+    nd1 = tl.where(d0x, wny, wnx).to(tl.float32)
+    plane = tl.load(wsT + WS_BATCH + bidx)
+    r_sum = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
+    rm = tl.where(given, r_sum / nd1, bf * r_sum / nd1 + (1.0 - bf) * plane / (nd0 * nd1))
+    inv = 1.0 / (rm + EPS_SAFE_RSQRT)
+    return tl.where(d0x, 1.0, inv), tl.where(d0x, inv, 1.0)
+
+
+@triton.jit
+def _y_side(k: tl.constexpr, ws, ws_ny, ly, iy, myf, sy):
+    """Decay k's column-side vectors of the program's tile column ([BY]): accY, its factor and its
+    rsqrt(· + 1e-8) feature (once per program; masked to 1 for rank < 2 tensors, which have none)."""
+    ay = tl.load(ws + ws_ny + k * ly + iy, mask=myf, other=1.0)
+    return ay, tl.rsqrt(tl.maximum(ay * sy, EPS_SAFE_RSQRT)), tl.rsqrt(ay + EPS_ACC_FEATURE)
+
+
+@triton.jit
 def _decay_features(
-    k: tl.constexpr,
-    g,
-    s,
-    rv,
-    off,
-    mask,
-    mx,
-    my,
-    ix,
-    iy,
-    n,
-    wnx,
-    wny,
-    lx,
-    ly,
-    bidx,
-    nbatch,
-    factored,
-    d0x,
-    given,
-    mp,
-    ax_p,
-    ws,
-    wsT,
-    ws_nx,
-    ws_ny,
-    decays,
-    SB: tl.constexpr,
-):
-    """Decay k's features (flattened to SB): m_k, m_k·rsqrt(v+1e-6), fac_g, row, col, rsqrt(row+1e-8),
-    rsqrt(col+1e-8), fac_m; and the new m_k and (rank < 2) u_k tiles to store."""
-    bm = tl.load(decays + k)
-    bf = tl.load(decays + 4 + k)
+    k: tl.constexpr, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm, bf, sx, ay, fy, ry,
+    BX: tl.constexpr, BY: tl.constexpr,
+):  # fmt: skip
+    """Decay k's features (flattened to SB): m_k, m_k·rsqrt(v+1e-6), fac_g, accX, accY, rsqrt(accX+1e-8),
+    rsqrt(accY+1e-8), fac_m; and the new m_k and (rank < 2) u_k tiles to store. For factored tensors the
+    accX/accY slots feed W1's row or column channels as the tensor's d0 axis says (the fold swaps them)."""
+    SB: tl.constexpr = BX * BY
     m = bm * tl.load(mp + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bm) * g
     if factored:
         ax = tl.load(ws + ws_nx + k * lx + ix, mask=mx, other=1.0)
-        ay = tl.load(ws + ws_ny + k * ly + iy, mask=my, other=1.0)
-        fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, wnx, wny, d0x, given)
+        fx = tl.rsqrt(tl.maximum(ax * sx, EPS_SAFE_RSQRT))
         facg = fx[:, None] * fy[None, :]
         facm = facg
-        zero = g * 0.0
-        axb = ax[:, None] + zero
-        ayb = ay[None, :] + zero
-        rxb = tl.rsqrt(ax + EPS_ACC_FEATURE)[:, None] + zero
-        ryb = tl.rsqrt(ay + EPS_ACC_FEATURE)[None, :] + zero
-        row = tl.where(d0x, ayb, axb)
-        col = tl.where(d0x, axb, ayb)
-        rrow = tl.where(d0x, ryb, rxb)
-        rcol = tl.where(d0x, rxb, ryb)
-        u = zero
+        xa = tl.broadcast_to(ax[:, None], (BX, BY))
+        ya = tl.broadcast_to(ay[None, :], (BX, BY))
+        xr = tl.broadcast_to(tl.rsqrt(ax + EPS_ACC_FEATURE)[:, None], (BX, BY))
+        yr = tl.broadcast_to(ry[None, :], (BX, BY))
+        u = g * 0.0
     else:
         u = bf * tl.load(ax_p + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bf) * s
         facg = safe_rsqrt(u + EPS_SAFE_RSQRT)
         facm = tl.rsqrt(u + EPS_RMS)
-        row = u
-        col = u
-        rrow = tl.rsqrt(u + EPS_ACC_FEATURE)
-        rcol = rrow
+        xa = u
+        ya = u
+        xr = tl.rsqrt(u + EPS_ACC_FEATURE)
+        yr = xr
     return (
         m,
         u,
         tl.reshape(m, (SB,)),
         tl.reshape(m * rv, (SB,)),
         tl.reshape(g * facg, (SB,)),
-        tl.reshape(row, (SB,)),
-        tl.reshape(col, (SB,)),
-        tl.reshape(rrow, (SB,)),
-        tl.reshape(rcol, (SB,)),
+        tl.reshape(xa, (SB,)),
+        tl.reshape(ya, (SB,)),
+        tl.reshape(xr, (SB,)),
+        tl.reshape(yr, (SB,)),
         tl.reshape(m * facm, (SB,)),
     )
 
@@ -183,36 +207,86 @@ def lopt_apply_kernel(
     NSUB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
 ):  # fmt: skip
     """x = 28 features · scale (scale_j = rsqrt(1e-5 + Σx_j²/n), folded into W1) ⊕ tanh(min(t, time_clamp)/τ − 1)
-    (folded into b1); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3; p' = p − lr·d·exp(a·exp_mult)·step_mult;
-    p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col vectors) unless the tensor is non-finite.
-    The layers hold K stacked meta-weight sets ((K, HID, 39), (K, HID), ...); a tensor uses set
-    ``meta[M_WIDX]`` (its population member; K = 1 and index 0 for a single optimizer)."""
+    (folded into b1, itself a W1 row against a constant-1 feature); (d, a) = W3·relu(W2·relu(W1·x + b1) + b2) + b3;
+    p' = p − lr·d·exp(a·exp_mult)·step_mult; p' −= wd·lr·p'. Stores p', m', v', u' (and the new row/col
+    vectors) unless the tensor is non-finite. The layers hold K stacked meta-weight sets ((K, HID, 39), (K, HID),
+    ...); a tensor uses set ``meta[M_WIDX]`` (its population member; K = 1 and index 0 for a single optimizer).
+
+    A program is one chunk: NSUB tiles of BX × BY along X at one Y tile of one batch of one tensor. Everything
+    that depends only on the tensor, the batch or Y (table rows, pointers, decays, row means, the column-side
+    factor vectors, the folded weights) is computed once, before the loop over the NSUB tiles."""
     SB: tl.constexpr = BX * BY
     pid = tl.program_id(0)
-    tensor = tl.load(chunks + pid * 4).to(tl.int64)
-    mrow = meta + tensor * NMETA  # this tensor's row of the segment table
+    t = tl.load(chunks + pid * 4)
+    bidx = tl.load(chunks + pid * 4 + 1).to(IDX)
+    xc = tl.load(chunks + pid * 4 + 2)
+    yt = tl.load(chunks + pid * 4 + 3)
+    mrow = meta + t.to(tl.int64) * NMETA  # this tensor's row of the segment table
+    prow = ptrs + t.to(tl.int64) * 8  # and of the pointer table
+    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(mrow, bidx, IDX)
+    sx_stride = tl.load(mrow + M_SX).to(IDX)
+    xx_stride = tl.load(mrow + M_XX).to(IDX)
+    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
+    my = ys < ny
+    offy = base + ys * tl.load(mrow + M_SY).to(IDX)
+    iy = iy0 + ys * tl.load(mrow + M_YY).to(IDX)
+    flags = tl.load(mrow + M_FLAGS).to(tl.int32)
     wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
     numel = tl.load(mrow + M_WN).to(tl.float32)  # the whole tensor's (this may be a shard of it)
     wnx = tl.load(mrow + M_WNX)
     wny = tl.load(mrow + M_WNY)
+    # the new Adafactor vectors pass B left in the workspace: accX (LX per decay), accY (LY per decay)
+    ws_nx = tl.load(mrow + M_WS_NX).to(IDX)
+    lx = tl.load(mrow + M_LX).to(IDX)
+    ws_ny = tl.load(mrow + M_WS_NY).to(IDX)
+    ly = tl.load(mrow + M_LY).to(IDX)
+    factored = (flags & FLAG_FACTORED) != 0
+    d0x = (flags & FLAG_D0_IS_X) != 0
+    given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
+    ok = tl.load(wsT) == 0.0
     step_t = tl.minimum(tl.load(wsT + WS_T), time_clamp)  # the time features' t (time_clamp +inf: none)
-    # this tensor's meta-weight set: the layers are stacked (K, ...), one set per population member
-    widx = tl.load(mrow + M_WIDX)
+    pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
+    gp = tl.load(prow + 1).to(tl.pointer_type(G_DT))
+    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
+    vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
+    ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
+    lr = tl.load(hyper + t.to(tl.int64) * 2)
+    wd = tl.load(hyper + t.to(tl.int64) * 2 + 1)
+    bm0 = tl.load(decays + 0)
+    bm1 = tl.load(decays + 1)
+    bm2 = tl.load(decays + 2)
+    bv = tl.load(decays + 3)
+    bf0 = tl.load(decays + 4)
+    bf1 = tl.load(decays + 5)
+    bf2 = tl.load(decays + 6)
+    cv = tl.load(decays + 7)
+    # column-side vectors of the three decays (rank < 2 tensors: masked, unused)
+    myf = ys < tl.where(factored, ny, 0)
+    sx0, sy0 = _row_mean_scales(wsT, bidx, nbatch, 0, bf0, wnx, wny, d0x, given)
+    sx1, sy1 = _row_mean_scales(wsT, bidx, nbatch, 1, bf1, wnx, wny, d0x, given)
+    sx2, sy2 = _row_mean_scales(wsT, bidx, nbatch, 2, bf2, wnx, wny, d0x, given)
+    ay0, fy0, ry0 = _y_side(0, ws, ws_ny, ly, iy, myf, sy0)
+    ay1, fy1, ry1 = _y_side(1, ws, ws_ny, ly, iy, myf, sy1)
+    ay2, fy2, ry2 = _y_side(2, ws, ws_ny, ly, iy, myf, sy2)
+
+    # ---- fold normalization into W1's columns and the time features into b1, a W1 row (once per program) ----
+    widx = tl.load(mrow + M_WIDX)  # this tensor's meta-weight set (layers stacked (K, ...), one per member)
     w1 = w1 + widx * (HID * 39)
     b1 = b1 + widx * HID
     w2 = w2 + widx * (HID * HID)
     b2 = b2 + widx * HID
     w3 = w3 + widx * (2 * HID)
     b3 = b3 + widx * 2
-
-    # ---- fold normalization into W1's columns and the time features into b1 (once per program) ----
     slot = tl.arange(0, 32)
     chan = tl.load(perm + slot)
+    # the accX/accY feature slots hold the row channels when X is d1 (d0x false), the column ones otherwise
+    acc_slot = (chan >= 13) & (chan < 25)
+    swap = tl.where(((chan - 13) % 6) < 3, chan + 3, chan - 3)
+    src = tl.where(acc_slot & (d0x & factored), swap, chan)
     real = chan < 28
     hid = tl.arange(0, HID)
-    sumsq = tl.load(wsT + WS_SUMSQ + chan, mask=real, other=0.0)
+    sumsq = tl.load(wsT + WS_SUMSQ + src, mask=real, other=0.0)
     scale = tl.where(real, tl.rsqrt(sumsq / numel + EPS_NORMALIZE), 0.0)
-    w1f = tl.load(w1 + hid[None, :] * 39 + chan[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     ti = tl.arange(0, 16)
     tau = tl.load(taus + ti, mask=ti < 11, other=1.0)
     xt_ = step_t / tau - 1.0  # tanh written out (device-function calls are slow in the interpreter)
@@ -221,60 +295,68 @@ def lopt_apply_kernel(
     tf = tl.where(ti < 11, tl.where(xt_ < 0.0, -th, th), 0.0)
     w1t = tl.load(w1 + hid[None, :] * 39 + 28 + ti[:, None], mask=(ti < 11)[:, None], other=0.0)
     b1f = tl.load(b1 + hid) + tl.sum(w1t * tf[:, None], axis=0)
-    w2t = tl.load(w2 + hid[None, :] * HID + hid[:, None])  # [in, out]
-    w3d = tl.load(w3 + hid)
-    w3a = tl.load(w3 + HID + hid)
+    w1f = tl.load(w1 + hid[None, :] * 39 + src[:, None], mask=real[:, None], other=0.0) * scale[:, None]
+    w1f = tl.where((chan == 28)[:, None], b1f[None, :], w1f)  # the constant-1 feature's row: the bias
+    w2t = tl.load(w2 + hid[None, :] * HID + _hidden_source(hid, DOT)[:, None])  # [in (reordered), out]
+    b2v = tl.load(b2 + hid)
+    o8 = tl.arange(0, 8)
+    w3p = tl.load(w3 + o8[None, :] * HID + _hidden_source(hid, DOT)[:, None], mask=(o8 < 2)[None, :], other=0.0)
     b3d = tl.load(b3)
     b3a = tl.load(b3 + 1)
 
-    for sub in range(NSUB):  # NSUB tiles of BX × BY elements share the folded weights
-        (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly,
-         ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = tile_coords(chunks, meta, BX, BY, IDX, NSUB, sub)  # fmt: skip
-        prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
-        ok = tl.load(wsT) == 0.0
-        factored = (flags & FLAG_FACTORED) != 0
-        d0x = (flags & FLAG_D0_IS_X) != 0
-        given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
+    # the tile column's new accY vectors: stored once, by the chunk at the first X position
+    if factored & (xc == 0) & ok:
+        ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
+        tl.store(ay_p + iy, ay0.to(S_DT), mask=my)
+        tl.store(ay_p + ly + iy, ay1.to(S_DT), mask=my)
+        tl.store(ay_p + 2 * ly + iy, ay2.to(S_DT), mask=my)
+    if (xc == 0) & (yt == 0) & (bidx == 0):  # once per tensor: the step counter or the skip counter
+        okf = ok.to(tl.float32)
+        sp = tl.load(prow + 6).to(tl.pointer_type(tl.float32))
+        tl.store(sp, tl.load(sp) + okf)
+        kp = tl.load(prow + 7).to(tl.pointer_type(tl.float32))
+        tl.store(kp, tl.load(kp) + (1.0 - okf))
+
+    for sub in range(NSUB):  # NSUB tiles of BX × BY elements share everything above
+        xt = xc * NSUB + sub
+        xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
+        mx = xs < nx
+        ix = ix0 + xs * xx_stride
+        off = offy[None, :] + xs[:, None] * sx_stride
+        mask = mx[:, None] & my[None, :] & (off < n)
         # ---- features ----
-        pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
-        g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gp + off, mask=mask, other=0.0).to(tl.float32)
         p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
-        mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
-        vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
-        ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
-        bv = tl.load(decays + 3)
-        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + tl.load(decays + 7) * g * g
+        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
         rv = tl.rsqrt(v + EPS_RMS)
         s = g * g + EPS_GRAD_SQ
         m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
-            0, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
-            ws, wsT, ws_nx, ws_ny, decays, SB,
+            0, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm0, bf0, sx0, ay0, fy0, ry0, BX, BY
         )  # fmt: skip
         m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
-            1, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
-            ws, wsT, ws_nx, ws_ny, decays, SB,
+            1, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm1, bf1, sx1, ay1, fy1, ry1, BX, BY
         )  # fmt: skip
         m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
-            2, g, s, rv, off, mask, mx, my, ix, iy, n, wnx, wny, lx, ly, bidx, nbatch, factored, d0x, given, mp, ax_p,
-            ws, wsT, ws_nx, ws_ny, decays, SB,
+            2, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm2, bf2, sx2, ay2, fy2, ry2, BX, BY
         )  # fmt: skip
         z = tl.zeros([SB], dtype=tl.float32)
         x = _join32(
             tl.reshape(g, (SB,)), tl.reshape(p, (SB,)), a0, a1, a2, tl.reshape(v, (SB,)), b0, b1_, b2_,
             tl.reshape(rv, (SB,)), c0, c1, c2,
-            d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z, SB,
+            d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z + 1.0, z, SB,
         )  # fmt: skip
 
-        # ---- MLP: tensor cores with float32 accumulation ----
-        h = tl.maximum(_mm(x, w1f, DOT) + b1f[None, :], 0.0)
-        h = tl.maximum(_mm(h, w2t, DOT) + tl.load(b2 + hid)[None, :], 0.0)
-        d = tl.sum(h * w3d[None, :], axis=1) + b3d
-        a = tl.sum(h * w3a[None, :], axis=1) + b3a
-        step = tl.reshape(d * tl.exp(a * exp_mult) * step_mult, (BX, BY))
+        # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
+        h = _hidden_order(tl.maximum(_mm(x, w1f, DOT), 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm(h, w2t, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
+        # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
+        da = tl.reshape(_mm(h, w3p, DOT), (SB, 4, 2))
+        dd, aa = tl.split(da)
+        d = tl.reshape(tl.sum(dd, axis=1), (BX, BY)) + b3d
+        a = tl.reshape(tl.sum(aa, axis=1), (BX, BY)) + b3a
+        step = d * tl.exp(a * exp_mult) * step_mult
 
         # ---- update and stores ----
-        lr = tl.load(hyper + t.to(tl.int64) * 2)
-        wd = tl.load(hyper + t.to(tl.int64) * 2 + 1)
         p_new = p - lr * step
         p_new = p_new - wd * lr * p_new
         st = mask & ((off * 0 + ok.to(off.dtype)) != 0)  # (scalar & tensor trips the interpreter)
@@ -284,24 +366,13 @@ def lopt_apply_kernel(
         tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
         tl.store(vp + off, v.to(S_DT), mask=st)
         if factored:
-            if ok:
-                ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
-                if yt == 0:
-                    for k in tl.static_range(3):
-                        tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
-                if xt == 0:
-                    for k in tl.static_range(3):
-                        tl.store(ay_p + k * ly + iy, tl.load(ws + ws_ny + k * ly + iy, mask=my).to(S_DT), mask=my)
+            if (yt == 0) & ok:  # the tile row's new accX vectors, by the chunk at the first Y position
+                for k in tl.static_range(3):
+                    tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
         else:
             tl.store(ax_p + off, u0.to(S_DT), mask=st)
             tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
             tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
-        if (xt == 0) & (yt == 0) & (bidx == 0):
-            okf = ok.to(tl.float32)
-            sp = tl.load(prow + 6).to(tl.pointer_type(tl.float32))
-            tl.store(sp, tl.load(sp) + okf)
-            kp = tl.load(prow + 7).to(tl.pointer_type(tl.float32))
-            tl.store(kp, tl.load(kp) + (1.0 - okf))
 
 
 def lopt_apply(
@@ -330,5 +401,5 @@ def lopt_apply(
     lopt_apply_kernel[grid](
         plan.chunks_c, plan.meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult,
         time_clamp, p_dt, g_dt, s_dt, block_x, block_y, nsub, w2.shape[-1], dot,
-        tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS,
+        tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip

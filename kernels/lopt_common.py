@@ -40,6 +40,26 @@ FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = _constexprs("FLAG_FACTORED", 
 
 
 @triton.jit
+def batch_coords(row, bidx, IDX: tl.constexpr):
+    """A tensor's sizes (n, nX, nY, n_batch) from its meta ``row`` and where batch ``bidx`` starts: the element
+    offset of its (x, y) = (0, 0) and the accX / accY indices of x = 0 / y = 0."""
+    n = tl.load(row + M_N).to(IDX)
+    nx = tl.load(row + M_NX).to(IDX)
+    ny = tl.load(row + M_NY).to(IDX)
+    nbatch = tl.load(row + M_NBATCH).to(IDX)
+    nb = tl.load(row + M_NB).to(IDX)
+    nc = tl.load(row + M_NC).to(IDX)
+    c_ = bidx % nc
+    ab = bidx // nc
+    b_ = ab % nb
+    a_ = ab // nb
+    base = a_ * tl.load(row + M_SA).to(IDX) + b_ * tl.load(row + M_SB).to(IDX) + c_
+    ix0 = a_ * tl.load(row + M_XA).to(IDX) + b_ * tl.load(row + M_XB).to(IDX) + c_
+    iy0 = a_ * tl.load(row + M_YA).to(IDX) + b_ * tl.load(row + M_YB).to(IDX) + c_
+    return n, nx, ny, nbatch, base, ix0, iy0
+
+
+@triton.jit
 def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr, XSUB: tl.constexpr, sub):
     """Where this program's tile lies: element offsets and mask ([BX, BY]), accX/accY indices ([BX]/[BY]),
     and the tensor's meta row (see lopt_plan's module docstring). A chunk spans XSUB tiles along X; ``sub``
@@ -50,26 +70,16 @@ def tile_coords(chunks, meta, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.conste
     xt = tl.load(chunks + pid * 4 + 2) * XSUB + sub
     yt = tl.load(chunks + pid * 4 + 3)
     row = meta + t.to(tl.int64) * NMETA
-    n = tl.load(row + M_N).to(IDX)
-    nx = tl.load(row + M_NX).to(IDX)
-    ny = tl.load(row + M_NY).to(IDX)
-    nbatch = tl.load(row + M_NBATCH).to(IDX)
-    nb = tl.load(row + M_NB).to(IDX)
-    nc = tl.load(row + M_NC).to(IDX)
     bidx = bidx.to(IDX)
+    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(row, bidx, IDX)
     xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
     ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
-    c_ = bidx % nc
-    ab = bidx // nc
-    b_ = ab % nb
-    a_ = ab // nb
-    base = a_ * tl.load(row + M_SA).to(IDX) + b_ * tl.load(row + M_SB).to(IDX) + c_
     off = base + xs[:, None] * tl.load(row + M_SX).to(IDX) + ys[None, :] * tl.load(row + M_SY).to(IDX)
     mx = xs < nx
     my = ys < ny
     mask = mx[:, None] & my[None, :] & (off < n)
-    ix = a_ * tl.load(row + M_XA).to(IDX) + xs * tl.load(row + M_XX).to(IDX) + b_ * tl.load(row + M_XB).to(IDX) + c_
-    iy = a_ * tl.load(row + M_YA).to(IDX) + b_ * tl.load(row + M_YB).to(IDX) + ys * tl.load(row + M_YY).to(IDX) + c_
+    ix = ix0 + xs * tl.load(row + M_XX).to(IDX)
+    iy = iy0 + ys * tl.load(row + M_YY).to(IDX)
     lx = tl.load(row + M_LX).to(IDX)
     ly = tl.load(row + M_LY).to(IDX)
     flags = tl.load(row + M_FLAGS).to(tl.int32)

@@ -38,25 +38,25 @@ def lopt_reduce_kernel(
     s = tl.where(mask, g * g + EPS_GRAD_SQ, 0.0)
     nbad = tl.sum(tl.where(mask & ~(s <= FLT_MAX), 1.0, 0.0))
     wsT = ws + ws_t
-    tl.atomic_add(wsT, nbad, mask=nbad > 0.0)
+    tl.atomic_add(wsT, nbad, mask=nbad > 0.0, sem="relaxed")
     if (flags & FLAG_FACTORED) != 0:
         sx = tl.sum(s, axis=1)
         sy = tl.sum(s, axis=0)
-        tl.atomic_add(ws + ws_sx + ix, sx, mask=mx)
-        tl.atomic_add(ws + ws_sy + iy, sy, mask=my)
-        tl.atomic_add(wsT + WS_BATCH + bidx, tl.sum(sx))
+        tl.atomic_add(ws + ws_sx + ix, sx, mask=mx, sem="relaxed")
+        tl.atomic_add(ws + ws_sy + iy, sy, mask=my, sem="relaxed")
+        tl.atomic_add(wsT + WS_BATCH + bidx, tl.sum(sx), sem="relaxed")
         if (flags & FLAG_D0_IS_X) != 0:  # d0 = X: the row accumulator is accY, its d1 axis is Y
             if xt == 0:
                 ay = tl.load(prow + 5).to(tl.pointer_type(S_DT))
                 for k in tl.static_range(3):
                     r = tl.load(ay + k * ly + iy, mask=my, other=0.0).to(tl.float32)
-                    tl.atomic_add(wsT + WS_BATCH + nbatch + k * nbatch + bidx, tl.sum(r))
+                    tl.atomic_add(wsT + WS_BATCH + nbatch + k * nbatch + bidx, tl.sum(r), sem="relaxed")
         else:
             if yt == 0:
                 ax = tl.load(prow + 4).to(tl.pointer_type(S_DT))
                 for k in tl.static_range(3):
                     r = tl.load(ax + k * lx + ix, mask=mx, other=0.0).to(tl.float32)
-                    tl.atomic_add(wsT + WS_BATCH + nbatch + k * nbatch + bidx, tl.sum(r))
+                    tl.atomic_add(wsT + WS_BATCH + nbatch + k * nbatch + bidx, tl.sum(r), sem="relaxed")
 
 
 def lopt_reduce(plan, ptrs: torch.Tensor, ws: torch.Tensor, g_dt, s_dt, block_x: int, block_y: int) -> None:

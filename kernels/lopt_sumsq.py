@@ -87,9 +87,9 @@ def lopt_sumsq_kernel(
         acc = acc + tl.where(ch == 6 + k, tl.sum(tl.where(mask, (m * rv) * (m * rv), 0.0)), 0.0)
         if factored:
             ax = bf * tl.load(ax_p + k * lx + ix, mask=mx, other=0.0).to(tl.float32)
-            ax += (1.0 - bf) * tl.load(ws + ws_sx + ix, mask=mx, other=0.0) / wny
+            ax += tl.load(ws + ws_sx + ix, mask=mx, other=0.0) * ((1.0 - bf) / wny)
             ay = bf * tl.load(ay_p + k * ly + iy, mask=my, other=0.0).to(tl.float32)
-            ay += (1.0 - bf) * tl.load(ws + ws_sy + iy, mask=my, other=0.0) / wnx
+            ay += tl.load(ws + ws_sy + iy, mask=my, other=0.0) * ((1.0 - bf) / wnx)
             fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, wnx, wny, d0x, given)
             fac = fx[:, None] * fy[None, :]
             acc = acc + tl.where(ch == 10 + k, tl.sum(tl.where(mask, (g * fac) * (g * fac), 0.0)), 0.0)
@@ -118,16 +118,15 @@ def lopt_sumsq_kernel(
                 ),
                 0.0,
             )
-            acc = acc + tl.where(ch == 13 + k, tl.sum(tl.where(mask, (u) * (u), 0.0)), 0.0)
-            acc = acc + tl.where(ch == 16 + k, tl.sum(tl.where(mask, (u) * (u), 0.0)), 0.0)
-            acc = acc + tl.where(ch == 19 + k, tl.sum(tl.where(mask, (ru) * (ru), 0.0)), 0.0)
-            acc = acc + tl.where(ch == 22 + k, tl.sum(tl.where(mask, (ru) * (ru), 0.0)), 0.0)
+            # row = col = u for rank < 2: one sum each for channels 13/16 and 19/22
+            acc = acc + tl.where((ch == 13 + k) | (ch == 16 + k), tl.sum(tl.where(mask, (u) * (u), 0.0)), 0.0)
+            acc = acc + tl.where((ch == 19 + k) | (ch == 22 + k), tl.sum(tl.where(mask, (ru) * (ru), 0.0)), 0.0)
             acc = acc + tl.where(
                 ch == 25 + k,
                 tl.sum(tl.where(mask, (m * tl.rsqrt(u + EPS_RMS)) * (m * tl.rsqrt(u + EPS_RMS)), 0.0)),
                 0.0,
             )
-    tl.atomic_add(wsT + 2 + ch, acc, mask=ch < 28)
+    tl.atomic_add(wsT + 2 + ch, acc, mask=ch < 28, sem="relaxed")
 
 
 def lopt_sumsq(

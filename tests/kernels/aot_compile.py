@@ -2,18 +2,24 @@
 [--all] 90 80``. Needs no GPU, only Triton's bundled compilers; run with TRITON_INTERPRET unset. Without
 ``--all``, each kernel is compiled in the variants that differ in code shape (float32/int32 and
 bf16/int64 storage, every dot mode); ``--all`` compiles the full dtype × index × dot matrix (~1 min per
-target). Prints one line per variant and exits non-zero on the first failure."""
+target). Prints one line per variant (cubin and shared-memory size, local-memory instructions — spills —
+and tensor-core MMA instructions in its SASS) and exits non-zero on the first failure."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise SystemExit("aot_compile: unset TRITON_INTERPRET (the interpreter does not compile)")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from mulo.kernels import lopt_apply, lopt_reduce, lopt_sumsq  # noqa: E402
 from mulo.kernels.lopt_apply import lopt_apply_kernel  # noqa: E402
 from mulo.kernels.lopt_reduce import lopt_reduce_kernel  # noqa: E402
 from mulo.kernels.lopt_sumsq import lopt_sumsq_kernel  # noqa: E402
@@ -52,6 +58,12 @@ def variants():
                 yield f"lopt_apply {tag} dot={dot}", lopt_apply_kernel, sig, c
 
 
+def options(fn) -> dict:
+    """The launch options the kernel's launcher uses (warps, pipeline stages), for ``triton.compile``."""
+    module = {lopt_reduce_kernel: lopt_reduce, lopt_sumsq_kernel: lopt_sumsq, lopt_apply_kernel: lopt_apply}[fn]
+    return {"num_warps": module.NUM_WARPS, "num_stages": getattr(module, "NUM_STAGES", 3)}
+
+
 REPRESENTATIVE = (
     "lopt_reduce p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_reduce p=bf16 g=bf16 s=bf16 idx=int64",
@@ -63,14 +75,28 @@ REPRESENTATIVE = (
 )
 
 
+def sass_counts(cubin: bytes) -> tuple[int, int]:
+    """(local-memory instructions — register spills, tensor-core MMA instructions) in a cubin's SASS, read
+    with the ``nvdisasm`` Triton ships."""
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([str(nvdisasm), str(path)], capture_output=True, text=True, check=True).stdout
+    ops = re.findall(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass, re.M)
+    return sum(op in ("LDL", "STL") for op in ops), sum(op in ("HMMA", "HGMMA") for op in ops)
+
+
 def main(archs: list[int], everything: bool = False) -> None:
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         for name, fn, sig, consts in variants():
             if not everything and name not in REPRESENTATIVE:
                 continue
-            compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target)
-            print(f"sm_{arch} {name}: {len(compiled.asm['cubin'])} B cubin, {compiled.metadata.shared} B smem")
+            compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target, options=options(fn))
+            local, mma = sass_counts(compiled.asm["cubin"])
+            print(f"sm_{arch} {name}: {len(compiled.asm['cubin'])} B cubin, {compiled.metadata.shared} B smem, "
+                  f"{local} local-memory instrs, {mma} MMA instrs")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Every Triton kernel compiles for sm_90 and sm_80 (in a subprocess with the interpreter off): catches
-what the interpreter accepts and a GPU compiler rejects (tl.dot shapes, dtype mixes, scalar control flow)."""
+what the interpreter accepts and a GPU compiler rejects (tl.dot shapes, dtype mixes, scalar control flow).
+From the SASS: no shipped variant spills registers (no local-memory instructions), and the apply kernel's
+MLP runs on tensor cores (HMMA/HGMMA) in its tf32 and bf16 modes."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +29,9 @@ def test_kernels_compile_for_gpu(arch):
     compiled = [line for line in out.stdout.splitlines() if line.startswith(f"sm_{arch} ")]
     kernels = {line.split()[1] for line in compiled}
     assert kernels == {"lopt_reduce", "lopt_sumsq", "lopt_apply"}, out.stdout
+    for line in compiled:
+        local = int(re.search(r"(\d+) local-memory instrs", line).group(1))
+        mma = int(re.search(r"(\d+) MMA instrs", line).group(1))
+        assert local == 0, f"a shipped variant spills registers to local memory: {line}"
+        if line.split()[1] == "lopt_apply" and "dot=ieee" not in line:
+            assert mma > 0, f"the apply kernel no longer runs its MLP on tensor cores: {line}"
