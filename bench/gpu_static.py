@@ -966,7 +966,13 @@ def cuda_kernels(so: Path | None = None, only_fp32: bool = False) -> list[Kernel
     if so is None:
         return []
     with tempfile.TemporaryDirectory() as tmp:
-        listing = _run([nvidia_bin() / "cuobjdump", "--list-elf", so])
+        try:
+            listing = _run([nvidia_bin() / "cuobjdump", "--list-elf", so])
+        except RuntimeError as err:  # a CPU-only build: no device code at all
+            if "does not contain device code" not in str(err):
+                raise
+            print(f"gpu_static: WARNING {so.name} has no device code (a CPU-only build): no CUDA rows", file=sys.stderr)
+            return []
         if "sm_90" not in listing:
             return []
         _run([nvidia_bin() / "cuobjdump", "-xelf", "sm_90", so], cwd=tmp)
