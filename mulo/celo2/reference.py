@@ -391,8 +391,10 @@ def adamw_step(
     v = state["exp_avg_sq"].to(cd).mul(beta2).addcmul(g, g, value=1 - beta2)
     p_new = p.mul(1 - lr * weight_decay) if weight_decay != 0 else p
     step_size = torch.as_tensor(lr, dtype=torch.float64, device=t.device) / bias1  # (a Python lr / tensor would
-    # multiply by the reciprocal: one more rounding than torch's host-side lr / bias_correction1)
-    p_new = p_new + (-step_size) * m / (v.sqrt() / bias2_sqrt).add(eps)
+    # multiply by the reciprocal: one more rounding than torch's host-side lr / bias_correction1). Both scalars
+    # are rounded to the compute dtype as torch rounds its host-side values: against a 0-d parameter a float64
+    # 0-d tensor would otherwise promote the arithmetic to float64
+    p_new = p_new + (-step_size).to(cd) * m / (v.sqrt() / bias2_sqrt.to(cd)).add(eps)
     commit(param, p, p_new, state, {"exp_avg": m, "exp_avg_sq": v}, state, finite)
 
 
