@@ -97,7 +97,6 @@ class _Work:
     """One tensor as the ops take it: its math view, contiguous (``copy_back`` pairs: written back after E)."""
 
     param: torch.Tensor
-    grad: torch.Tensor
     momentum: torch.Tensor
     second_moment: torch.Tensor
     state: dict[str, torch.Tensor]
@@ -112,12 +111,11 @@ def _contiguous(view: torch.Tensor, copy_back: list) -> torch.Tensor:
     return work
 
 
-def _work(param, grad, state, axes: str) -> _Work:
+def _work(param, state, axes: str) -> _Work:
     back: list = []
     views = reference.state_views(state, axes)
     return _Work(
         param=_contiguous(reference.math_view(param, axes), back),
-        grad=reference.math_view(grad, axes),
         momentum=_contiguous(views["momentum"], back),
         second_moment=_contiguous(views["second_moment"], back),
         state=state,
@@ -125,32 +123,61 @@ def _work(param, grad, state, axes: str) -> _Work:
     )
 
 
-def run_passes(works: list[_Work], lrs, weight_decays, mlp, *, orthogonalize: bool, weight_index=()) -> None:
-    """Passes A–E of every tensor in ``works`` (rank ≥ 2, at least one element each), in place."""
-    params = [t.param for t in works]
-    grads = _kernel_grads(params, [t.grad for t in works])
-    momentum = [t.momentum for t in works]
-    second = [t.second_moment for t in works]
-    rows, cols = [t.state["row"] for t in works], [t.state["col"] for t in works]
-    dims = [d for p in params for d in factored_dims(p.shape)]
+class _Bucket:
+    """The tensors of one call as the ops take them, gradients aside. Reusable while the parameter and state
+    storages stay the same and none needed a contiguous copy (``reusable``): a meta-training unroll steps the
+    same stacks in place every inner step."""
+
+    def __init__(self, works: list[_Work]):
+        self.works = works
+        self.params = [t.param for t in works]
+        self.accumulators = (
+            [t.momentum for t in works],
+            [t.second_moment for t in works],
+            [t.state["row"] for t in works],
+            [t.state["col"] for t in works],
+        )
+        self.counters = ([t.state["step"] for t in works], [t.state["nonfinite_skips"] for t in works])
+        self.dims = [d for p in self.params for d in factored_dims(p.shape)]
+        self.offsets = _offsets(self.params)
+        self.reusable = not any(t.copy_back for t in works)
+        self._buffers = None
+
+    def direction_buffers(self):
+        """One float32 buffer per slice shape and each tensor's view into it (pass C overwrites every element
+        each step: allocated once)."""
+        if self._buffers is None:
+            self._buffers = _direction_buffers(self.params, self.offsets)
+        return self._buffers
+
+    def copy_back(self) -> None:
+        for t in self.works:
+            for view, work in t.copy_back:
+                view.copy_(work)
+
+
+def run_passes(bucket: _Bucket, grads, lrs, weight_decays, mlp, *, orthogonalize: bool, weight_index=()) -> None:
+    """Passes A–E of every tensor of ``bucket`` (rank ≥ 2, at least one element each) with ``grads`` (their
+    math views), in place."""
+    params, dims = bucket.params, bucket.dims
+    grads = _kernel_grads(params, grads)
     ops = torch.ops.mulo
     sums, finite = ops.celo2_reduce(grads, dims)  # A
-    accumulators = (params, grads, momentum, second, rows, cols, sums, finite, dims)
+    accumulators = (params, grads, *bucket.accumulators, sums, finite, dims)
     sumsq = ops.celo2_sumsq(*accumulators)  # B (commits m, v, row, col)
-    steps = [t.state["step"] for t in works]
-    skips = [t.state["nonfinite_skips"] for t in works]
-    lrs, wds = [float(x) for x in lrs], [float(x) for x in weight_decays]
+    steps, skips = bucket.counters
+    lrs, wds, index = [float(x) for x in lrs], [float(x) for x in weight_decays], list(weight_index)
     if not orthogonalize:
-        dsumsq = ops.celo2_direction(*accumulators, sumsq, mlp, [], list(weight_index))  # C: Σ d² only
-        ops.celo2_apply(*accumulators, sumsq, mlp, dsumsq, steps, skips, lrs, wds, list(weight_index))  # E
+        dsumsq = ops.celo2_direction(*accumulators, sumsq, mlp, [], index)  # C: Σ d² only
+        ops.celo2_apply(*accumulators, sumsq, mlp, dsumsq, steps, skips, lrs, wds, index)  # E
         return
-    buffers, directions = _direction_buffers(params)
-    ops.celo2_direction(*accumulators, sumsq, mlp, directions, list(weight_index))  # C, written into the buffers
+    buffers, directions = bucket.direction_buffers()
+    ops.celo2_direction(*accumulators, sumsq, mlp, directions, index)  # C, written into the buffers
     done = {}
     for key, buf in buffers.items():  # Newton–Schulz: one chain of batched matrix products per slice shape
         x = reference.newton_schulz(buf)
         done[key] = x if x.is_contiguous() else x.contiguous()
-    orthogonal = [_slices_of(done, p, offset) for p, offset in zip(params, _offsets(params))]
+    orthogonal = [_slices_of(done, p, offset) for p, offset in zip(params, bucket.offsets)]
     ops.celo2_apply_steps(params, orthogonal, steps, skips, finite, lrs, wds)  # E
 
 
@@ -171,14 +198,15 @@ def _slices_of(buffers, p: torch.Tensor, offset: int) -> torch.Tensor:
     return buffers[key][offset : offset + n].view(p.shape)
 
 
-def _direction_buffers(params) -> tuple[dict[tuple[int, int], torch.Tensor], list[torch.Tensor]]:
+def _direction_buffers(params, offsets=None) -> tuple[dict[tuple[int, int], torch.Tensor], list[torch.Tensor]]:
     """One (slices, rows, cols) float32 buffer per slice shape, and each tensor's view into its buffer."""
     counts: dict[tuple[int, int], int] = {}
     for p in params:
         key = tuple(p.shape[-2:])
         counts[key] = counts.get(key, 0) + p.numel() // (key[0] * key[1])
     buffers = {key: torch.empty((n, *key), dtype=torch.float32) for key, n in counts.items()}
-    return buffers, [_slices_of(buffers, p, off) for p, off in zip(params, _offsets(params))]
+    offsets = _offsets(params) if offsets is None else offsets
+    return buffers, [_slices_of(buffers, p, off) for p, off in zip(params, offsets)]
 
 
 class CpuBackend:
@@ -209,19 +237,19 @@ class CpuBackend:
         if bad:
             raise TypeError(f"Celo2 backend 'cpu' runs float32/bfloat16/float16 parameters; params[{bad[0][0]}] has "
                             f"dtype {bad[0][1]} (use backend='reference' or 'auto' for it)")  # fmt: skip
-        works, keep = [], []
-        for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
+        keep = []
+        for i, (p, st) in enumerate(zip(params, states, strict=True)):
             if p.numel() == 0:
                 st["step"].add_(1.0)  # nothing to update (as the reference)
-                continue
-            works.append(_work(p, g, st, axes))
-            keep.append(i)
-        if works:
-            run_passes(works, [lrs[i] for i in keep], [weight_decays[i] for i in keep], weights_mlp(weights),
-                       orthogonalize=orthogonalize)  # fmt: skip
-        for t in works:
-            for view, work in t.copy_back:
-                view.copy_(work)
+            else:
+                keep.append(i)
+        if not keep:
+            return
+        bucket = _Bucket([_work(params[i], states[i], axes) for i in keep])
+        grads = [reference.math_view(grads[i], axes) for i in keep]
+        run_passes(bucket, grads, [lrs[i] for i in keep], [weight_decays[i] for i in keep], weights_mlp(weights),
+                   orthogonalize=orthogonalize)  # fmt: skip
+        bucket.copy_back()
 
     def population_step(self, params, grads, states, lrs, weight_decays, weights, options) -> None:
         """:func:`mulo.celo2.population.population_step` with every member's learned tensors in ONE call per pass
@@ -234,24 +262,34 @@ class CpuBackend:
         if learned and not self._exact_here([st for _, _, st, _, _ in learned], weights.member(0)):
             pop.population_step(params, grads, states, lrs, weight_decays, weights, options)
             return
-        works, member_lrs, wds, index = [], [], [], []
-        for p, g, st, lr, wd in learned:
+        for p, _, st, _, _ in learned:
             if p[0].numel() == 0:
                 st["step"].add_(1.0)
-                continue
-            for j in range(m):
-                works.append(_work(p[j], g[j], {k: v[j] for k, v in st.items()}, options.axes))
-                member_lrs.append(pop.member_lr(lr, j, m))
-                wds.append(wd)
-                index.append(j)
-        if works:
+        learned = [item for item in learned if item[0][0].numel() > 0]
+        if learned:
+            bucket = self._population_bucket(learned, m, options.axes)
+            grads = [reference.math_view(g[j], options.axes) for j in range(m) for _, g, *_ in learned]
+            member_lrs = [pop.member_lr(lr, j, m) for j in range(m) for *_, lr, _ in learned]
+            wds = [wd for _ in range(m) for *_, wd in learned]
+            index = [j for j in range(m) for _ in learned]
             mlp = mlp_tensors(weights.w0, weights.b0, weights.dense)
-            run_passes(works, member_lrs, wds, mlp, orthogonalize=options.orthogonalize, weight_index=index)
-            for t in works:
-                for view, work in t.copy_back:
-                    view.copy_(work)
+            run_passes(bucket, grads, member_lrs, wds, mlp, orthogonalize=options.orthogonalize, weight_index=index)
+            bucket.copy_back()
         if adamw:
             pop.adamw_route(*zip(*adamw), options)
+
+    def _population_bucket(self, learned, m: int, axes: str) -> _Bucket:
+        """Every member's views of the stacked tensors (member-major), kept while the stacks are the same
+        storage (an inner run steps them in place; a reset that allocates new stacks changes the key)."""
+        key = (m, axes, *((p.data_ptr(), p.shape) for p, *_ in learned))
+        key += tuple(v.data_ptr() for _, _, st, _, _ in learned for v in st.values())
+        cached = getattr(self, "_bucket_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        works = [_work(p[j], {k: v[j] for k, v in st.items()}, axes) for j in range(m) for p, _, st, _, _ in learned]
+        bucket = _Bucket(works)
+        self._bucket_cache = (key, bucket) if bucket.reusable else None
+        return bucket
 
     @property
     def isa(self) -> str:

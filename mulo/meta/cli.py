@@ -14,9 +14,10 @@ from mulo.meta.presets import PRESETS
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "meta-train",
-        help="meta-train μLO meta-weights with PES (resumes when --out holds a checkpoint)",
-        description="Meta-train μLO with PES (docs/ALGORITHM.md §7). Rerunning with the same --out resumes exactly; "
-        "the meta-weights land in OUT/meta_weights (use them with MuLO(meta_weights=OUT/meta_weights)).",
+        help="meta-train μLO (or Celo2) meta-weights with PES (resumes when --out holds a checkpoint)",
+        description="Meta-train μLO (or, with --rule celo2, Celo2) with PES (docs/ALGORITHM.md §7, docs/CELO2.md). "
+        "Rerunning with the same --out resumes exactly; the meta-weights land in OUT/meta_weights (use them with "
+        "MuLO(meta_weights=OUT/meta_weights), or Celo2(...) for --rule celo2).",
     )
     p.add_argument("--out", required=True, help="output directory: checkpoint.pt, log.jsonl, meta_weights/")
     p.add_argument("--outer-steps", type=int, default=None, help="total outer steps (default: the preset's)")
@@ -25,7 +26,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="tiny",
         help="tiny (CI, CPU), small, mulo_cpu (the shipped recipe), mulo_nm (non-memorizable data, cosine inner "
-        "schedule; 1 CPU core), mulo_m (GPU)",
+        "schedule; 1 CPU core), mulo_m (GPU), celo2_cpu (Celo2's recipe on offline data; 1 CPU core)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=("mulo", "celo2"),
+        default=None,
+        help="the update rule meta-trained: mulo (μLO, an LOptNet) or celo2 (Celo2, a Celo2Net; biases take AdamW) "
+        "(default: the preset's: mulo for all but celo2_cpu)",
+    )
+    p.add_argument(
+        "--inner-lr",
+        type=float,
+        default=None,
+        help="Celo2 only: the inner runs' learning rate, the RMS of each weight matrix's step (default: the "
+        "preset's, 1e-3 as in the paper)",
+    )
+    p.add_argument(
+        "--orthogonalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Celo2 only: Newton–Schulz on the direction (Celo2); --no-orthogonalize meta-trains Celo2-base",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -129,7 +150,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = ("outer_steps", "dataset", "parameterization", "estimator", "num_pairs", "checkpoint_every",
         "seed", "lr_peak", "lr_final", "meta_loss", "label_noise", "max_length", "warmup_steps", "decay_end",
         "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global",
-        "time_clamp")  # fmt: skip
+        "time_clamp", "rule", "inner_lr", "orthogonalize")  # fmt: skip
     return preset(args.preset, **{name: getattr(args, name) for name in overrides})
 
 
@@ -153,5 +174,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, OSError, ImportError, RuntimeError) as e:
         print(f"mulo meta-train: error: {e}", file=sys.stderr)
         return 2
-    print(f"meta-weights: {weights}  (MuLO(meta_weights={str(weights)!r}))")
+    optimizer = "Celo2" if config.rule == "celo2" else "MuLO"
+    print(f"meta-weights: {weights}  ({optimizer}(meta_weights={str(weights)!r}))")
     return 0

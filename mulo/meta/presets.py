@@ -73,6 +73,13 @@ class MetaTrainConfig:
     #: the meta-weights read the time features at min(t, time_clamp) (LOptConfig.time_clamp), in the inner
     #: runs and in every later use of the weights; None: no clamp (μLO's)
     time_clamp: float | None = None
+    #: the update rule meta-trained (mulo.meta.rules): "mulo" (μLO, θ = an LOptNet) or "celo2" (θ = a Celo2Net)
+    rule: str = "mulo"
+    #: Celo2 only: the inner runs' learning rate (the RMS of a weight matrix's step), times each tensor's lr
+    #: scale and the inner schedule (μLO's step size is step_mult)
+    inner_lr: float = 1e-3
+    #: Celo2 only: Newton–Schulz on the direction (Celo2); False meta-trains Celo2-base
+    orthogonalize: bool = True
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -97,6 +104,12 @@ class MetaTrainConfig:
             )
         if not isinstance(self.reparam_global, bool):
             raise ValueError(f"reparam_global (--reparam-global) must be True or False, got {self.reparam_global!r}")
+        if self.rule not in ("mulo", "celo2"):
+            raise ValueError(f"rule (--rule) must be 'mulo' or 'celo2', got {self.rule!r}")
+        if not (math.isfinite(self.inner_lr) and self.inner_lr > 0.0):
+            raise ValueError(f"inner_lr (--inner-lr) must be a finite number > 0, e.g. 1e-3, got {self.inner_lr!r}")
+        if not isinstance(self.orthogonalize, bool):
+            raise ValueError(f"orthogonalize (--orthogonalize) must be True or False, got {self.orthogonalize!r}")
         if self.time_clamp is not None and not (math.isfinite(self.time_clamp) and self.time_clamp >= 1):
             raise ValueError(
                 f"time_clamp (--time-clamp) must be a step count ≥ 1, e.g. the longest inner horizon "
@@ -144,7 +157,8 @@ class MetaTrainConfig:
 
 #: fields added after checkpoints were written; to_json omits them while they hold their defaults
 OMITTED_AT_DEFAULT = (
-    "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global", "time_clamp"
+    "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global", "time_clamp",
+    "rule", "inner_lr", "orthogonalize",
 )  # fmt: skip
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
 
@@ -192,6 +206,19 @@ _MULO_NM = _MULO_CPU.replace(
     meta_loss="log", inner_schedule="cosine", inner_warmup=0.05,
 )  # fmt: skip
 
+# Celo2's recipe (docs/CELO2.md "Meta-training"; the paper's: 4 image-MLP tasks 64-32-10 on 8×8 inputs, batch 64,
+# PES 8 pairs, σ 0.01, truncation 50, lengths log-uniform 100..2000, inner lr 1e-3 constant, weight decay 0,
+# reparam global; outer AdamW 5e-5 for 100,000 steps) on offline data: four SP 64-32-10-shaped MLPs on the 8×8
+# digits (memorizable, as the paper's small image sets), digits_aug, mnist1d and teacher (fresh examples every
+# batch); 5,000 outer steps for one CPU core with --inner-backend cpu, so the outer LR is 20× the paper's
+# (1e-3 → 1e-4 cosine: a guess to tune, as mulo_nm's was). Checkpoints every 50 outer steps.
+_CELO2_CPU = MetaTrainConfig(
+    families=tuple(ImageMLPSpec(d, 32, 1, 64, "sp") for d in ("digits", "digits_aug", "mnist1d", "teacher")),
+    num_pairs=8, unroll_length=50, min_length=100, max_length=2000, max_initial_offset=50, std=0.01,
+    outer_steps=5000, lr_peak=1e-3, lr_final=1e-4, warmup_steps=50, decay_end=5000, checkpoint_every=50,
+    rule="celo2", inner_lr=1e-3, reparam_global=True,
+)  # fmt: skip
+
 # a 30-step horizon needs a far larger LR than the 5,000-step recipe
 _TINY = MetaTrainConfig(
     families=_mlps("digits", (32,), 2, 32), num_pairs=4, unroll_length=10, min_length=20, max_length=100,
@@ -214,6 +241,7 @@ PRESETS: dict[str, MetaTrainConfig] = {
     ),
     "mulo_cpu": _MULO_CPU,
     "mulo_nm": _MULO_NM,
+    "celo2_cpu": _CELO2_CPU,
     "mulo_m": MetaTrainConfig(
         families=_mlps("hf:uoft-cs/cifar10", (128, 512, 1024), 3, 4096),
     ),

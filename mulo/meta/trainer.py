@@ -14,12 +14,13 @@ Output directory ``DIR``:
 * ``log.jsonl`` — one JSON object per outer step (``outer_step``, ``meta_loss``, ``grad_norm``,
   ``update_norm``, ``lr``, ``seconds``, per-family meta-losses); lines past the checkpoint are dropped on
   resume, so each step appears once.
-* ``meta_weights/`` — θ as an :class:`mulo.LOptNet` directory (``MuLO(meta_weights=DIR/meta_weights)``).
+* ``meta_weights/`` — θ as the rule's network directory: an :class:`mulo.LOptNet`
+  (``MuLO(meta_weights=DIR/meta_weights)``) or, with ``rule="celo2"``, a :class:`mulo.celo2.Celo2Net`
+  (``Celo2(meta_weights=DIR/meta_weights)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -30,11 +31,9 @@ from pathlib import Path
 
 import torch
 
-from mulo.backends.population import backend_population_step
-from mulo.lopt.network import LOptConfig, LOptNet
-from mulo.meta import theta as theta_mod
 from mulo.meta.estimators import ESTIMATORS, GradientEstimator
 from mulo.meta.presets import MetaTrainConfig, family_labels
+from mulo.meta.rules import lopt_config_for, rule_for  # noqa: F401 (lopt_config_for: μLO's)
 from mulo.meta.tasks import ImageMLPFamily
 from mulo.meta.truncation import LogUniformTruncation
 from mulo.meta.unroll import PopulationUnroll
@@ -76,25 +75,23 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     return path
 
 
-def lopt_config_for(config: MetaTrainConfig) -> LOptConfig:
-    return LOptConfig(step_mult=config.step_mult, time_clamp=config.time_clamp)
-
-
 def build_estimators(
     config: MetaTrainConfig, device: torch.device | str, inner_backend: str = "reference"
 ) -> list[GradientEstimator]:
     """One estimator per task family (each with its own population of ``num_pairs`` pairs); the inner
-    optimizer steps run through ``inner_backend`` (:func:`mulo.backends.population.backend_population_step`)."""
+    optimizer steps run through ``inner_backend`` (the rule's population step: μLO's
+    :func:`mulo.backends.population.backend_population_step`, Celo2's :func:`mulo.celo2.population.
+    backend_population_step`)."""
     truncation = LogUniformTruncation(config.min_length, config.max_length, config.max_initial_offset)
-    lcfg = lopt_config_for(config)
-    step_fn = backend_population_step(inner_backend, device)
+    rule = rule_for(config)
+    step_fn = rule.step_fn(inner_backend, device)
     estimators = []
     for spec in config.families:
         step = PopulationUnroll(
             ImageMLPFamily(spec, device),
             truncation,
             config.num_pairs,
-            lcfg,
+            rule,
             step_fn=step_fn,
             meta_loss=config.meta_loss,
             **config.inner_options(),
@@ -107,8 +104,8 @@ class MetaTrainer:
     """Meta-trains θ with ``config`` into ``out`` (resuming from ``out/checkpoint.pt`` if there is one).
 
     Args:
-        init_weights: meta-weights to start from (an LOptNet directory or shipped name); default: a fresh
-            LOptNet drawn with the config's seed.
+        init_weights: meta-weights to start from (a directory or shipped name of the rule's network: LOptNet or
+            Celo2Net); default: a fresh network drawn with the config's seed.
         progress: show a tqdm progress bar.
         inner_backend: the backend of the inner optimizer steps: ``"reference"`` (default: the vectorized
             population step), ``"auto"``, ``"cpu"``/``"triton"`` (all members in one fused call per pass),
@@ -131,7 +128,7 @@ class MetaTrainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         self.out = check_output_dir(out)
-        self.lopt_config = lopt_config_for(config)
+        self.rule = rule_for(config)
         checkpoint = self._read_checkpoint()  # before anything is built or written: a bad one changes nothing
         self.estimators = build_estimators(config, self.device, inner_backend)
         if checkpoint is None:
@@ -143,12 +140,10 @@ class MetaTrainer:
     def _fresh_state(self, init_weights) -> None:
         cfg = self.config
         if init_weights is not None:
-            net = LOptNet.from_pretrained(init_weights)
-            if theta_mod.theta_size(net.config) != theta_mod.theta_size(self.lopt_config):
-                raise ValueError(f"init weights {init_weights} do not have the 39→32→32→2 layout")
+            net = self.rule.load_net(init_weights)
         else:
-            net = LOptNet(self.lopt_config, generator=torch.Generator().manual_seed(cfg.seed))
-        self.theta = torch.nn.Parameter(theta_mod.flatten(net).to(self.device))
+            net = self.rule.fresh_net(torch.Generator().manual_seed(cfg.seed))
+        self.theta = torch.nn.Parameter(self.rule.flatten(net).to(self.device))
         self.outer_opt = self._make_outer_opt()
         self.generators = [torch.Generator().manual_seed(cfg.seed * 1000 + 1 + i) for i in range(len(self.estimators))]
         self.states = [e.init_state(self.theta.detach(), g) for e, g in zip(self.estimators, self.generators)]
@@ -243,14 +238,15 @@ class MetaTrainer:
         tmp.write_text("".join(k + "\n" for k in keep))
         os.replace(tmp, path)
 
-    def meta_net(self) -> LOptNet:
+    def meta_net(self):
+        """θ as the rule's network (an LOptNet, or a Celo2Net for ``rule="celo2"``)."""
         info = {
             "name": "mulo meta-trained",
             "outer_steps": self.next_step,
             "config": self.config.to_json(),
-            "init_weights": self.init_weights,  # None: a fresh LOptNet drawn with config.seed
+            "init_weights": self.init_weights,  # None: a fresh network drawn with config.seed
         }
-        return theta_mod.to_net(self.theta.detach().cpu(), dataclasses.replace(lopt_config_for(self.config), info=info))
+        return self.rule.to_net(self.theta.detach().cpu(), info)
 
     def save_weights(self) -> Path:
         return self.meta_net().save_pretrained(self.out / WEIGHTS_DIR)
@@ -335,10 +331,10 @@ def evaluate(
     split: str = "train",
 ) -> float:
     """Mean normalized training loss of ``seeds`` fresh tasks of family ``family`` trained ``steps`` steps
-    by μLO with meta-weights ``theta`` (all seeds batched in one population), with the config's inner-run
-    options (schedule over ``steps``, weight decay, reparameterization). ``split="heldout"``: instead, the
-    mean normalized loss of the trained parameters on the family's whole held-out set (non-memorizable
-    data sets only). Lower is better."""
+    by the config's rule (μLO or Celo2) with meta-weights ``theta`` (all seeds batched in one population), with
+    the config's inner-run options (schedule over ``steps``, weight decay, reparameterization).
+    ``split="heldout"``: instead, the mean normalized loss of the trained parameters on the family's whole
+    held-out set (non-memorizable data sets only). Lower is better."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     truncation = LogUniformTruncation(steps + 1, steps + 1, 1)
@@ -346,7 +342,7 @@ def evaluate(
         ImageMLPFamily(config.families[family], device),
         truncation,
         seeds,
-        lopt_config_for(config),
+        rule_for(config),
         **config.inner_options(),
     )
     if split == "heldout":

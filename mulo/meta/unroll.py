@@ -27,11 +27,10 @@ from collections.abc import Callable
 
 import torch
 
-from mulo.backends.population import init_population_state, population_step
 from mulo.lopt.network import LOptConfig
 from mulo.meta.inner import InnerSchedule, log_uniform
+from mulo.meta.rules import Celo2Rule, MuLORule
 from mulo.meta.tasks import META_LOSSES, Task, TaskFamily
-from mulo.meta.theta import population_weights, theta_size
 from mulo.meta.truncation import LogUniformTruncation
 
 
@@ -78,15 +77,16 @@ def _advance_schedule(state: dict, reset: torch.Tensor, truncation: LogUniformTr
 
 
 class PopulationUnroll(TruncatedStep):
-    """μLO (meta-weights θ per member) training a population of tasks from one family.
+    """A learned optimizer (meta-weights θ per member: μLO or Celo2) training a population of tasks from one family.
 
     Args:
         family: the task family (one sampled task; members share its parameter shapes).
         truncation: inner-problem lengths and initial offsets.
         num_pairs: N (2N members).
-        lopt_config: the learned optimizer's non-θ settings (decays, step_mult, layout).
+        lopt_config: the update rule (:mod:`mulo.meta.rules`), or a μLO ``LOptConfig`` (its non-θ settings:
+            decays, step_mult, layout), which is μLO's rule.
         dtype: parameter/meta-weight dtype of the inner problems.
-        step_fn: the population optimizer entry point (the reference semantics by default).
+        step_fn: the population optimizer entry point (default: the rule's reference semantics).
         meta_loss: the per-step loss emitted, ``"normalized"`` or ``"log"`` (:meth:`Task.meta_loss`).
         schedule: the learning-rate multiplier of each inner run over its length (default: constant 1).
         weight_decay: decoupled weight decay of the inner runs (times each step's lr, as in ``MuLO``).
@@ -101,10 +101,10 @@ class PopulationUnroll(TruncatedStep):
         family: TaskFamily,
         truncation: LogUniformTruncation,
         num_pairs: int,
-        lopt_config: LOptConfig,
+        lopt_config: LOptConfig | MuLORule | Celo2Rule,
         *,
         dtype: torch.dtype = torch.float32,
-        step_fn: Callable = population_step,
+        step_fn: Callable | None = None,
         meta_loss: str = "normalized",
         schedule: InnerSchedule | None = None,
         weight_decay: float = 0.0,
@@ -113,11 +113,13 @@ class PopulationUnroll(TruncatedStep):
         if num_pairs < 1:
             raise ValueError(f"num_pairs must be ≥ 1, got {num_pairs}")
         self.family, self.truncation, self.num_particles = family, truncation, num_pairs
-        self.config, self.dtype, self.step_fn = lopt_config, dtype, step_fn
+        self.rule = MuLORule(lopt_config) if isinstance(lopt_config, LOptConfig) else lopt_config
+        self.config, self.dtype = self.rule.config, dtype
+        self.step_fn = step_fn if step_fn is not None else self.rule.step_fn()
         if meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss must be one of {META_LOSSES}, got {meta_loss!r}")
         self.meta_loss = meta_loss
-        self.theta_size = theta_size(lopt_config)
+        self.theta_size = self.rule.theta_size()
         self.task: Task = family.sample(torch.Generator().manual_seed(0))
         self.schedule = InnerSchedule() if schedule is None else schedule
         if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
@@ -145,7 +147,7 @@ class PopulationUnroll(TruncatedStep):
     def init_state(self, generator: torch.Generator) -> dict:
         fresh, scale = self._fresh_tasks(self.num_particles, generator)
         params = {k: torch.cat([v, v]) for k, v in fresh.items()}
-        opt = {k: init_population_state(v, self.config.layout) for k, v in params.items()}
+        opt = {k: self.rule.init_state(v) for k, v in params.items()}
         state = {"params": params, "opt": opt, **_schedule_state(self.truncation, self.num_particles, generator)}
         if scale is not None:
             state["scale"] = torch.cat([scale, scale])
@@ -181,8 +183,8 @@ class PopulationUnroll(TruncatedStep):
         device = params[names[0]].device
         if thetas.shape != (2 * n, self.theta_size):
             raise ValueError(f"thetas has shape {tuple(thetas.shape)}, expected ({2 * n}, {self.theta_size})")
-        weights = population_weights(thetas.to(device, self.dtype), self.config)
-        lrs = [self.task.roles[k].lr_scale for k in names]
+        weights = self.rule.population_weights(thetas.to(device, self.dtype))
+        lrs = [self.rule.lr * self.task.roles[k].lr_scale for k in names]
         losses = torch.zeros(steps, 2 * n, device=device, dtype=self.dtype)
         masks = torch.zeros(steps, n)
         dones = torch.zeros(steps, n, dtype=torch.bool)

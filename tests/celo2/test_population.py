@@ -84,15 +84,16 @@ def test_cpu_population_is_one_call_per_pass(monkeypatch):
     calls = []
     real = cpu.run_passes
 
-    def counting(works, lrs, wds, mlp, **kw):
-        calls.append((len(works), list(kw["weight_index"]), mlp[0].shape))
-        return real(works, lrs, wds, mlp, **kw)
+    def counting(bucket, grads, lrs, wds, mlp, **kw):
+        calls.append((len(bucket.params), list(kw["weight_index"]), mlp[0].shape))
+        return real(bucket, grads, lrs, wds, mlp, **kw)
 
     monkeypatch.setattr(cpu, "run_passes", counting)
     _, weights, params, states, lrs, wds = population_setup(torch.float32, 0)
-    population.backend_population_step("cpu")(params, grads_for(params), states, lrs, wds, weights)
+    step = population.backend_population_step("cpu")
+    step(params, grads_for(params), states, lrs, wds, weights)
     learned = [s for s in SHAPES if len(s) >= 2 and 0 not in s]
-    assert calls == [(M * len(learned), [j for _ in learned for j in range(M)], (M, 8, 30))]
+    assert calls == [(M * len(learned), [j for j in range(M) for _ in learned], (M, 8, 30))]
 
 
 def test_theta_round_trip_and_layout():
