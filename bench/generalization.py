@@ -39,10 +39,11 @@ MARKERS = {
     "models": ("<!-- eval:models:begin -->", "<!-- eval:models:end -->"),
     "ablation": ("<!-- eval:ablation:begin -->", "<!-- eval:ablation:end -->"),
 }
-OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo")
-LABELS = {"mulo": "μLO", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO"}
+OPTIMIZERS = ("mulo", "celo2", "muadam", "adamw", "sp_lo")
+LABELS = {"mulo": "μLO", "celo2": "Celo2", "muadam": "μAdam", "adamw": "AdamW", "sp_lo": "SP-LO"}
 COSINE = "+cos"  # suffix of a column whose lr followed the warmup-cosine schedule
-LEARNED = ("mulo", "sp_lo")  # columns per meta-weights
+LEARNED = ("mulo", "sp_lo", "celo2")  # columns per meta-weights
+TUNED = ("muadam", "adamw", "celo2")  # the columns whose lr was tuned (the tables list it)
 SWEEP_ORDER = ("width", "depth", "horizon", "ood_lm")
 
 
@@ -50,9 +51,13 @@ def _shipped_digests() -> dict[str, str]:
     """SHA-256 of each shipped model → its name (how a row's learned optimizer is identified)."""
     if str(ROOT) not in sys.path:  # run as a script from a checkout
         sys.path.insert(0, str(ROOT))
+    from mulo.celo2 import pretrained as celo2_pretrained
     from mulo.lopt import pretrained
 
-    return {pretrained.model_digest(pretrained.weights_dir(name)): name for name in pretrained.names()}
+    out = {pretrained.model_digest(pretrained.weights_dir(name)): name for name in pretrained.names()}
+    for name in celo2_pretrained.names():
+        out[pretrained.model_digest(celo2_pretrained.weights_dir(name))] = name
+    return out
 
 
 def column(row: dict, digests: dict[str, str] | None = None) -> str:
@@ -381,7 +386,7 @@ def _tuned(rows: list[dict], keys: list[tuple], cols: list[str], st: dict) -> st
             first[prefix] = (sweep, task)
     for prefix, (sweep, task) in first.items():
         lrs = [f"{label(c)} {st[(sweep, task, c)]['lr']:g}" for c in cols if (sweep, task, c) in st]
-        lrs = [x for x, c in zip(lrs, [c for c in cols if (sweep, task, c) in st]) if _split(c)[0] not in LEARNED]
+        lrs = [x for x, c in zip(lrs, [c for c in cols if (sweep, task, c) in st]) if _split(c)[0] in TUNED]
         if lrs:
             parts.append(f"{'LM' if prefix == 'lm' else prefix}: {', '.join(lrs)}")
     return "; ".join(parts)
@@ -529,7 +534,7 @@ def models_summary(rows: list[dict]) -> str:
         f"{info[t]['model']} {label(c)} {st[('models', t, c)]['lr']:g}"
         for t in tasks
         for c in cols
-        if ("models", t, c) in st and _split(c)[0] not in LEARNED
+        if ("models", t, c) in st and _split(c)[0] in TUNED
     )
     lines = [
         f"Held-out loss after {'/'.join(map(str, steps))} steps, mean ± std over {seeds} seeds (**bold**: best "

@@ -76,6 +76,15 @@ SP_OPTIMIZERS = ("adamw", "sp_lo")  # trained on the SP twin of an MLP task
 _DEFAULT_WEIGHTS = {"mulo": pretrained.DEFAULT, "sp_lo": SP_LO_WEIGHTS}
 
 
+def default_weights(optimizer: str) -> str | None:
+    """The meta-weights a learned optimizer's column uses when none are given (None for a baseline)."""
+    if optimizer == "celo2":
+        from mulo.celo2 import pretrained as celo2_pretrained
+
+        return celo2_pretrained.DEFAULT
+    return _DEFAULT_WEIGHTS.get(optimizer)
+
+
 def _build(task: Task, seed: int, parameterization: str = "mup") -> tuple[torch.nn.Module, dict]:
     gen = torch.Generator().manual_seed(seed)
     if task.kind == "mlp":
@@ -101,13 +110,17 @@ def _optimizer(spec: OptSpec, model: torch.nn.Module, task: Task) -> torch.optim
         return mulo.MuLO(model.parameters(), lr=spec.lr, meta_weights=spec.meta_weights or SP_LO_WEIGHTS)
     if spec.name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+    if spec.name == "celo2":  # the model as a user writes it: learned rule on matrices, AdamW on the rest
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mulo.PlaceholderMetaWeightsWarning)
+            return mulo.Celo2(model.parameters(), lr=spec.lr, meta_weights=spec.meta_weights)
     if spec.name == "muadam":
         base = spec.base_width or task.width
         groups = mulo.mup.param_groups(model, roles)
         for g in groups:
             g["lr"] = spec.lr * (base / task.width if g["role"] == "hidden" else 1.0)
         return torch.optim.AdamW(groups, lr=spec.lr, weight_decay=0.0)
-    raise ValueError(f"unknown optimizer {spec.name!r}; use mulo, sp_lo, adamw or muadam")
+    raise ValueError(f"unknown optimizer {spec.name!r}; use mulo, sp_lo, adamw, muadam or celo2")
 
 
 def _batches(task: Task, seed: int) -> tuple[Iterator, callable]:
@@ -185,27 +198,32 @@ def train(task: Task, spec: OptSpec, seed: int, record_every: int = 0) -> dict:
     }
 
 
-def _weights_path(source: str) -> Path:
+def _weights_path(source: str, rule: str = "mulo") -> Path:
+    """The directory of meta-weights ``source`` (a directory, or a name shipped for ``rule``: mulo or celo2)."""
     path = Path(source)
-    if not path.is_dir() and source in pretrained.names():
-        path = pretrained.weights_dir(source)
-    return path
+    if path.is_dir():
+        return path
+    if rule == "celo2":
+        from mulo.celo2 import pretrained as celo2_pretrained
+
+        return celo2_pretrained.weights_dir(source) if source in celo2_pretrained.names() else path
+    return pretrained.weights_dir(source) if source in pretrained.names() else path
 
 
-def _weights_digest(source: str | None) -> str | None:
+def _weights_digest(source: str | None, rule: str = "mulo") -> str | None:
     """sha256 (first 16 hex digits) of the meta-weights file a row was trained with: names can be reused."""
     if source is None:
         return None
-    digest = pretrained.model_digest(_weights_path(source))
+    digest = pretrained.model_digest(_weights_path(source, rule))
     return digest[:16] if digest else None
 
 
-def _weights_time_clamp(source: str | None) -> float | None:
+def _weights_time_clamp(source: str | None, rule: str = "mulo") -> float | None:
     """The time clamp the meta-weights' config.json sets (None: none), which changes the update without
     changing the weights file, so rows record it beside the digest."""
     if source is None:
         return None
-    file = _weights_path(source) / "config.json"
+    file = _weights_path(source, rule) / "config.json"
     return json.loads(file.read_text()).get("time_clamp") if file.is_file() else None
 
 
@@ -299,12 +317,14 @@ def run(
     schedules: tuple[str, ...] | None = None,
     datasets: tuple[str, ...] | None = None,
     models: tuple[str, ...] | None = None,
+    celo2_weights: str | None = None,
 ) -> Path:
     """Run ``preset``'s evaluation and append JSON lines to ``out`` (one row per run, provenance in every
     row; ``None``: the preset kind's :data:`DEFAULT_OUT`). ``None`` for a subset option means all of it
     (the preset's default optimizers and schedules).
 
-    ``meta_weights``: the μLO weights, a name/directory/Hub id or a comma list of them (one column each).
+    ``meta_weights``: the μLO weights, a name/directory/Hub id or a comma list of them (one column each);
+    ``celo2_weights`` the same for the ``celo2`` column (held-out and models presets; None: Celo2's default).
     ``sweeps`` and ``optimizers`` pick subsets of :data:`SWEEPS` and :data:`OPTIMIZERS` (held-out presets:
     :data:`mulo.eval.heldout.SWEEPS`, :data:`mulo.eval.heldout.OPTIMIZERS`; models: ``mulo``, ``adamw``), so
     that parts can run in parallel processes; ``schedules`` (held-out and models presets) picks ``constant``
@@ -317,6 +337,7 @@ def run(
         return heldout.run(
             out, preset, meta_weights, sp_weights, log, sweeps=sweeps or heldout.SWEEPS, datasets=datasets,
             optimizers=optimizers or heldout.DEFAULT_OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
+            celo2_weights=celo2_weights,
         )  # fmt: skip
     if kind == "models":
         from mulo.eval import models as model_eval
@@ -325,8 +346,11 @@ def run(
             raise ValueError(f"preset {preset!r} has no sweeps or datasets; pick models with models=...")
         return model_eval.run(
             out, preset, meta_weights, log, models=models or model_eval.MODELS,
-            optimizers=optimizers or model_eval.OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
+            optimizers=optimizers or model_eval.DEFAULT_OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
+            celo2_weights=celo2_weights,
         )  # fmt: skip
+    if celo2_weights is not None or (optimizers and "celo2" in optimizers):
+        raise ValueError(f"preset {preset!r} has no celo2 column; use the nm or models presets")
     for what, given in (("schedules", schedules), ("datasets", datasets), ("models", models)):
         if given and not (what == "schedules" and tuple(given) == ("constant",)):
             raise ValueError(
@@ -479,7 +503,7 @@ def add_parser(sub) -> None:
         type=_comma_list(optimizers),
         help=f"comma list of optimizers to run, from {{{','.join(optimizers)}}} (default: cpu/quick "
         f"{','.join(OPTIMIZERS)}; nm {','.join(heldout.DEFAULT_OPTIMIZERS)}; models "
-        f"{','.join(models.OPTIMIZERS)})",
+        f"{','.join(models.DEFAULT_OPTIMIZERS)}; celo2 on request, with its lr tuned like AdamW's)",
     )
     ev.add_argument(
         "--schedules",
@@ -515,10 +539,17 @@ def add_parser(sub) -> None:
         help="SP learned-optimizer weights for the SP-LO baseline: a shipped name (e.g. mulo_cpu_sp_s2), a "
         "directory or a Hub id ('none' skips it)",
     )
+    ev.add_argument(
+        "--celo2-weights",
+        default=None,
+        help="Celo2 weights of the celo2 column (nm and models presets, --optimizers ...,celo2): a shipped "
+        "name, a directory or a Hub id; a comma list runs each set as its own column (default: Celo2's default)",
+    )
 
 
 def main(args) -> int:
     """Run ``mulo eval`` with the parsed ``args`` of :func:`add_parser`."""
     subsets = ("sweeps", "optimizers", "schedules", "datasets", "models")
-    run(args.out, args.preset, args.meta_weights, args.sp_weights, **{name: getattr(args, name) for name in subsets})
+    run(args.out, args.preset, args.meta_weights, args.sp_weights, **{name: getattr(args, name) for name in subsets},
+        celo2_weights=args.celo2_weights)  # fmt: skip
     return 0

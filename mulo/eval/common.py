@@ -214,6 +214,7 @@ def run_row(
     (their digest is recorded), None for a baseline."""
     from mulo import evaluation
 
+    rule = "celo2" if column.optimizer == "celo2" else "mulo"
     result = fit(
         model,
         opt,
@@ -233,8 +234,8 @@ def run_row(
         "warmup": WARMUP if column.schedule == "cosine" else 0.0,
         "lr": lr,
         "meta_weights": weights,
-        "meta_weights_sha256": evaluation._weights_digest(weights) if weights else None,
-        "meta_weights_time_clamp": evaluation._weights_time_clamp(weights),
+        "meta_weights_sha256": evaluation._weights_digest(weights, rule) if weights else None,
+        "meta_weights_time_clamp": evaluation._weights_time_clamp(weights, rule),
         "seed": seed,
         **result,
     }

@@ -18,7 +18,9 @@ Columns: each optimizer with a constant lr and with warmup-cosine (``cosine``: 5
 and AdamW (SP twin, one lr) have their peak lr tuned by a grid on each family's base task (on the LM for
 the LM), separately per schedule, and transferred unchanged; the learned optimizers run at lr 1 — the
 schedule then multiplies MuLO's ``lr``, which scales the learned step. One MuLO column per set of
-meta-weights (``meta_weights``: a comma list). A non-finite loss is a divergence, recorded and counted.
+meta-weights (``meta_weights``: a comma list). ``celo2`` (on request) trains the SP twin, as a user would
+hand Celo2 a plain network, with its peak lr tuned like AdamW's (Celo2's step has unit RMS: the lr is its
+size); one column per set of ``celo2_weights``. A non-finite loss is a divergence, recorded and counted.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from mulo.eval import common
 from mulo.eval.common import Column, Env, Rows
 from mulo.evaluation import Task
 
-OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo")
+OPTIMIZERS = ("mulo", "muadam", "adamw", "sp_lo", "celo2")
 DEFAULT_OPTIMIZERS = ("mulo", "muadam", "adamw")
 SWEEPS = ("width", "depth", "horizon", "ood_lm")
-BASELINES = ("muadam", "adamw")
-LEARNED = ("mulo", "sp_lo")
+TUNED = ("muadam", "adamw", "celo2")  # peak lr tuned on the base task and transferred
+LEARNED = ("mulo", "sp_lo", "celo2")  # a column per set of meta-weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,7 @@ def build(task: HTask, optimizer: str, seed: int, source) -> torch.nn.Module:
     if task.kind != "mlp":
         raise ValueError(f"unknown task kind {task.kind!r}; use 'mlp' or 'lm'")
     dims = (source.num_features, task.width, task.depth, source.num_classes)
-    if optimizer in ("adamw", "sp_lo"):
+    if optimizer in ("adamw", "sp_lo", "celo2"):
         from mulo.meta.tasks import SPMLP
 
         model = SPMLP(*dims)
@@ -174,7 +176,7 @@ def train(
     base_width = base_width or task.width
     model = build(task, column.optimizer, seed, env.source(task))
     opt = make_optimizer(column, model, task, lr, base_width)
-    weights = column.meta_weights or evaluation._DEFAULT_WEIGHTS.get(column.optimizer)
+    weights = column.meta_weights or evaluation.default_weights(column.optimizer)
     weights = weights if column.optimizer in LEARNED else None
     row = common.run_row(
         task, column, seed, env, model, opt, lr=lr, weights=weights, record_every=record_every, on_step=on_step
@@ -183,7 +185,11 @@ def train(
 
 
 def columns(
-    optimizers: tuple[str, ...], schedules: tuple[str, ...], meta_weights: tuple[str, ...], sp_weights: str | None
+    optimizers: tuple[str, ...],
+    schedules: tuple[str, ...],
+    meta_weights: tuple[str, ...],
+    sp_weights: str | None,
+    celo2_weights: tuple[str | None, ...] = (None,),
 ) -> list[Column]:
     out = []
     for opt in OPTIMIZERS:
@@ -193,6 +199,8 @@ def columns(
             names = meta_weights
         elif opt == "sp_lo":
             names = (sp_weights,) if sp_weights and sp_weights != "none" else ()
+        elif opt == "celo2":
+            names = celo2_weights
         else:
             names = (None,)
         out += [Column(opt, s, w) for s in common.SCHEDULES if s in schedules for w in names]
@@ -215,6 +223,7 @@ def run(
     optimizers=DEFAULT_OPTIMIZERS,
     schedules=common.SCHEDULES,
     datasets=None,
+    celo2_weights=None,
 ) -> Path:
     """Run the held-out sweeps of ``preset`` and append one JSON line per run to ``out`` (tuning rows have
     sweep ``tune``; every row carries provenance)."""
@@ -234,13 +243,14 @@ def run(
     weights = common.split_names(meta_weights) or (pretrained.DEFAULT,)
     rows = Rows(out, evaluation.provenance() | {"preset": preset}, log)
     env = Env(cfg)
-    cols = columns(optimizers, schedules, weights, sp_weights or evaluation.SP_LO_WEIGHTS)
+    celo2 = common.split_names(celo2_weights) or (None,)
+    cols = columns(optimizers, schedules, weights, sp_weights or evaluation.SP_LO_WEIGHTS, celo2)
     tasks = cfg.tasks(sweeps, datasets)
 
     lrs = {}
     tune_seeds = tuple(common.TUNE_SEED + s for s in range(cfg.tune_seeds))
     for base in dict.fromkeys(b for _, _, b in tasks):  # tuning first, once per base task
-        for col in (c for c in _columns_for(base, cols) if c.optimizer in BASELINES):
+        for col in (c for c in _columns_for(base, cols) if c.optimizer in TUNED):
 
             def train_at(lr, seed, base=base, col=col):
                 return {**train(base, col, seed, env, lr=lr, base_width=base.width), "sweep": "tune"}

@@ -11,7 +11,8 @@
 
 MuLO trains each model after :func:`mulo.mup.prepare` (μP readout, μP init, 1/d_head attention, roles) at
 lr 1, with a constant lr and with warmup-cosine. AdamW (weight decay 0) trains the model as written, at the
-lr of a grid with the lowest mean held-out loss on the same task (tuning seeds), tuned per schedule.
+lr of a grid with the lowest mean held-out loss on the same task (tuning seeds), tuned per schedule; Celo2
+(on request, ``optimizers=...,celo2``) likewise.
 Reported: held-out loss and accuracy, the training loss on a fixed training sample, and the median wall
 time of a whole training step (forward, backward, ``opt.step()``) and of ``opt.step()`` alone.
 """
@@ -31,7 +32,9 @@ from mulo.eval import common
 from mulo.eval.common import Column, Env, Rows
 
 MODELS = ("gpt", "cnn", "vit")
-OPTIMIZERS = ("mulo", "adamw")
+OPTIMIZERS = ("mulo", "adamw", "celo2")
+DEFAULT_OPTIMIZERS = ("mulo", "adamw")
+TUNED = ("adamw", "celo2")  # peak lr tuned by the grid on each model
 
 
 class GPTBlock(nn.Module):
@@ -202,15 +205,20 @@ def build_run(task: ModelTask, column: Column, seed: int, lr: float = 1.0) -> tu
             return model, mulo.MuLO(groups, lr=lr, meta_weights=column.meta_weights)
     if column.optimizer == "adamw":
         return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if column.optimizer == "celo2":  # the model as written, like AdamW; Celo2 routes matrices and vectors itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mulo.PlaceholderMetaWeightsWarning)
+            return model, mulo.Celo2(model.parameters(), lr=lr, meta_weights=column.meta_weights)
     raise ValueError(f"unknown optimizer {column.optimizer!r}; choose from {list(OPTIMIZERS)}")
 
 
 def train(task: ModelTask, column: Column, seed: int, env: Env, *, lr: float = 1.0, on_step=None) -> dict:
     """One run: its row (without provenance)."""
-    model, opt = build_run(task, column, seed, lr)
-    from mulo.lopt import pretrained
+    from mulo import evaluation
 
-    weights = (column.meta_weights or pretrained.DEFAULT) if column.optimizer == "mulo" else None
+    model, opt = build_run(task, column, seed, lr)
+
+    weights = column.meta_weights or evaluation.default_weights(column.optimizer)
     row = common.run_row(task, column, seed, env, model, opt, lr=lr, weights=weights, on_step=on_step)
     parameters = sum(p.numel() for p in model.parameters())
     return {"protocol": "models", "sweep": "models", **row, "dataset": task.dataset, "parameters": parameters}
@@ -222,8 +230,9 @@ def run(
     meta_weights=None,
     log=print,
     models=MODELS,
-    optimizers=OPTIMIZERS,
+    optimizers=DEFAULT_OPTIMIZERS,
     schedules=common.SCHEDULES,
+    celo2_weights=None,
 ) -> Path:
     """Run the plain-model comparison of ``preset``; one JSON line per run appended to ``out``."""
     from mulo import evaluation
@@ -241,13 +250,13 @@ def run(
     env = Env(cfg)
     cols = []
     for opt in (o for o in OPTIMIZERS if o in optimizers):
-        names = weights if opt == "mulo" else (None,)
+        names = {"mulo": weights, "celo2": common.split_names(celo2_weights) or (None,)}.get(opt, (None,))
         cols += [Column(opt, s, w) for s in common.SCHEDULES if s in schedules for w in names]
     tune_seeds = tuple(common.TUNE_SEED + s for s in range(cfg.tune_seeds))
     for task in (t for t in cfg.tasks if t.model in models):
         for col in cols:
             lr = 1.0
-            if col.optimizer == "adamw":
+            if col.optimizer in TUNED:
 
                 def train_at(lr, seed, task=task, col=col):
                     return {**train(task, col, seed, env, lr=lr), "sweep": "tune"}

@@ -192,3 +192,26 @@ def test_nm_preset_is_the_mulo_nm_base_and_bad_names_raise(tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             heldout.run(tmp_path / "x.jsonl", "nm_quick", **kwargs)
+
+
+def test_celo2_column_trains_the_sp_twin_with_a_tuned_lr_and_records_its_weights(tmp_path):
+    """--optimizers ...,celo2: Celo2 trains the plain (SP) network, its peak lr is tuned per schedule like
+    AdamW's and transferred, and its rows name the Celo2 weights (digest of the Celo2 directory, not of a μLO
+    one that happens to share the name)."""
+    from mulo import evaluation
+    from mulo.celo2 import pretrained as celo2_pretrained
+    from mulo.lopt import pretrained
+
+    out = tmp_path / "c.jsonl"
+    heldout.run(out, "nm_quick", log=lambda *_: None, optimizers="celo2", schedules="constant", datasets="teacher",
+                sweeps="width")  # fmt: skip
+    rows = _rows(out)
+    tune = [r for r in rows if r["sweep"] == "tune"]
+    runs = [r for r in rows if r["sweep"] != "tune"]
+    assert tune and runs and {r["optimizer"] for r in rows} == {"celo2"}
+    assert {r["lr"] for r in runs} == {min(tune, key=lambda r: (r["heldout_loss"], r["lr"]))["lr"]}
+    digest = pretrained.model_digest(celo2_pretrained.weights_dir(celo2_pretrained.DEFAULT))[:16]
+    assert {(r["meta_weights"], r["meta_weights_sha256"]) for r in runs} == {(celo2_pretrained.DEFAULT, digest)}
+    model = heldout.build(heldout.HTask("mlp", 8, 2, 10, 8, dataset="teacher"), "celo2", 0, _Fixed(None))
+    assert type(model).__name__ == "SPMLP"
+    assert isinstance(evaluation._optimizer(evaluation.OptSpec("celo2", 0.01), model, None), evaluation.mulo.Celo2)
