@@ -1,14 +1,19 @@
 """Pass C of the μLO step (ALGORITHM.md §2–4): features, normalization, the MLP on tensor cores, the
 μP-scaled update and weight decay, writing p, m (3), v and the Adafactor accumulators.
 
-Per tile: the 28 normalization scales fold into the first layer's weight columns and the 11 time
-features (tanh(t/τ − 1)) into its bias (a few hundred FMAs per tile, against ~2,000 per element for the
-MLP); the elements × 32 feature matrix is built by pairwise ``tl.join`` (column order from
-``lopt_plan.join_tree_order``) and goes through ``tl.dot`` with float32 accumulation. ``DOT`` selects the
-operand precision: "tf32" (default on GPU), "ieee" (exact float32), "bf16" (bf16 operands), and
-"bf16_emulated" (bf16-rounded operands through a float32 dot: what the interpreter runs for "bf16"), and
-"tf32_emulated" (tf32-rounded operands: to measure tf32's effect on a CPU; the interpreter runs "tf32" as
-exact float32).
+A program is one chunk of NSUB tiles along X. Once per program: the tensor's table rows, pointers, decays,
+row means, the column-side (Y) factor and feature vectors, and the weights — the 28 normalization scales
+folded into the first layer's weight columns, the 11 time features (tanh(t/τ − 1)) into its bias, the bias a
+weight row against a constant-1 feature (channel 28), the row/column channels 13–24 swapped when the tensor's
+d0 axis is X. Per tile, the elements × 32 feature matrix is built by pairwise ``tl.join`` (column order from
+``lopt_plan.join_tree_order``) and goes through ``tl.dot`` with float32 accumulation; the hidden columns are
+reordered so that each layer's accumulator is the next dot's operand without shuffles, and layer 3 is a
+dot against W3 padded to 8 columns. ``DOT`` selects the operand precision: "tf32" (default on GPU: the
+tensor cores read the 10 leading mantissa bits), "tf32x3" (float32 accuracy: layers 2 and 3 as three tf32
+products of split operands, the weights split once per program; layer 1 rounded to nearest), "ieee" (exact
+float32), "bf16" (bf16 operands); "tf32_emulated", "tf32x3_emulated" and "bf16_emulated" are the same
+roundings through float32 dots, what the CPU interpreter runs to measure them (it runs "tf32" as exact
+float32).
 A tensor whose pass-A flag counted a non-finite s stores nothing; its ``nonfinite_skips`` grows instead.
 The meta-network's layers may hold K stacked sets, one per member of a population; each tensor's row of the
 segment table says which set it uses, so one launch steps every member's tensors.
@@ -54,7 +59,7 @@ NUM_WARPS = 4
 # no software pipelining of the loop over a chunk's tiles: it would hold the next tiles' loads in registers
 # (172 instead of 168 per thread, two blocks per SM instead of three) and copy them every iteration
 NUM_STAGES = 1
-DOT_MODES = ("tf32", "ieee", "bf16")
+DOT_MODES = ("tf32", "tf32x3", "ieee", "bf16")
 
 
 @triton.jit
@@ -101,17 +106,58 @@ def _join32(
 
 
 @triton.jit
+def _tf32(a):
+    """What a tf32 tensor core reads of a float32 register (its 10 leading mantissa bits: the PTX Triton emits
+    rounds nothing, the MMA ignores the 13 low bits), emulated."""
+    return (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rn_tf32(a):
+    """a rounded to the nearest tf32 value: half the error of the tensor core's own cut (``_tf32``)."""
+    return ((a.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _split_tf32(a):
+    """a = hi + lo with hi on the tf32 grid (a's 10 leading mantissa bits): hi·b + lo·b carries a's full float32
+    precision through tf32 tensor cores (lo's own tf32 rounding is 2⁻²² of a)."""
+    hi = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return hi, a - hi
+
+
+@triton.jit
+def _mm3(a, b, bh, bl, DOT: tl.constexpr):
+    """a·b for b = bh + bl split once per program (``_split_tf32``): with DOT "tf32x3" (or its emulation) the
+    three tf32 products ah·bh + (ah·bl + al·bh), float32-accurate; any other mode is ``_mm(a, b)``."""
+    if DOT == "tf32x3":  # the small products first, all accumulated by the tensor cores
+        ah, al = _split_tf32(a)
+        acc = tl.dot(al, bh, input_precision="tf32", out_dtype=tl.float32)
+        acc = tl.dot(ah, bl, acc, input_precision="tf32", out_dtype=tl.float32)
+        return tl.dot(ah, bh, acc, input_precision="tf32", out_dtype=tl.float32)
+    elif DOT == "tf32x3_emulated":  # the same with every operand cut to tf32 (exact for ah, bh)
+        ah, al = _split_tf32(a)
+        acc = tl.dot(_tf32(al), bh, input_precision="ieee", out_dtype=tl.float32)
+        acc = tl.dot(ah, _tf32(bl), acc, input_precision="ieee", out_dtype=tl.float32)
+        return tl.dot(ah, bh, acc, input_precision="ieee", out_dtype=tl.float32)
+    else:
+        return _mm(a, b, DOT)
+
+
+@triton.jit
 def _mm(a, b, DOT: tl.constexpr):
     if DOT == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    elif DOT == "tf32_emulated":  # operands rounded to tf32 (10-bit mantissa, nearest) through a float32 dot
-        a32 = ((a.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        b32 = ((b.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        return tl.dot(a32, b32, input_precision="ieee", out_dtype=tl.float32)
+    elif DOT == "tf32_emulated":  # operands cut to tf32 (see _tf32) through a float32 dot
+        return tl.dot(_tf32(a), _tf32(b), input_precision="ieee", out_dtype=tl.float32)
     elif DOT == "bf16_emulated":
         a16 = a.to(tl.bfloat16).to(tl.float32)
         b16 = b.to(tl.bfloat16).to(tl.float32)
         return tl.dot(a16, b16, input_precision="ieee", out_dtype=tl.float32)
+    elif DOT == "tf32x3_emulated":  # layer 1 of "tf32x3" (see _mm3), emulated
+        return _mm(_rn_tf32(a), b, "tf32_emulated")
+    elif DOT == "tf32x3":  # layer 1: tf32 operands rounded to nearest (b by the caller, once per program)
+        return tl.dot(_rn_tf32(a), b, input_precision="tf32", out_dtype=tl.float32)
     else:
         return tl.dot(a, b, input_precision=DOT, out_dtype=tl.float32)
 
@@ -297,10 +343,14 @@ def lopt_apply_kernel(
     b1f = tl.load(b1 + hid) + tl.sum(w1t * tf[:, None], axis=0)
     w1f = tl.load(w1 + hid[None, :] * 39 + src[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     w1f = tl.where((chan == 28)[:, None], b1f[None, :], w1f)  # the constant-1 feature's row: the bias
+    if (DOT == "tf32x3") or (DOT == "tf32x3_emulated"):
+        w1f = _rn_tf32(w1f)
     w2t = tl.load(w2 + hid[None, :] * HID + _hidden_source(hid, DOT)[:, None])  # [in (reordered), out]
+    w2h, w2l = _split_tf32(w2t)
     b2v = tl.load(b2 + hid)
     o8 = tl.arange(0, 8)
     w3p = tl.load(w3 + o8[None, :] * HID + _hidden_source(hid, DOT)[:, None], mask=(o8 < 2)[None, :], other=0.0)
+    w3h, w3l = _split_tf32(w3p)
     b3d = tl.load(b3)
     b3a = tl.load(b3 + 1)
 
@@ -348,9 +398,9 @@ def lopt_apply_kernel(
 
         # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
         h = _hidden_order(tl.maximum(_mm(x, w1f, DOT), 0.0), SB, HID, DOT)
-        h = _hidden_order(tl.maximum(_mm(h, w2t, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm3(h, w2t, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
         # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
-        da = tl.reshape(_mm(h, w3p, DOT), (SB, 4, 2))
+        da = tl.reshape(_mm3(h, w3p, w3h, w3l, DOT), (SB, 4, 2))
         dd, aa = tl.split(da)
         d = tl.reshape(tl.sum(dd, axis=1), (BX, BY)) + b3d
         a = tl.reshape(tl.sum(aa, axis=1), (BX, BY)) + b3a

@@ -64,8 +64,9 @@ class TritonBackend:
     (block_xc·block_y ≥ 16 for ``tl.dot``; default 2 on GPU for register pressure, 8 in the interpreter,
     which pays per program rather than per element); each pass-C program loops over ``apply_subtiles``
     such tiles along X, folding the normalization and time features into the first layer once (default 8
-    on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default), "ieee" or
-    "bf16" (``MULO_TRITON_DOT`` overrides the default); ``index64`` forces 64-bit offsets."""
+    on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default), "tf32x3" (float32
+    accuracy from tf32 tensor cores: layers 2 and 3 split into three products, layer 1 rounded to nearest),
+    "ieee" or "bf16" (``MULO_TRITON_DOT`` overrides the default); ``index64`` forces 64-bit offsets."""
 
     name = "triton"
 
@@ -85,7 +86,7 @@ class TritonBackend:
         if block_xc * block_y < 16:
             raise ValueError(f"TritonBackend: block_xc·block_y must be ≥ 16 (tl.dot), got {block_xc * block_y}")
         dot = dot or os.environ.get("MULO_TRITON_DOT", "tf32")
-        if dot not in (*DOT_MODES, "tf32_emulated", "bf16_emulated"):
+        if dot not in (*DOT_MODES, "tf32_emulated", "bf16_emulated", "tf32x3_emulated"):
             raise ValueError(f"TritonBackend: dot must be one of {DOT_MODES}, got {dot!r}")
         apply_subtiles = apply_subtiles or (1 if lopt_common.INTERPRET else 8)
         if apply_subtiles < 1:

@@ -49,7 +49,7 @@ def variants():
                 {**TABLES, "decays": "*fp32", **{k: "constexpr" for k in (*consts, *BLOCKS)}},
                 {**consts, **BLOCKS},
             )
-            for dot in ("tf32", "ieee", "bf16"):
+            for dot in ("tf32", "tf32x3", "ieee", "bf16"):
                 sig = {**TABLES, "hyper": "*fp32", "decays": "*fp32", "taus": "*fp32", "perm": "*i32"}
                 sig.update({k: "*fp32" for k in ("w1", "b1", "w2", "b2", "w3", "b3")})
                 sig.update({"exp_mult": "fp32", "step_mult": "fp32", "time_clamp": "fp32"})
@@ -70,6 +70,7 @@ REPRESENTATIVE = (
     "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_sumsq p=bf16 g=bf16 s=bf16 idx=int64",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32",
+    "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32x3",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=ieee",
     "lopt_apply p=bf16 g=bf16 s=bf16 idx=int64 dot=bf16",
 )

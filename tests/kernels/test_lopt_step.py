@@ -92,7 +92,7 @@ SMALL = [(), (7,), (5, 3), (2, 3, 4)]
 
 @pytest.mark.parametrize(
     "variant",
-    ["bf16_params", "fp16_params", "bf16_state", "jax_layout", "bf16_dot", "int64_offsets"],
+    ["bf16_params", "fp16_params", "bf16_state", "jax_layout", "bf16_dot", "tf32x3_dot", "int64_offsets"],
 )
 def test_variants(variant):
     if variant == "bf16_params":
@@ -108,6 +108,11 @@ def test_variants(variant):
         shapes = [(4, 6), (6, 4), (5, 5), (2, 3, 4)]
         tri, ref = run_pair(shapes, 2, layout="jax")
         compare(tri, ref, ("kernel", torch.float32), shapes)
+        return
+    elif variant == "tf32x3_dot":  # tf32 tensor cores with the cut emulated; the split keeps float32 accuracy
+        backend = triton_backend.TritonBackend(dot="tf32x3_emulated")
+        tri, ref = run_pair([*SMALL, (33, 70)], 3, backend=backend)
+        compare(tri, ref, ("kernel", torch.float32), [*SMALL, (33, 70)])
         return
     elif variant == "int64_offsets":  # the path of tensors above 2³¹/3 elements, on small ones
         backend = triton_backend.TritonBackend(index64=True, **IEEE)
