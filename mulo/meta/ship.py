@@ -2,7 +2,8 @@
 
     python -m mulo.meta.ship RUN_DIR NAME --preset mulo_cpu --command "mulo meta-train ..."
 
-writes ``mulo/lopt/pretrained/NAME/`` (or ``--dest``): the run's final meta-weights (``config.json``,
+writes ``mulo/lopt/pretrained/NAME/`` (a μLO run) or ``mulo/celo2/pretrained/NAME/`` (a ``--rule celo2`` run;
+or ``--dest``): the run's final meta-weights (``config.json``,
 ``model.safetensors``; ``info`` names the run), ``PROVENANCE.json`` (recipe, data, starting weights, outer
 steps, wall time, hardware, versions, git SHAs, the meta-loss curve as numbers and a held-out check of the
 final θ against the starting θ) and ``meta_loss.png``.
@@ -28,9 +29,8 @@ import torch
 
 from mulo.data.procedural import is_source
 from mulo.lopt import pretrained
-from mulo.lopt.network import LOptNet
-from mulo.meta import theta as theta_mod
 from mulo.meta.presets import MetaTrainConfig, family_labels
+from mulo.meta.rules import rule_for
 from mulo.meta.trainer import CHECKPOINT, LOG, SNAPSHOTS, WEIGHTS_DIR, evaluate
 from mulo.provenance import cpu_model, git_sha
 
@@ -73,16 +73,20 @@ def curve_blocks(rows: list[dict], block: int) -> list[dict]:
     return out
 
 
-def parent_provenance(init_weights: str | None) -> dict | None:
+def shipped_dir(rule: str) -> Path:
+    """Where the weights of ``rule`` (mulo or celo2) ship: the package's pretrained directory."""
+    return Path(__file__).resolve().parents[1] / ("celo2" if rule == "celo2" else "lopt") / "pretrained"
+
+
+def parent_provenance(init_weights: str | None, rule: str = "mulo") -> dict | None:
     """The PROVENANCE.json of the starting weights (when they have one), with the SHA-256 of their
     model.safetensors; ``None`` for a fresh start or weights without provenance."""
     if not init_weights:
         return None
     path = Path(init_weights)
     if not path.is_dir():
-        try:
-            path = pretrained.weights_dir(init_weights)
-        except FileNotFoundError:
+        path = shipped_dir(rule) / init_weights
+        if not (path / "config.json").is_file():
             return None
     prov_file = path / "PROVENANCE.json"
     if not prov_file.is_file():
@@ -148,17 +152,18 @@ def ship(
     rows = [r for r in read_log(run) if r["outer_step"] < steps]  # a live run logs past its checkpoint
     if [r["outer_step"] for r in rows] != list(range(steps)):
         raise ValueError(f"{run}/{LOG} does not hold one row per outer step up to {steps}")
-    net = LOptNet.from_pretrained(weights_dir)
+    rule = rule_for(config)
+    net = rule.load_net(weights_dir)
     if net.config.info.get("outer_steps") != steps:
         raise ValueError(
             f"{weights_dir} holds the weights of outer step {net.config.info.get('outer_steps')}, not {steps}"
         )
-    theta = theta_mod.flatten(net)
+    theta = rule.flatten(net)
     init_weights = ckpt.get("init_weights")
     if init_weights:
-        theta0 = theta_mod.flatten(LOptNet.from_pretrained(init_weights))
+        theta0 = rule.flatten(rule.load_net(init_weights))
     else:
-        theta0 = theta_mod.flatten(LOptNet(net.config, generator=torch.Generator().manual_seed(config.seed)))
+        theta0 = rule.flatten(rule.fresh_net(torch.Generator().manual_seed(config.seed)))
 
     # held-out check: fresh seeds, the longest meta-training horizon, every family (lower is better)
     check = {}
@@ -173,7 +178,7 @@ def ship(
                     th, config, steps=check_steps, family=i, split="heldout"
                 )
 
-    dest = Path(dest) if dest is not None else Path(__file__).resolve().parents[1] / "lopt" / "pretrained"
+    dest = Path(dest) if dest is not None else shipped_dir(rule.name)
     out = dest / name
     tmp = dest / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,9 +186,9 @@ def ship(
     step_seconds = sum(r["seconds"] for r in rows)
     params = sorted({f.parameterization for f in config.families})
     if parent is None:
-        parent_prov = parent_provenance(init_weights)
+        parent_prov = parent_provenance(init_weights, rule.name)
     else:
-        parent_prov = parent_provenance(str(parent))
+        parent_prov = parent_provenance(str(parent), rule.name)
         if parent_prov is None:
             raise FileNotFoundError(f"--parent {parent} holds no PROVENANCE.json")
         start = pretrained.model_digest(init_weights) if init_weights else None
@@ -196,6 +201,7 @@ def ship(
         lineage_seconds += parent.get("lineage_wall_time_s", parent.get("wall_time_s", 0.0))
     provenance = {
         "name": name,
+        "rule": rule.name,
         "description": description,
         "parameterization": params[0] if len(params) == 1 else params,
         "preset": preset,
@@ -249,7 +255,10 @@ def ship(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="the --out directory of a finished (or stopped) mulo meta-train run")
-    ap.add_argument("name", help="name of the shipped weights (a directory under mulo/lopt/pretrained)")
+    ap.add_argument(
+        "name", help="name of the shipped weights (a directory under mulo/lopt/pretrained, or mulo/celo2/pretrained "
+        "for a --rule celo2 run)"
+    )  # fmt: skip
     ap.add_argument("--preset", required=True, help="the preset the run used")
     ap.add_argument("--command", required=True, help="the exact command line of the run")
     ap.add_argument("--description", default="")

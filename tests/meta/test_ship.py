@@ -116,3 +116,25 @@ def test_parent_names_the_shipped_copy_of_a_bare_starting_directory(tmp_path):
         ship.ship(tmp_path / "s2", "lo", parent=wrong, **kw)
     args = [str(tmp_path / "s2"), "lo", "--preset", "tiny", "--command", "s2", "--dest", str(tmp_path / "d")]
     assert ship.main(args + ["--parent", str(tmp_path / "nothing")]) == 2
+
+
+def test_ship_a_celo2_run_loads_in_celo2(tmp_path):
+    """A --rule celo2 run ships in Celo2's published layout, with the rule on record, from its starting
+    weights (the shipped placeholder by name), and mulo.Celo2 loads it."""
+    from mulo.celo2 import Celo2Net
+    from mulo.celo2 import pretrained as celo2_pretrained
+    from mulo.celo2.population import flatten
+
+    cfg = preset("tiny", **SHORT, rule="celo2")
+    trainer = MetaTrainer(cfg, tmp_path / "run", progress=False, init_weights=celo2_pretrained.PLACEHOLDER)
+    trainer.run()
+    out = ship.ship(tmp_path / "run", "c2", preset="tiny", command="mulo meta-train --rule celo2 --preset tiny",
+                    dest=tmp_path / "shipped", block=2, check_steps=5)  # fmt: skip
+    prov = json.loads((out / "PROVENANCE.json").read_text())
+    assert prov["rule"] == "celo2" and prov["outer_steps"] == 4 and prov["init_weights"] == celo2_pretrained.PLACEHOLDER
+    assert 0 < prov["held_out_mean_normalized_loss_over_5_steps"]["w32"]["final_theta"] < 10
+    net = Celo2Net.from_pretrained(out)
+    assert net.config.info["name"] == "c2" and torch.equal(flatten(net), trainer.theta.detach())
+    opt = mulo.Celo2([torch.nn.Parameter(torch.randn(5, 3))], meta_weights=out)
+    assert opt is not None
+    assert ship.shipped_dir("celo2") == celo2_pretrained.HERE
