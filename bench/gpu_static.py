@@ -1200,7 +1200,7 @@ def cuda_chunk(kernel: str) -> int | None:
     if m:
         start = text.find("{", m.end())
         cm = re.search(r"ch\.start\s*\+\s*(\w+)", text[start : _matching(text, start, "{", "}")])
-        name = cm.group(1) if cm else None
+        name = cm.group(1) if cm else name  # 2-d tile kernels: no linear bound, the table above
     value = cpp_constants().get(name) if name else None
     return int(value) if value else None
 

@@ -4,7 +4,8 @@
 // scalars) and splits every tensor into chunks of `chunk` elements. Both tables travel to the device in
 // one pinned host buffer copied asynchronously on the current stream (the caching host allocator keeps
 // the buffer alive until the copy is done: no host synchronization). Block b of a launch processes
-// chunk b: `chunks[b] = {tensor index, first element}`. Offsets are 64-bit.
+// chunk b: `chunks[b] = {tensor index, first element}` (linear chunks, or the caller's work items such as
+// 2-d tiles). Offsets are 64-bit.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,13 +36,9 @@ struct Tables {
 
 inline int64_t align_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 
-// `skip[i]` true: tensor i gets no chunks (e.g. it is known to be empty).
+// Uploads the per-tensor table and the work items of a launch (block b processes chunks[b]).
 template <class Meta>
-Tables<Meta> upload(const std::vector<Meta>& metas, const std::vector<int64_t>& numels, int64_t chunk,
-                    const at::Device& device) {
-  std::vector<Chunk> chunks;
-  for (size_t i = 0; i < numels.size(); ++i)
-    for (int64_t s = 0; s < numels[i]; s += chunk) chunks.push_back({s, static_cast<int32_t>(i), 0});
+Tables<Meta> upload(const std::vector<Meta>& metas, const std::vector<Chunk>& chunks, const at::Device& device) {
   const int64_t meta_bytes = align_up(static_cast<int64_t>(metas.size() * sizeof(Meta)), 64);
   const int64_t chunk_bytes = static_cast<int64_t>(chunks.size() * sizeof(Chunk));
   const int64_t total = meta_bytes + chunk_bytes;
@@ -56,6 +53,16 @@ Tables<Meta> upload(const std::vector<Meta>& metas, const std::vector<int64_t>& 
   t.chunks = reinterpret_cast<const Chunk*>(d + meta_bytes);
   t.num_chunks = static_cast<int64_t>(chunks.size());
   return t;
+}
+
+// Linear work items: every tensor split into chunks of `chunk` elements.
+template <class Meta>
+Tables<Meta> upload(const std::vector<Meta>& metas, const std::vector<int64_t>& numels, int64_t chunk,
+                    const at::Device& device) {
+  std::vector<Chunk> chunks;
+  for (size_t i = 0; i < numels.size(); ++i)
+    for (int64_t s = 0; s < numels[i]; s += chunk) chunks.push_back({s, static_cast<int32_t>(i), 0});
+  return upload(metas, chunks, device);
 }
 
 // Launches `kernel<<<num_chunks, threads, smem, current stream>>>(args...)` and checks the launch.

@@ -65,6 +65,18 @@ def test_cuda_matches_reference_per_shape(shape):
     run_pair([shape], 3, lrs=[0.7], wds=[0.05])
 
 
+# csrc/lopt_cuda.cu cuts factored tensors whose contiguous axis is factored (C == 1, ≥ 32 columns) into 2-d tiles of
+# 1-8 strips of 32 columns (rows split among the block's warps, B > 1 strides the rows), the others run linear
+# chunks (rank < 2; C > 1; narrow): every kind, partial strips and tiles, and a zero-size axis.
+TILE_SHAPES = [(64, 33), (33, 64), (100, 300), (20, 3, 40), (40, 3, 20), (7, 257), (300, 31), (5, 9, 4, 3), (0, 5)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=shape_id)
+def test_cuda_tiles_and_linear_chunks_match_reference(shape):
+    run_pair([shape], 3, lrs=[0.7], wds=[0.05])
+
+
 @pytest.mark.gpu
 def test_cuda_mixed_shapes_one_call_mup_lrs():
     shapes = SHAPES + [(33, 65), (65, 33), (3, 9, 17)]
