@@ -9,14 +9,18 @@ meta-weights θ ± ε_i.
 
 * ``population``: what :class:`mulo.meta.unroll.PopulationUnroll` runs: the task's batched gradients
   (``Task.population_grads_and_losses``: for the MLP tasks a hand-written batched forward/backward) and ONE
-  call of the population step of ``--inner-backend``;
-* ``population_vmap``: the same with one ``torch.func.vmap`` forward/backward for all members (the inner
-  step before the batched MLP gradients), timed in the same run so the speedup is read off one table;
+  call of the population step of ``--inner-backend`` (``cpu``: ``mulo::lopt_population_step`` on the stacks);
+* ``population_vmap``: the inner step as it was before both (issue 15's "today's path"): one
+  ``torch.func.vmap`` forward/backward for all members, and the backend's population step on every member's
+  views, one tensor per member with a meta-weight index (``cpu``: ``CpuBackend.population_step_views``, the
+  three separate passes; other backends: their one population step), timed in the same run so the speedup
+  is read off one table. It shares the element-wise kernels, so their own speedups count in neither ratio;
 * ``loop``: member by member, a ``torch.func.grad`` forward/backward and a reference-backend step with that
   member's meta-weights (the same math, nothing batched).
 
 Both see the same parameters, batches and meta-weights. Warm-up steps are not timed; each method is timed
-``--repeats`` times, interleaved, as the median (p20/p80) of per-step wall times (CUDA synchronized).
+``--repeats`` times, interleaved, as the median (p20/p80) of per-step wall times (CUDA synchronized), and of
+the process's CPU times (``*_cpu_ms``: on a CPU shared with other jobs, what the step costs without the waits).
 Rows (one per task and method pair, with the ratio loop/population and member-steps per second) are
 APPENDED as JSON lines to bench/results/meta_throughput.jsonl with provenance.
 """
@@ -55,6 +59,12 @@ def setup(spec, members: int, device: torch.device, seed: int = 0):
     return task, params, states, weights, (x, y)
 
 
+def views_step(backend, step_fn):
+    """The backend's population step on per-member views (the baseline of ``population_vmap``), or
+    ``step_fn`` for backends that have only one."""
+    return getattr(backend, "population_step_views", step_fn)
+
+
 def population_inner_step(task, params, states, weights, batch, grad_fn, step_fn):
     names = list(params)
     grads, _ = grad_fn(params, batch)
@@ -85,15 +95,18 @@ def loop_inner_step(task, params, states, weights, batch, grad_fn, backend):
         )
 
 
-def time_steps(fn, device, steps: int) -> list[float]:
-    out = []
+def time_steps(fn, device, steps: int) -> tuple[list[float], list[float]]:
+    """Wall times and this process's CPU times (ms) of ``steps`` calls: on a CPU shared with other jobs the CPU
+    time is what the step itself costs, the wall time adds the waits for a core."""
+    wall, cpu = [], []
     for _ in range(steps):
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync(device)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return wall, cpu
 
 
 def bench_one(
@@ -104,6 +117,7 @@ def bench_one(
     one_grad = torch.func.grad(task.loss)
     step_fn = backend_population_step(inner_backend, device)
     backend = resolve_backend(inner_backend, device)  # the loop baseline steps each member with the same backend
+    baseline_step = views_step(backend, step_fn)
 
     def pop():
         with torch.no_grad():
@@ -111,7 +125,7 @@ def bench_one(
 
     def pop_vmap():
         with torch.no_grad():
-            population_inner_step(task, params, states, weights, batch, vmap_grad, step_fn)
+            population_inner_step(task, params, states, weights, batch, vmap_grad, baseline_step)
 
     def loop():
         with torch.no_grad():
@@ -122,16 +136,21 @@ def bench_one(
         for fn in methods.values():
             fn()
     times = {name: [] for name in methods}
+    cpu_times = {name: [] for name in methods}
     for _ in range(repeats):  # interleaved, so load changes hit all
         for name, fn in methods.items():
-            times[name] += time_steps(fn, device, steps)
+            wall, cpu = time_steps(fn, device, steps)
+            times[name] += wall
+            cpu_times[name] += cpu
     summary = {k: summarize(v) for k, v in times.items()}
+    cpu_summary = {k: summarize(v) for k, v in cpu_times.items()}
     n_params = sum(v[0].numel() for v in params.values())
     return {
         "bench": "meta_throughput",
         "task": f"{spec.parameterization}_mlp_{spec.dataset}_w{spec.width}_d{spec.depth}_b{spec.batch_size}",
         "members": members,
         "inner_backend": backend.name,
+        "vmap_baseline_step": getattr(baseline_step, "__name__", "population_step"),
         "params_per_member": n_params,
         "dtype": "float32",
         "population_ms": summary["population"],
@@ -139,6 +158,10 @@ def bench_one(
         "loop_ms": summary["loop"],
         "speedup": summary["loop"]["median_ms"] / summary["population"]["median_ms"],
         "speedup_over_vmap": summary["population_vmap"]["median_ms"] / summary["population"]["median_ms"],
+        # process CPU time (all threads), the same steps: robust to waits for a shared core
+        "population_cpu_ms": cpu_summary["population"],
+        "population_vmap_cpu_ms": cpu_summary["population_vmap"],
+        "speedup_over_vmap_cpu": cpu_summary["population_vmap"]["median_ms"] / cpu_summary["population"]["median_ms"],
         "ns_per_member_param": summary["population"]["median_ms"] * 1e6 / (members * n_params),
         "ns_per_member_param_vmap": summary["population_vmap"]["median_ms"] * 1e6 / (members * n_params),
         "member_steps_per_s_population": members / (summary["population"]["median_ms"] / 1e3),
@@ -176,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['task']:32s} M={members:3d}  population {row['population_ms']['median_ms']:8.2f} ms "
                 f"({row['ns_per_member_param']:.0f} ns/member-param)  "
-                f"vmap {row['population_vmap_ms']['median_ms']:8.2f} ms ({row['speedup_over_vmap']:.2f}x)  "
+                f"vmap {row['population_vmap_ms']['median_ms']:8.2f} ms ({row['speedup_over_vmap']:.2f}x; "
+                f"CPU time {row['population_cpu_ms']['median_ms']:.2f} vs {row['population_vmap_cpu_ms']['median_ms']:.2f} "
+                f"ms, {row['speedup_over_vmap_cpu']:.2f}x)  "
                 f"loop {row['loop_ms']['median_ms']:8.2f} ms ({row['speedup']:.1f}x)"
             )
     print(f"appended to {out}")

@@ -19,6 +19,10 @@ TORCH_LIBRARY(mulo, m) {
       "Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] sums, "
       "Tensor sumsq, Tensor finite, Tensor[] mlp, float[] lrs, float[] wds, int[] dims, float[] hyper, "
       "int[] weight_index=[], int[] whole=[], Tensor[]? row_acc_sums=None) -> ()");
+  m.def(
+      "lopt_population_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum, Tensor(c!)[] second_moment, "
+      "Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] mlp, float[] lrs, "
+      "float[] wds, int[] dims, float[] hyper) -> ()");
   // Celo2's passes (celo2_ops.h)
   m.def("celo2_reduce(Tensor[] grads, int[] dims) -> (Tensor[], Tensor)");
   m.def(
@@ -41,6 +45,7 @@ TORCH_LIBRARY_IMPL(mulo, CPU, m) {
   m.impl("lopt_reduce", &mulo::lopt_reduce_cpu);
   m.impl("lopt_sumsq", &mulo::lopt_sumsq_cpu);
   m.impl("lopt_apply", &mulo::lopt_apply_cpu);
+  m.impl("lopt_population_step", &mulo::lopt_population_step_cpu);
   m.impl("celo2_reduce", &mulo::celo2_reduce_cpu);
   m.impl("celo2_sumsq", &mulo::celo2_sumsq_cpu);
   m.impl("celo2_direction", &mulo::celo2_direction_cpu);

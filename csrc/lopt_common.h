@@ -235,6 +235,23 @@ std::vector<Desc> describe(const char* op, at::DeviceType device, at::TensorList
   return out;
 }
 
+// The meta-network argument of pass C: (W1, b1, W2, b2, W3, b3), each holding K sets back to back; returns K.
+inline int64_t check_mlp(const char* op, at::TensorList mlp, at::Device dev) {
+  TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3), got ", mlp.size(), " tensors");
+  const int64_t shapes[6][2] = {{kHidden, kFeatures + kTimescales}, {kHidden, 1}, {kHidden, kHidden}, {kHidden, 1},
+                                {2, kHidden},                       {2, 1}};
+  const int64_t sets = mlp[0].numel() / (shapes[0][0] * shapes[0][1]);
+  for (int k = 0; k < 6; ++k) {
+    const auto& w = mlp[k];
+    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device() == dev && sets >= 1 &&
+                    w.numel() == sets * shapes[k][0] * shapes[k][1],
+                op, ": mlp[", k, "] must be a contiguous float32 tensor on ", dev, " of K·",
+                shapes[k][0] * shapes[k][1], " elements (K sets of the 39→32→32→2 meta-network, K = ", sets,
+                "); got ", w.sizes(), " ", w.scalar_type(), " on ", w.device());
+  }
+  return sets;
+}
+
 // Pass C's own arguments, checked and written into the table (step and skip counters, lr, weight decay).
 // Returns K, the number of meta-weight sets stacked in mlp (each tensor holds K sets back to back), and the
 // set of each tensor in `set_of` (weight_index; empty = set 0 for all).
@@ -251,18 +268,7 @@ int64_t describe_apply(const char* op, std::vector<Desc>& table, at::TensorList 
   TORCH_CHECK(sumsq.scalar_type() == at::kFloat && sumsq.is_contiguous() && sumsq.dim() == 2 && sumsq.device() == dev &&
                   sumsq.size(0) == static_cast<int64_t>(nt) && sumsq.size(1) == kFeatures,
               op, ": sumsq must be the (n_tensors, 28) float32 output of lopt_sumsq");
-  TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3), got ", mlp.size(), " tensors");
-  const int64_t shapes[6][2] = {{kHidden, kFeatures + kTimescales}, {kHidden, 1}, {kHidden, kHidden}, {kHidden, 1},
-                                {2, kHidden},                       {2, 1}};
-  const int64_t sets = mlp[0].numel() / (shapes[0][0] * shapes[0][1]);
-  for (int k = 0; k < 6; ++k) {
-    const auto& w = mlp[k];
-    TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device() == dev && sets >= 1 &&
-                    w.numel() == sets * shapes[k][0] * shapes[k][1],
-                op, ": mlp[", k, "] must be a contiguous float32 tensor on ", dev, " of K·",
-                shapes[k][0] * shapes[k][1], " elements (K sets of the 39→32→32→2 meta-network, K = ", sets,
-                "); got ", w.sizes(), " ", w.scalar_type(), " on ", w.device());
-  }
+  const int64_t sets = check_mlp(op, mlp, dev);
   TORCH_CHECK(weight_index.empty() || weight_index.size() == nt, op, ": weight_index must be empty or give one "
               "meta-weight set per tensor; got ", weight_index.size(), " for ", nt, " tensors");
   set_of.assign(nt, 0);
@@ -281,6 +287,85 @@ int64_t describe_apply(const char* op, std::vector<Desc>& table, at::TensorList 
     table[i].wdlr = static_cast<float>(wds[i] * lrs[i]);
   }
   return sets;
+}
+
+// The descriptor table of a stacked population step (lopt_population_step): every argument holds one (M, ...)
+// stack per tensor, member j's slice of each is exactly a single optimizer's tensor (contiguous, so it starts
+// at j·(numel/M)), and the table has M·n_tensors records, member-major (record j·n_tensors + i is member j's
+// tensor i), pointing into the stacks; no per-member tensor is built. `dims` holds (d1, d0) of the MEMBER
+// shape; steps/skips are (M,) float32; lrs has one entry per record; wds one per tensor; mlp holds M sets
+// (member j uses set j, written to `set_of`). Checks every argument once per stack.
+template <class Desc>
+std::vector<Desc> describe_population(const char* op, at::TensorList params, at::TensorList grads,
+                                      at::TensorList momentum, at::TensorList second_moment, at::TensorList acc_a,
+                                      at::TensorList acc_b, at::TensorList steps, at::TensorList skips,
+                                      at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds,
+                                      at::IntArrayRef dims, std::vector<int64_t>& set_of) {
+  const size_t nt = params.size();
+  for (auto [what, list] : {std::pair<const char*, at::TensorList>{"grads", grads}, {"momentum", momentum},
+                            {"second_moment", second_moment}, {"acc_a", acc_a}, {"acc_b", acc_b}, {"steps", steps},
+                            {"skips", skips}})
+    check_same_length(nt, list.size(), op, what);
+  check_same_length(nt, wds.size(), op, "weight_decays");
+  TORCH_CHECK(dims.size() == 2 * nt, op, ": dims needs 2 entries (d1, d0) of the member shape per tensor, got ",
+              dims.size(), " for ", nt, " tensors");
+  const at::Device dev(at::kCPU);
+  const int64_t members = check_mlp(op, mlp, dev);
+  TORCH_CHECK(lrs.size() == nt * static_cast<size_t>(members), op, ": lrs needs one entry per member and tensor (",
+              members, " × ", nt, ", member-major), got ", lrs.size());
+  std::vector<Desc> out(nt * members);
+  set_of.resize(nt * members);
+  for (size_t i = 0; i < nt; ++i) {
+    const auto& p = params[i];
+    const auto& g = grads[i];
+    TORCH_CHECK(p.device() == dev, op, ": params[", i, "] is on ", p.device(), "; this is the CPU kernel");
+    TORCH_CHECK(p.dim() >= 1 && p.size(0) == members, op, ": params[", i, "] must be a stack (M, ...) of the M = ",
+                members, " members of the meta-weights, got shape ", p.sizes());
+    check_param_grad(p, g, op, i);
+    Layout L = make_layout(p.sizes().slice(1), dims[2 * i], dims[2 * i + 1], op, i);
+    check_state(momentum[i], p, members * 3 * L.n, op, "momentum", i);
+    check_state(second_moment[i], p, members * L.n, op, "second_moment", i);
+    const int64_t na = 3 * (L.factored ? L.nrow : L.n), nb = L.factored ? 3 * L.ncol : 0;
+    check_state(acc_a[i], p, members * na, op, L.factored ? "acc_a (row)" : "acc_a (full)", i);
+    if (L.factored) check_state(acc_b[i], p, members * nb, op, "acc_b (col)", i);
+    const auto sdt = momentum[i].scalar_type();
+    TORCH_CHECK(second_moment[i].scalar_type() == sdt && acc_a[i].scalar_type() == sdt &&
+                    (!L.factored || acc_b[i].scalar_type() == sdt),
+                op, ": the state tensors of parameter ", i, " must share one dtype");
+    for (const auto& t : {steps[i], skips[i]})
+      TORCH_CHECK(t.numel() == members && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device() == dev,
+                  op, ": steps/skips[", i, "] must be contiguous float32 (M,) vectors on the CPU, M = ", members);
+    const int pdt = dtype_code(p.scalar_type()), gdt = dtype_code(g.scalar_type()), sd = dtype_code(sdt);
+    const int64_t pe = p.element_size(), ge = g.element_size(), se = momentum[i].element_size();
+    char* pp = static_cast<char*>(p.data_ptr());
+    const char* gp = static_cast<const char*>(g.data_ptr());
+    char* mp = static_cast<char*>(momentum[i].data_ptr());
+    char* vp = static_cast<char*>(second_moment[i].data_ptr());
+    char* ap = static_cast<char*>(acc_a[i].data_ptr());
+    char* bp = L.factored ? static_cast<char*>(acc_b[i].data_ptr()) : nullptr;
+    float* step = steps[i].data_ptr<float>();
+    float* skip = skips[i].data_ptr<float>();
+    for (int64_t j = 0; j < members; ++j) {
+      const size_t r = j * nt + i;
+      Desc& D = out[r];
+      static_cast<Layout&>(D) = L;
+      D.p = pp + j * L.n * pe;
+      D.g = gp + j * L.n * ge;
+      D.m = mp + j * 3 * L.n * se;
+      D.v = vp + j * L.n * se;
+      D.acc_a = ap + j * na * se;
+      D.acc_b = bp ? bp + j * nb * se : nullptr;
+      D.pdt = pdt;
+      D.gdt = gdt;
+      D.sdt = sd;
+      D.step = step + j;
+      D.skips = skip + j;
+      D.lr = static_cast<float>(lrs[r]);
+      D.wdlr = static_cast<float>(wds[i] * lrs[r]);
+      set_of[r] = j;
+    }
+  }
+  return out;
 }
 
 }  // namespace mulo

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -80,30 +82,31 @@ inline float load_f(const T* p, int64_t i) {
   return static_cast<float>(p[i]);
 }
 
-float read_f(const at::Tensor& t, int64_t i) {
-  if (t.scalar_type() == at::kBFloat16) return static_cast<float>(t.data_ptr<c10::BFloat16>()[i]);
-  return t.data_ptr<float>()[i];
+// Accumulator state values by storage dtype (float32 or bfloat16; describe checked it).
+float read_state(const void* p, int sdt, int64_t i) {
+  if (sdt == kBF16) return static_cast<float>(static_cast<const c10::BFloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
 }
 
-void write_f(const at::Tensor& t, int64_t i, float x) {
-  if (t.scalar_type() == at::kBFloat16)
-    t.data_ptr<c10::BFloat16>()[i] = c10::BFloat16(x);
+void write_state(void* p, int sdt, int64_t i, float x) {
+  if (sdt == kBF16)
+    static_cast<c10::BFloat16*>(p)[i] = c10::BFloat16(x);
   else
-    t.data_ptr<float>()[i] = x;
+    static_cast<float*>(p)[i] = x;
 }
 
 int num_threads() { return std::max(1, at::get_num_threads()); }
 
 // ---- pass A -----------------------------------------------------------------------------------------------
 template <class GT>
-void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int threads) {
+void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int threads, std::vector<double>& buf) {
   const int64_t n = L.n;
   // memory-bound and ~0.4 ns per element on one core: threads only pay off for very large tensors (and a
   // parallel region costs a scheduling quantum whenever a core is shared)
   const int nth = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n >> 22)));
   if (!L.factored) {
     int bad = 0;
-#pragma omp parallel for num_threads(nth) reduction(| : bad) schedule(static)
+#pragma omp parallel for if (nth > 1) num_threads(nth) reduction(| : bad) schedule(static)
     for (int64_t e = 0; e < n; ++e) {
       bad |= !math::finite_s(math::grad_sq(load_f(g, e)));
     }
@@ -111,10 +114,10 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
     return;
   }
   const int64_t width = L.nrow + L.ncol;
-  std::vector<double> buf(static_cast<size_t>(nth) * width, 0.0);
+  buf.assign(static_cast<size_t>(nth) * width, 0.0);
   const int64_t lines = L.A * L.Da * L.B, len = L.Db * L.C;
   int bad = 0;
-#pragma omp parallel num_threads(nth) reduction(| : bad)
+#pragma omp parallel if (nth > 1) num_threads(nth) reduction(| : bad)
   {
 #ifdef _OPENMP
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -185,69 +188,182 @@ void reduce_one(const GT* g, const Layout& L, float* out, float* finite, int thr
   *finite = bad ? 0.f : 1.f;
 }
 
+// Pass A of one tensor whose gradient has storage dtype `gdt`.
+void reduce_typed(const void* g, int gdt, const Layout& L, float* out, float* finite, int threads,
+                  std::vector<double>& buf) {
+  if (gdt == kBF16)
+    reduce_one(static_cast<const c10::BFloat16*>(g), L, out, finite, threads, buf);
+  else if (gdt == kF16)
+    reduce_one(static_cast<const c10::Half*>(g), L, out, finite, threads, buf);
+  else
+    reduce_one(static_cast<const float*>(g), L, out, finite, threads, buf);
+}
+
 // ---- per-tensor O(rows + cols) preparation ---------------------------------------------------------------
-struct Prepared {
-  std::vector<float> rowv, colv;  // [kAccValues][entries] (structure of arrays)
-  std::vector<float> rowt, colt;  // [kHidden][entries]: folded layer-1 contributions (pass C)
+// One scratch block per call holds every tensor's preparation (no allocation per tensor); Block points into it.
+struct Block {
+  float* sums = nullptr;  // pass A's nrow + ncol sums (the stacked population step only)
+  float* rowv = nullptr;  // [kAccValues][nrow] (structure of arrays)
+  float* colv = nullptr;  // [kAccValues][ncol]
+  float* rowt = nullptr;  // [kHidden][nrow]: folded layer-1 contributions of the row channels (pass C)
+  float* colt = nullptr;  // [kHidden][ncol]
+  float* w1 = nullptr;    // [kHidden][kFeatures]: layer 1 with the normalization folded in (pass C)
+  float* b1 = nullptr;    // [kHidden]: its bias with the time features folded in (pass C)
 };
+
+// Lays out the blocks of `jobs` in `arena` (pass C: `apply`; the population step: `sums`) and points the jobs'
+// scratch pointers at them.
+std::vector<Block> attach_scratch(std::vector<mulo_cpu::TensorJob>& jobs, bool apply, bool sums,
+                                  std::unique_ptr<float[]>& arena) {
+  constexpr int64_t RV = math::kAccValues;
+  std::vector<Block> blocks(jobs.size());
+  std::vector<int64_t> off(jobs.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& J = jobs[i];
+    const int64_t entries = J.factored ? J.nrow + J.ncol : 0;
+    off[i] = total;
+    total += (sums ? entries : 0) + RV * entries + (apply ? kHidden * (entries + kFeatures + 1) : 0);
+  }
+  arena.reset(new float[std::max<int64_t>(total, 1)]);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    auto& J = jobs[i];
+    Block& B = blocks[i];
+    float* q = arena.get() + off[i];
+    const int64_t nr = J.factored ? J.nrow : 0, nc = J.factored ? J.ncol : 0;
+    if (sums) B.sums = q, q += nr + nc, J.sums = B.sums;
+    B.rowv = q, q += RV * nr;
+    B.colv = q, q += RV * nc;
+    if (apply) {
+      B.rowt = q, q += kHidden * nr;
+      B.colt = q, q += kHidden * nc;
+      B.w1 = q, q += kHidden * kFeatures;
+      B.b1 = q;
+      J.rowt = B.rowt, J.colt = B.colt, J.w1 = B.w1, J.b1 = B.b1;
+    }
+    J.rowv = B.rowv;
+    J.colv = B.colv;
+  }
+  return blocks;
+}
 
 // New Adafactor accumulators from the old state and the pass-A sums, with rsqrt(acc + 1e-8) and the factors
 // (lopt_math.h: new_acc, row_entry, col_entry); the means over d1 of the row accumulators in double.
-void prepare_rowcol(const Layout& L, const float* sums, const at::Tensor& row_state, const at::Tensor& col_state,
-                    const math::Hyper& H, Prepared& P) {
-  constexpr int RV = math::kAccValues;
-  const int64_t nr = L.nrow, nc = L.ncol;
-  P.rowv.assign(static_cast<size_t>(nr) * RV, 0.f);
-  P.colv.assign(static_cast<size_t>(nc) * RV, 0.f);
+void prepare_rowcol(const mulo_cpu::TensorJob& J, const math::Hyper& H, const Block& P) {
+  const int64_t nr = J.nrow, nc = J.ncol;
   // means over the WHOLE tensor's axes (a shard's sums were all-reduced by the caller)
-  const float n_d0 = static_cast<float>(L.whole_d0), n_d1 = static_cast<float>(L.whole_d1);
-  const int64_t nmean = L.nmean;
-  std::vector<double> mean(static_cast<size_t>(3 * nmean), 0.0);
+  const float n_d0 = static_cast<float>(J.whole_d0), n_d1 = static_cast<float>(J.whole_d1);
+  const int64_t nmean = J.nmean;
+  double small[48];
+  std::vector<double> big;
+  double* mean = small;
+  if (3 * nmean > 48) big.resize(static_cast<size_t>(3 * nmean)), mean = big.data();
+  std::fill(mean, mean + 3 * nmean, 0.0);
   for (int64_t e = 0; e < nr; ++e) {
-    const int64_t mi = L.mean_index(e);
+    const int64_t mi = J.mean_index(e);
     for (int k = 0; k < 3; ++k) {
-      const float r = math::new_acc(H, k, read_f(row_state, k * nr + e), sums[e], n_d0);
+      const float r = math::new_acc(H, k, read_state(J.acc_a, J.sdt, k * nr + e), J.sums[e], n_d0);
       P.rowv[k * nr + e] = r;
       mean[k * nmean + mi] += r;
     }
   }
   for (int64_t e = 0; e < nr; ++e) {
-    const int64_t mi = L.mean_index(e);
+    const int64_t mi = J.mean_index(e);
     float r[3], rm[3];
     for (int k = 0; k < 3; ++k) {
       r[k] = P.rowv[k * nr + e];
-      const double total = L.row_acc_sum ? L.row_acc_sum[k * nmean + mi] : mean[k * nmean + mi];
-      rm[k] = static_cast<float>(total / static_cast<double>(L.whole_d1));
+      const double total = J.row_acc_sum ? J.row_acc_sum[k * nmean + mi] : mean[k * nmean + mi];
+      rm[k] = static_cast<float>(total / static_cast<double>(J.whole_d1));
     }
     math::row_entry(r, rm, [&](int j, float x) { P.rowv[j * nr + e] = x; });
   }
   for (int64_t e = 0; e < nc; ++e) {
     float c[3];
-    for (int k = 0; k < 3; ++k) c[k] = math::new_acc(H, k, read_f(col_state, k * nc + e), sums[nr + e], n_d1);
+    for (int k = 0; k < 3; ++k) c[k] = math::new_acc(H, k, read_state(J.acc_b, J.sdt, k * nc + e), J.sums[nr + e], n_d1);
     math::col_entry(c, [&](int j, float x) { P.colv[j * nc + e] = x; });
   }
 }
 
-// Layer-1 contributions of the row channels (13-15, 19-21) per row entry and of the column channels
-// (16-18, 22-24) per column entry; `wf` is the folded layer 1 in kernel row order.
-void fold_rowcol(const Layout& L, const float* wf, Prepared& P) {
-  using mulo_cpu::row_of_channel;
-  // vals: [kAccValues][n] entry values; ch_value/ch_rsqrt: the channels of acc_k and its rsqrt
-  auto fold = [&](const std::vector<float>& vals, int64_t n, int ch_value, int ch_rsqrt, std::vector<float>& out) {
-    out.assign(static_cast<size_t>(kHidden) * n, 0.f);
-    for (int o = 0; o < kHidden; ++o) {
-      const float* w = wf + o * kFeatures;
-      for (int64_t e = 0; e < n; ++e) {
-        float a = 0.f;
-        for (int k = 0; k < 3; ++k)
-          a += w[row_of_channel(ch_value + k)] * vals[(math::kAccValue + k) * n + e] +
-               w[row_of_channel(ch_rsqrt + k)] * vals[(math::kAccRsqrt + k) * n + e];
-        out[o * n + e] = a;
+// Pass B's channels 13-24 of a factored tensor: constant along d0 (rows) or d1 (columns), so O(rows + cols).
+void rowcol_sumsq(const mulo_cpu::TensorJob& J, double* out) {
+  // local counts: each row entry repeats along the shard's d0, each column entry along its d1
+  auto sum_squares = [&](const float* vals, int64_t n, double count, int ch_value, int ch_rsqrt) {
+    for (int k = 0; k < 3; ++k) {
+      double a = 0, b = 0;
+      for (int64_t r = 0; r < n; ++r) {
+        const double x = vals[(math::kAccValue + k) * n + r], y = vals[(math::kAccRsqrt + k) * n + r];
+        a += x * x;
+        b += y * y;
       }
+      out[ch_value + k] = a * count;
+      out[ch_rsqrt + k] = b * count;
     }
   };
-  fold(P.rowv, L.nrow, spec::kChRow, spec::kChRsqrtRow, P.rowt);
-  fold(P.colv, L.ncol, spec::kChCol, spec::kChRsqrtCol, P.colt);
+  sum_squares(J.rowv, J.nrow, static_cast<double>(J.d0_size), spec::kChRow, spec::kChRsqrtRow);
+  sum_squares(J.colv, J.ncol, static_cast<double>(J.d1_size), spec::kChCol, spec::kChRsqrtCol);
+}
+
+// Pass C's layer 1 of one tensor: the normalization (sq: its 28 sums of squares) folded into W1's columns, the
+// time features into its bias; W1, B1: the tensor's meta-weight set.
+// The folded bias of the last meta-weight set and step count seen: the tensors of one member share it (and the
+// time features, all members in step).
+struct BiasCache {
+  int64_t set = -1;
+  float step = std::numeric_limits<float>::quiet_NaN();
+  float tf_step = std::numeric_limits<float>::quiet_NaN();
+  float tf[kTimescales];
+  float b1[kHidden];
+};
+
+// Pass C's layer 1 of one tensor: the normalization (sq: its 28 sums of squares) folded into W1's columns, the
+// time features into its bias; `set`: the tensor's meta-weight set in W1/B1 (K sets back to back).
+void fold_layer1(const mulo_cpu::TensorJob& J, const float* sq, const float* W1, const float* B1, int64_t set,
+                 const math::Hyper& H, const Block& P, BiasCache& cache) {
+  W1 += set * kHidden * (kFeatures + kTimescales);
+  float scale[kFeatures];
+  for (int j = 0; j < kFeatures; ++j) scale[j] = math::norm_scale(sq[j], static_cast<float>(J.whole_n));
+  // the channel ranges whose kernel rows are consecutive (lopt_cpu.h: row_of_channel), so no per-channel branch
+  constexpr int ranges[3][2] = {{0, spec::kChRow}, {spec::kChRow, spec::kChFacM}, {spec::kChFacM, kFeatures}};
+  for (int o = 0; o < kHidden; ++o) {
+    const float* row = W1 + o * (kFeatures + kTimescales);
+    for (const auto& r : ranges) {
+      float* dst = P.w1 + o * kFeatures + mulo_cpu::row_of_channel(r[0]) - r[0];
+      for (int j = r[0]; j < r[1]; ++j) dst[j] = row[j] * scale[j];
+    }
+  }
+  const float t = *J.step;
+  if (cache.set != set || !(cache.step == t)) {
+    if (!(cache.tf_step == t)) math::time_features(t, H.time_clamp, cache.tf);
+    for (int o = 0; o < kHidden; ++o)
+      cache.b1[o] = math::folded_bias(B1[set * kHidden + o], W1 + o * (kFeatures + kTimescales), cache.tf);
+    cache.set = set, cache.step = t, cache.tf_step = t;
+  }
+  std::copy(cache.b1, cache.b1 + kHidden, P.b1);
+}
+
+// Layer-1 contributions of the row channels (13-15, 19-21) per row entry and of the column channels
+// (16-18, 22-24) per column entry, from the folded layer 1 (kernel row order; the ISA's FoldFn).
+void fold_rowcol(const mulo_cpu::TensorJob& J, const Block& P, const Kernels& K) {
+  K.fold(P.w1, P.rowv, J.nrow, spec::kChRow, spec::kChRsqrtRow, P.rowt);
+  K.fold(P.w1, P.colv, J.ncol, spec::kChCol, spec::kChRsqrtCol, P.colt);
+}
+
+// After pass C: the skip counter of a tensor with a non-finite gradient, else its new Adafactor accumulators
+// (the kernels read them from the block) and its step counter.
+void finish(const mulo_cpu::TensorJob& J, bool finite, const Block& P) {
+  if (!finite) {
+    *J.skips += 1.0f;
+    return;
+  }
+  if (J.factored && J.whole_n > 0) {
+    for (int k = 0; k < 3; ++k) {
+      for (int64_t r = 0; r < J.nrow; ++r)
+        write_state(J.acc_a, J.sdt, k * J.nrow + r, P.rowv[(math::kAccValue + k) * J.nrow + r]);
+      for (int64_t c = 0; c < J.ncol; ++c)
+        write_state(J.acc_b, J.sdt, k * J.ncol + c, P.colv[(math::kAccValue + k) * J.ncol + c]);
+    }
+  }
+  *J.step += 1.0f;
 }
 
 struct Chunk {
@@ -264,6 +380,67 @@ std::vector<Chunk> make_chunks(const std::vector<mulo_cpu::TensorJob>& L, const 
     for (int64_t s = 0; s < L[i].n; s += kChunk) chunks.push_back({static_cast<int>(i), s, std::min(L[i].n, s + kChunk)});
   }
   return chunks;
+}
+
+// Pass B over a table: the accumulator entries of every factored tensor into its block, then the 28 sums of
+// squares per tensor into total[n_tensors][28] (summed in a fixed chunk order: independent of scheduling).
+void sumsq_pass(std::vector<mulo_cpu::TensorJob>& jobs, const std::vector<Block>& blocks, const float* fin,
+                const math::Hyper& H, double* total) {
+  const int64_t nt = static_cast<int64_t>(jobs.size());
+  at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const auto& J = jobs[i];
+      if (!J.factored || fin[i] == 0.f || J.whole_n == 0) continue;  // zero elements: nothing to update
+      prepare_rowcol(J, H, blocks[i]);
+      rowcol_sumsq(J, &total[i * kFeatures]);
+    }
+  });
+  const auto chunks = make_chunks(jobs, fin);
+  std::vector<double> partial(chunks.size() * kFeatures, 0.0);
+  const Kernels K = current_kernels();
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for if (nc > 1) num_threads(num_threads()) schedule(dynamic, 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[c];
+    K.sumsq(jobs[ch.tensor], H, ch.start, ch.end, &partial[c * kFeatures]);
+  }
+  for (size_t c = 0; c < chunks.size(); ++c)  // fixed order: the result does not depend on scheduling
+    for (int j = 0; j < kFeatures; ++j) total[chunks[c].tensor * kFeatures + j] += partial[c * kFeatures + j];
+}
+
+// Pass C over a table: per tensor layer 1 folded (normalization from sq[n_tensors][28], time features, the
+// row/column channels), the update of every element, then the counters and new accumulators. `prepare`:
+// compute the accumulator entries (the separate lopt_apply); else pass B left them in the blocks.
+void apply_pass(std::vector<mulo_cpu::TensorJob>& jobs, const std::vector<Block>& blocks, const float* fin,
+                const float* sq, at::TensorList mlp, const std::vector<int64_t>& set_of, const math::Hyper& H,
+                bool prepare) {
+  const int64_t nW1 = kHidden * (kFeatures + kTimescales), nW2 = kHidden * kHidden, nW3 = 2 * kHidden;
+  const int64_t sets = mlp[0].numel() / nW1;
+  const float *W1 = mlp[0].data_ptr<float>(), *B1 = mlp[1].data_ptr<float>();
+  std::vector<mulo_cpu::Net> nets;
+  for (int64_t k = 0; k < sets; ++k)
+    nets.push_back({mlp[2].data_ptr<float>() + k * nW2, mlp[3].data_ptr<float>() + k * kHidden,
+                    mlp[4].data_ptr<float>() + k * nW3, mlp[5].data_ptr<float>() + k * 2});
+  const int64_t nt = static_cast<int64_t>(jobs.size());
+  const Kernels K = current_kernels();
+  at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {
+    BiasCache cache;
+    for (int64_t i = b; i < e; ++i) {
+      const auto& J = jobs[i];
+      if (fin[i] == 0.f || J.whole_n == 0) continue;  // zero elements: only the step count moves
+      if (J.factored && prepare) prepare_rowcol(J, H, blocks[i]);
+      fold_layer1(J, sq + i * kFeatures, W1, B1, set_of[i], H, blocks[i], cache);
+      if (J.factored) fold_rowcol(J, blocks[i], K);
+    }
+  });
+  const auto chunks = make_chunks(jobs, fin);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for if (nc > 1) num_threads(num_threads()) schedule(dynamic, 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[c];
+    K.apply(jobs[ch.tensor], H, nets[set_of[ch.tensor]], ch.start, ch.end);
+  }
+  for (int64_t i = 0; i < nt; ++i) finish(jobs[i], fin[i] != 0.f, blocks[i]);
 }
 
 struct Inputs {
@@ -306,20 +483,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> lopt_reduce_cpu(at::TensorList g
   at::Tensor finite = at::ones({static_cast<int64_t>(nt)}, at::TensorOptions().dtype(at::kFloat));
   float* fin = finite.data_ptr<float>();
   const int threads = num_threads();
-  for (size_t i = 0; i < nt; ++i) {
-    const auto& g = grads[i];
-    float* out = sums[i].data_ptr<float>();
-    switch (g.scalar_type()) {
-      case at::kBFloat16:
-        reduce_one(g.data_ptr<c10::BFloat16>(), L[i], out, fin + i, threads);
-        break;
-      case at::kHalf:
-        reduce_one(g.data_ptr<c10::Half>(), L[i], out, fin + i, threads);
-        break;
-      default:
-        reduce_one(g.data_ptr<float>(), L[i], out, fin + i, threads);
-    }
-  }
+  std::vector<double> buf;
+  for (size_t i = 0; i < nt; ++i)
+    reduce_typed(grads[i].data_ptr(), dtype_code(grads[i].scalar_type()), L[i], sums[i].data_ptr<float>(), fin + i,
+                 threads, buf);
   return {sums, finite};
 }
 
@@ -330,50 +497,14 @@ at::Tensor lopt_sumsq_cpu(at::TensorList params, at::TensorList grads, at::Tenso
   const char* op = "mulo::lopt_sumsq";
   Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
                       row_acc_sums.value_or(at::TensorList()));
-  const size_t nt = params.size();
   const float* fin = finite.data_ptr<float>();
-  std::vector<Prepared> prep(nt);
-  std::vector<double> total(nt * kFeatures, 0.0);
-  at::parallel_for(0, static_cast<int64_t>(nt), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      auto& J = in.jobs[i];
-      if (!J.factored || fin[i] == 0.f || J.whole_n == 0) continue;  // zero elements: nothing to update
-      prepare_rowcol(J, J.sums, acc_a[i], acc_b[i], in.H, prep[i]);
-      J.rowv = prep[i].rowv.data();
-      J.colv = prep[i].colv.data();
-      // channels 13-24 are constant along d0 (rows) or d1 (columns): O(rows + cols)
-      double* out = &total[i * kFeatures];
-      // local counts: each row entry repeats along the shard's d0, each column entry along its d1
-      auto sum_squares = [&](const float* vals, int64_t n, double count, int ch_value, int ch_rsqrt) {
-        for (int k = 0; k < 3; ++k) {
-          double a = 0, b = 0;
-          for (int64_t r = 0; r < n; ++r) {
-            const double x = vals[(math::kAccValue + k) * n + r], y = vals[(math::kAccRsqrt + k) * n + r];
-            a += x * x;
-            b += y * y;
-          }
-          out[ch_value + k] = a * count;
-          out[ch_rsqrt + k] = b * count;
-        }
-      };
-      sum_squares(J.rowv, J.nrow, static_cast<double>(J.d0_size), spec::kChRow, spec::kChRsqrtRow);
-      sum_squares(J.colv, J.ncol, static_cast<double>(J.d1_size), spec::kChCol, spec::kChRsqrtCol);
-    }
-  });
-  const auto chunks = make_chunks(in.jobs, fin);
-  std::vector<double> partial(chunks.size() * kFeatures, 0.0);
-  const Kernels K = current_kernels();
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk& ch = chunks[c];
-    K.sumsq(in.jobs[ch.tensor], in.H, ch.start, ch.end, &partial[c * kFeatures]);
-  }
-  for (size_t c = 0; c < chunks.size(); ++c)  // fixed order: the result does not depend on scheduling
-    for (int j = 0; j < kFeatures; ++j) total[chunks[c].tensor * kFeatures + j] += partial[c * kFeatures + j];
-  at::Tensor out = at::empty({static_cast<int64_t>(nt), kFeatures}, at::TensorOptions().dtype(at::kFloat));
+  std::unique_ptr<float[]> arena;
+  const auto blocks = attach_scratch(in.jobs, false, false, arena);
+  std::vector<double> total(params.size() * kFeatures, 0.0);
+  sumsq_pass(in.jobs, blocks, fin, in.H, total.data());
+  at::Tensor out = at::empty({static_cast<int64_t>(params.size()), kFeatures}, at::TensorOptions().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
-  for (size_t k = 0; k < nt * kFeatures; ++k) o[k] = static_cast<float>(total[k]);
+  for (size_t k = 0; k < total.size(); ++k) o[k] = static_cast<float>(total[k]);
   return out;
 }
 
@@ -386,76 +517,36 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   const char* op = "mulo::lopt_apply";
   Inputs in = collect(op, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims, hyper, whole,
                       row_acc_sums.value_or(at::TensorList()));
-  const size_t nt = params.size();
   std::vector<int64_t> widx;  // K meta-weight sets back to back in every mlp tensor (K = 1 for one optimizer)
-  const int64_t sets =
-      describe_apply(op, in.jobs, steps, skips, sumsq, mlp, lrs, wds, weight_index, at::Device(at::kCPU), widx);
-  const int64_t nW1 = kHidden * (kFeatures + kTimescales), nW2 = kHidden * kHidden, nW3 = 2 * kHidden;
-  std::vector<mulo_cpu::Net> nets;
-  for (int64_t k = 0; k < sets; ++k)
-    nets.push_back({mlp[2].data_ptr<float>() + k * nW2, mlp[3].data_ptr<float>() + k * kHidden,
-                    mlp[4].data_ptr<float>() + k * nW3, mlp[5].data_ptr<float>() + k * 2});
-  const float* fin = finite.data_ptr<float>();
-  const float* sq = sumsq.data_ptr<float>();
-  std::vector<Prepared> prep(nt);
-  std::vector<float> w1f(nt * kHidden * kFeatures), b1f(nt * kHidden);
-  at::parallel_for(0, static_cast<int64_t>(nt), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      auto& J = in.jobs[i];
-      if (fin[i] == 0.f || J.whole_n == 0) continue;  // zero elements: only the step count moves
-      if (J.factored) {
-        prepare_rowcol(J, J.sums, acc_a[i], acc_b[i], in.H, prep[i]);
-        J.rowv = prep[i].rowv.data();
-        J.colv = prep[i].colv.data();
-      }
-      // normalization folded into layer 1's columns, time features into its bias
-      float scale[kFeatures];
-      for (int j = 0; j < kFeatures; ++j)
-        scale[j] = math::norm_scale(sq[i * kFeatures + j], static_cast<float>(J.whole_n));
-      float tf[kTimescales];
-      math::time_features(*J.step, in.H.time_clamp, tf);
-      float* wf = &w1f[i * kHidden * kFeatures];
-      float* bf = &b1f[i * kHidden];
-      const float* W1 = mlp[0].data_ptr<float>() + widx[i] * nW1;
-      const float* B1 = mlp[1].data_ptr<float>() + widx[i] * kHidden;
-      for (int o = 0; o < kHidden; ++o) {
-        const float* row = W1 + o * (kFeatures + kTimescales);
-        for (int j = 0; j < kFeatures; ++j) wf[o * kFeatures + mulo_cpu::row_of_channel(j)] = row[j] * scale[j];
-        bf[o] = math::folded_bias(B1[o], row, tf);
-      }
-      J.w1 = wf;
-      J.b1 = bf;
-      if (J.factored) {
-        fold_rowcol(J, wf, prep[i]);
-        J.rowt = prep[i].rowt.data();
-        J.colt = prep[i].colt.data();
-      }
-    }
-  });
-  const auto chunks = make_chunks(in.jobs, fin);
-  const Kernels K = current_kernels();
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk& ch = chunks[c];
-    K.apply(in.jobs[ch.tensor], in.H, nets[widx[ch.tensor]], ch.start, ch.end);
-  }
-  for (size_t i = 0; i < nt; ++i) {
-    const auto& J = in.jobs[i];
-    if (fin[i] == 0.f) {
-      *J.skips += 1.0f;
-      continue;
-    }
-    if (J.factored && J.whole_n > 0) {  // the new Adafactor accumulators (the apply pass read them from `prep`)
-      for (int k = 0; k < 3; ++k) {
-        for (int64_t r = 0; r < J.nrow; ++r)
-          write_f(acc_a[i], k * J.nrow + r, prep[i].rowv[(math::kAccValue + k) * J.nrow + r]);
-        for (int64_t c = 0; c < J.ncol; ++c)
-          write_f(acc_b[i], k * J.ncol + c, prep[i].colv[(math::kAccValue + k) * J.ncol + c]);
-      }
-    }
-    *J.step += 1.0f;
-  }
+  describe_apply(op, in.jobs, steps, skips, sumsq, mlp, lrs, wds, weight_index, at::Device(at::kCPU), widx);
+  std::unique_ptr<float[]> arena;
+  const auto blocks = attach_scratch(in.jobs, true, false, arena);
+  apply_pass(in.jobs, blocks, finite.data_ptr<float>(), sumsq.data_ptr<float>(), mlp, widx, in.H, true);
+}
+
+void lopt_population_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum,
+                              at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b,
+                              at::TensorList steps, at::TensorList skips, at::TensorList mlp, at::ArrayRef<double> lrs,
+                              at::ArrayRef<double> wds, at::IntArrayRef dims, at::ArrayRef<double> hyper) {
+  const char* op = "mulo::lopt_population_step";
+  const math::Hyper H = make_hyper(hyper, op);
+  std::vector<int64_t> set_of;
+  auto jobs = describe_population<mulo_cpu::TensorJob>(op, params, grads, momentum, second_moment, acc_a, acc_b,
+                                                       steps, skips, mlp, lrs, wds, dims, set_of);
+  std::unique_ptr<float[]> arena;
+  const auto blocks = attach_scratch(jobs, true, true, arena);
+  const size_t nj = jobs.size();
+  // pass A
+  std::vector<float> fin(nj);
+  std::vector<double> buf;
+  const int threads = num_threads();
+  for (size_t i = 0; i < nj; ++i) reduce_typed(jobs[i].g, jobs[i].gdt, jobs[i], blocks[i].sums, &fin[i], threads, buf);
+  // pass B: the same float32 sums of squares the separate passes hand from lopt_sumsq to lopt_apply
+  std::vector<double> total(nj * kFeatures, 0.0);
+  sumsq_pass(jobs, blocks, fin.data(), H, total.data());
+  std::vector<float> sq(total.begin(), total.end());
+  // pass C, reusing pass B's accumulator entries
+  apply_pass(jobs, blocks, fin.data(), sq.data(), mlp, set_of, H, false);
 }
 
 }  // namespace mulo

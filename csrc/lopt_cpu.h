@@ -59,10 +59,16 @@ using SumsqFn = void (*)(const TensorJob&, const Hyper&, int64_t start, int64_t 
 // Pass C on elements [start, end): features, MLP, update of p, m, v (and full).
 using ApplyFn = void (*)(const TensorJob&, const Hyper&, const Net&, int64_t start, int64_t end);
 
+// Pass C's layer-1 contributions of one accumulator's channels per entry (lopt_cpu.cpp: fold_rowcol):
+// out[kHidden][n] = Σ_k wf[o][row of ch_value + k]·vals[acc_k][e] + wf[o][row of ch_rsqrt + k]·vals[rsqrt_k][e], from
+// the folded layer 1 wf[kHidden][kFeatures] (row order above) and the entry values vals[kAccValues][n].
+using FoldFn = void (*)(const float* wf, const float* vals, int64_t n, int ch_value, int ch_rsqrt, float* out);
+
 struct Kernels {
   const char* isa;
   SumsqFn sumsq;
   ApplyFn apply;
+  FoldFn fold;
 };
 
 // Defined by the ISA translation units; the avx512/avx2 ones return {nullptr,...} where not compiled.

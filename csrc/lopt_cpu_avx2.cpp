@@ -23,7 +23,7 @@
 #pragma GCC pop_options
 #endif
 namespace mulo_cpu {
-Kernels kernels_avx2() { return {"avx2", &sumsq_entry, &apply_entry}; }
+Kernels kernels_avx2() { return {"avx2", &sumsq_entry, &apply_entry, &fold_entries}; }
 Celo2Kernels celo2_kernels_avx2() {
   return {&celo2_sumsq_entry, &celo2_direction_entry, &celo2_apply_entry, &celo2_apply_steps_entry};
 }

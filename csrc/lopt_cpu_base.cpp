@@ -9,7 +9,7 @@
 #include "celo2_cpu_kernels.h"  // Celo2's kernels, on the same SIMD primitives
 
 namespace mulo_cpu {
-Kernels kernels_base() { return {"base", &sumsq_entry, &apply_entry}; }
+Kernels kernels_base() { return {"base", &sumsq_entry, &apply_entry, &fold_entries}; }
 Celo2Kernels celo2_kernels_base() {
   return {&celo2_sumsq_entry, &celo2_direction_entry, &celo2_apply_entry, &celo2_apply_steps_entry};
 }

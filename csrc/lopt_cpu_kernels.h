@@ -166,18 +166,19 @@ MULO_INLINE Vec bcast(float x) { return {vbcast(x)}; }
 
 // ---- micro-GEMM ---------------------------------------------------------------------------------------
 // out[O][T] = act(W[O][0:K] · in[K][T] + init); W row-major with leading dimension LDW.
-// init: bias b[o] broadcast, plus (VEC) a contiguous vector vec[o·vstride + lane] per output.
+// init: bias b[o] broadcast; or (VEC) per vector v of the tile b[o·NV + v] broadcast plus the contiguous
+// vec[o·vstride + voff[v] + lane].
 template <int K, int O, int BLOCK, bool RELU, int LDW, bool VEC>
 inline void dense(const float* __restrict W, const float* __restrict b, const float* __restrict vec, int64_t vstride,
-                  const float* __restrict in, float* __restrict out) {
+                  const int64_t* __restrict voff, const float* __restrict in, float* __restrict out) {
   static_assert(O % BLOCK == 0, "output block must divide the layer width");
   for (int o0 = 0; o0 < O; o0 += BLOCK) {
     vf acc[BLOCK][NV];
 #pragma GCC unroll 16
     for (int ob = 0; ob < BLOCK; ++ob) {
-      const vf bias = vbcast(b[o0 + ob]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[ob][v] = VEC ? bias + vload(vec + (o0 + ob) * vstride + v * VW) : bias;
+      for (int v = 0; v < NV; ++v)
+        acc[ob][v] = VEC ? vbcast(b[(o0 + ob) * NV + v]) + vload(vec + (o0 + ob) * vstride + voff[v]) : vbcast(b[o0 + ob]);
     }
     for (int k = 0; k < K; ++k) {
       vf xv[NV];
@@ -201,6 +202,13 @@ inline void dense(const float* __restrict W, const float* __restrict b, const fl
       }
     }
   }
+}
+
+template <int K, int O, int BLOCK, bool RELU, int LDW, bool VEC>
+inline void dense(const float* __restrict W, const float* __restrict b, const float* __restrict vec, int64_t vstride,
+                  const float* __restrict in, float* __restrict out) {
+  static_assert(!VEC, "a per-vector initial value needs the offsets voff");
+  dense<K, O, BLOCK, RELU, LDW, false>(W, b, vec, vstride, nullptr, in, out);
 }
 
 // Layers 2 and 3 fused: each block of layer-2 outputs goes through ReLU and into the two outputs while
@@ -261,6 +269,36 @@ struct TilePos {
   alignas(64) int64_t cidx[T];
 };
 
+// Coordinates c moved from the end of one line (j == Db) to the start of the next.
+inline void next_line(const mulo_cpu::TensorJob& J, mulo::Coords& c) {
+  c.j = 0;
+  if (++c.y == J.B) {
+    c.y = 0;
+    if (++c.i == J.Da) {
+      c.i = 0;
+      ++c.x;
+    }
+  }
+}
+
+// The generic path: the row and column entry of every lane, from the coordinates c of the first element
+// (padding lanes of the last tile read entry 0).
+template <class Pos>
+inline void locate_lanes(const mulo_cpu::TensorJob& J, mulo::Coords c, int cnt, Pos& tp) {
+  for (int l = 0; l < T; ++l) {
+    if (l < cnt) {
+      J.entries(c, tp.ridx[l], tp.cidx[l]);
+      if (++c.z == J.C) {  // the next element's coordinates
+        c.z = 0;
+        if (++c.j == J.Db) next_line(J, c);
+      }
+    } else {
+      tp.ridx[l] = 0;
+      tp.cidx[l] = 0;
+    }
+  }
+}
+
 inline void locate(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, TilePos& tp) {
   mulo::Coords c = J.coords(e0);
   tp.fast = J.C == 1 && cnt == T && c.j + T <= J.Db;
@@ -269,27 +307,38 @@ inline void locate(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, TilePos& t
     J.entries(c, tp.r0, tp.c0);
     return;
   }
-  for (int l = 0; l < T; ++l) {
-    if (l < cnt) {
-      J.entries(c, tp.ridx[l], tp.cidx[l]);
-      if (++c.z == J.C) {  // the next element's coordinates
-        c.z = 0;
-        if (++c.j == J.Db) {
-          c.j = 0;
-          if (++c.y == J.B) {
-            c.y = 0;
-            if (++c.i == J.Da) {
-              c.i = 0;
-              ++c.x;
-            }
-          }
-        }
-      }
-    } else {  // padding lanes of the last tile read entry 0
-      tp.ridx[l] = 0;
-      tp.cidx[l] = 0;
+  locate_lanes(J, c, cnt, tp);
+}
+
+// μLO's tile position: fast when every VECTOR of the tile lies in one line of a C == 1 view, so over each
+// vector one accumulator index is constant and the other runs contiguously (2-d weights whose rows hold
+// whole vectors, e.g. 16 × 16 with 16 lanes: every tile).
+struct VecPos {
+  bool fast = false;
+  bool row_const = false;  // fast: the row index is constant (else the column index is)
+  int64_t r0[NV], c0[NV];  // fast: row/col index of each vector's first lane
+  alignas(64) int64_t ridx[T];
+  alignas(64) int64_t cidx[T];
+};
+
+inline void locate_vectors(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, VecPos& tp) {
+  mulo::Coords c = J.coords(e0);
+  tp.fast = J.C == 1;
+  tp.row_const = !J.d0_is_a;  // the index without axis b is constant along a line
+  for (int v = 0; tp.fast && v < NV; ++v) {
+    if (v * VW >= cnt) {  // a padding vector reads the first one's entries
+      tp.r0[v] = tp.r0[0];
+      tp.c0[v] = tp.c0[0];
+      continue;
     }
+    if (c.j + VW > J.Db) {  // crosses the end of a line (or of the tensor)
+      tp.fast = false;
+      break;
+    }
+    J.entries(c, tp.r0[v], tp.c0[v]);
+    if ((c.j += VW) == J.Db) next_line(J, c);  // the next vector starts the next line
   }
+  if (!tp.fast) locate_lanes(J, J.coords(e0), cnt, tp);
 }
 
 // One tile's inputs and new state (fp32).
@@ -335,8 +384,8 @@ inline void load_tile(const mulo_cpu::TensorJob& J, int64_t e0, int cnt, Tile& t
 constexpr int R(int channel) { return mulo_cpu::row_of_channel(channel); }
 
 // Values J0.. of the row and column accumulator entries of every lane of a tile (generic path).
-template <int J0>
-inline void gather_entries(const mulo_cpu::TensorJob& J, const TilePos& tp, float (&rg)[mulo::math::kAccValues][T],
+template <int J0, class Pos>
+inline void gather_entries(const mulo_cpu::TensorJob& J, const Pos& tp, float (&rg)[mulo::math::kAccValues][T],
                            float (&cg)[mulo::math::kAccValues][T]) {
   for (int e = 0; e < T; ++e) {
     const float* r = J.rowv + tp.ridx[e];
@@ -353,7 +402,7 @@ inline void gather_entries(const mulo_cpu::TensorJob& J, const TilePos& tp, floa
 // (lopt_math.h). For factored tensors the row/column channels (13-24) are written only with `rowcol`
 // (otherwise pass B sums them per row/column, and pass C folds them into layer 1's initial value).
 template <bool FACT>
-inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const TilePos& tp, bool rowcol,
+inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const VecPos& tp, bool rowcol,
                      Tile& t) {
   namespace math = mulo::math;
   const int64_t nr = J.nrow, nc = J.ncol;
@@ -374,11 +423,11 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
     math::moment_channels(Hp, g, ld(t.p + o), m, v, out);
     if (FACT) {
       if (tp.fast && tp.row_const) {  // one row entry, consecutive column entries
-        math::factored_channels(g, m, [&](int j) { return bcast(J.rowv[j * nr + tp.r0]); },
-                                [&](int j) { return ld(J.colv + j * nc + tp.c0 + o); }, false, out);
+        math::factored_channels(g, m, [&](int j) { return bcast(J.rowv[j * nr + tp.r0[w]]); },
+                                [&](int j) { return ld(J.colv + j * nc + tp.c0[w]); }, false, out);
       } else if (tp.fast) {  // consecutive row entries, one column entry
-        math::factored_channels(g, m, [&](int j) { return ld(J.rowv + j * nr + tp.r0 + o); },
-                                [&](int j) { return bcast(J.colv[j * nc + tp.c0]); }, false, out);
+        math::factored_channels(g, m, [&](int j) { return ld(J.rowv + j * nr + tp.r0[w]); },
+                                [&](int j) { return bcast(J.colv[j * nc + tp.c0[w]]); }, false, out);
       } else {
         math::factored_channels(g, m, [&](int j) { return ld(rg[j] + o); }, [&](int j) { return ld(cg[j] + o); },
                                 rowcol, out);
@@ -396,16 +445,17 @@ inline void features(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, co
 template <class PT, class GT, class ST, bool FACT>
 void sumsq_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, int64_t start, int64_t end, double* out) {
   Tile t;
-  TilePos tp;
+  VecPos tp;
   constexpr int NR = FACT ? mulo_cpu::kPerElement : F;  // rows summed per element
   alignas(64) float acc[F][T];
   for (int c = 0; c < F; ++c)
     for (int e = 0; e < T; ++e) acc[c][e] = 0.f;
-  int tiles = 0;
+  int tiles = 0, used = 0;  // tiles and lanes accumulated since the last flush
   for (int64_t e0 = start; e0 < end; e0 += T) {
     const int cnt = static_cast<int>(end - e0 < T ? end - e0 : T);
+    used = cnt > used ? cnt : used;
     load_tile<PT, GT, ST, FACT>(J, e0, cnt, t);
-    if (FACT) locate(J, e0, cnt, tp);
+    if (FACT) locate_vectors(J, e0, cnt, tp);
     features<FACT>(J, Hp, tp, false, t);
     if (cnt == T) {
       for (int r = 0; r < NR; ++r)
@@ -414,15 +464,18 @@ void sumsq_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, int64_
       for (int r = 0; r < NR; ++r)
         for (int e = 0; e < cnt; ++e) acc[r][e] += t.X[r][e] * t.X[r][e];
     }
-    // flush fp32 partials into fp64 every 64 tiles to bound rounding error on long ranges
+    // flush fp32 partials into fp64 every 64 tiles to bound rounding error on long ranges: 8 fp64 partial
+    // sums over the lanes used (the others hold zeros), then their fixed-order total
     if (++tiles == 64 || e0 + T >= end) {
       tiles = 0;
+      const int lanes = (used + 7) & ~7;
+      used = 0;
       for (int r = 0; r < NR; ++r) {
-        double s = 0.0;
-        for (int e = 0; e < T; ++e) {
-          s += acc[r][e];
-          acc[r][e] = 0.f;
-        }
+        double part[8] = {};
+        for (int e = 0; e < lanes; e += 8)
+          for (int q = 0; q < 8; ++q) part[q] += acc[r][e + q];
+        for (int e = 0; e < lanes; ++e) acc[r][e] = 0.f;
+        const double s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         out[mulo_cpu::channel_of_row(r)] += s;
       }
     }
@@ -433,7 +486,7 @@ template <class PT, class GT, class ST, bool FACT>
 void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const mulo_cpu::Net& N, int64_t start,
                  int64_t end) {
   Tile t;
-  TilePos tp;
+  VecPos tp;
   alignas(64) float H1[H][T];
   alignas(64) float out[2][T];
   PT* P = static_cast<PT*>(J.p);
@@ -442,7 +495,8 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
   ST* U = static_cast<ST*>(J.acc_a);
   const int64_t n = J.n;
   const float lr = J.lr, wdlr = J.wdlr;
-  alignas(64) float b1tile[H];
+  alignas(64) float b1tile[H * NV];
+  int64_t voff[NV];
 #if defined(__x86_64__)
   // flush denormals to zero inside the kernel (x86 FMA units slow down on subnormal operands/results);
   // subnormal fp32 values are below every epsilon of the algorithm
@@ -452,19 +506,23 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
   for (int64_t e0 = start; e0 < end; e0 += T) {
     const int cnt = static_cast<int>(end - e0 < T ? end - e0 : T);
     load_tile<PT, GT, ST, FACT>(J, e0, cnt, t);
-    if (FACT) locate(J, e0, cnt, tp);
+    if (FACT) locate_vectors(J, e0, cnt, tp);
     const bool folded = FACT && tp.fast;
     features<FACT>(J, Hp, tp, FACT && !folded, t);
     if (folded) {
-      // layer 1 = W1[:, per-element] x + b1 + (row part at the constant index) + (column part, contiguous)
-      const float* cst = tp.row_const ? J.rowt + tp.r0 : J.colt + tp.c0;
+      // layer 1 = W1[:, per-element] x + b1 + (row part at each vector's constant index) + (column part,
+      // contiguous)
+      const float* cst = tp.row_const ? J.rowt : J.colt;
       const int64_t cst_stride = tp.row_const ? J.nrow : J.ncol;
-      const float* vec = tp.row_const ? J.colt + tp.c0 : J.rowt + tp.r0;
+      const int64_t* cidx = tp.row_const ? tp.r0 : tp.c0;
+      const float* vec = tp.row_const ? J.colt : J.rowt;
       const int64_t vec_stride = tp.row_const ? J.ncol : J.nrow;
-      for (int o = 0; o < H; ++o) b1tile[o] = J.b1[o] + cst[o * cst_stride];
-      dense<mulo_cpu::kPerElement, H, OB, true, F, true>(J.w1, b1tile, vec, vec_stride, &t.X[0][0], &H1[0][0]);
+      for (int v = 0; v < NV; ++v) voff[v] = tp.row_const ? tp.c0[v] : tp.r0[v];
+      for (int o = 0; o < H; ++o)
+        for (int v = 0; v < NV; ++v) b1tile[o * NV + v] = J.b1[o] + cst[o * cst_stride + cidx[v]];
+      dense<mulo_cpu::kPerElement, H, OB, true, F, true>(J.w1, b1tile, vec, vec_stride, voff, &t.X[0][0], &H1[0][0]);
     } else {
-      dense<F, H, OB, true, F, false>(J.w1, J.b1, nullptr, 0, &t.X[0][0], &H1[0][0]);
+      dense<F, H, OB, true, F, false>(J.w1, J.b1, nullptr, 0, nullptr, &t.X[0][0], &H1[0][0]);
     }
     dense_out<OB>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
     alignas(64) float pn[T];
@@ -494,6 +552,29 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
 #if defined(__x86_64__)
   __builtin_ia32_ldmxcsr(csr);
 #endif
+}
+
+// ---- per-entry layer-1 contributions (mulo_cpu::FoldFn) ------------------------------------------------------
+void fold_entries(const float* wf, const float* vals, int64_t n, int ch_value, int ch_rsqrt, float* out) {
+  namespace math = mulo::math;
+  for (int o = 0; o < H; ++o) {
+    float wv[3], wr[3];
+    for (int k = 0; k < 3; ++k) wv[k] = wf[o * F + R(ch_value + k)], wr[k] = wf[o * F + R(ch_rsqrt + k)];
+    float* dst = out + o * n;
+    int64_t e = 0;
+    for (; e + VW <= n; e += VW) {
+      Vec a = bcast(0.f);
+      for (int k = 0; k < 3; ++k)
+        a = a + (wv[k] * ld(vals + (math::kAccValue + k) * n + e) + wr[k] * ld(vals + (math::kAccRsqrt + k) * n + e));
+      st(dst + e, a);
+    }
+    for (; e < n; ++e) {
+      float a = 0.f;
+      for (int k = 0; k < 3; ++k)
+        a += wv[k] * vals[(math::kAccValue + k) * n + e] + wr[k] * vals[(math::kAccRsqrt + k) * n + e];
+      dst[e] = a;
+    }
+  }
 }
 
 // ---- dtype dispatch (storage types are template parameters; one switch here, no copied branches) ----

@@ -14,6 +14,15 @@
 //       pass C: the update, in place. weight_index (CPU only; empty = all 0): per tensor, which of the K
 //       meta-weight sets stacked in mlp it uses (each mlp tensor holds K sets back to back: a population
 //       of optimizers, one set per member, in one call).
+//   lopt_population_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum, Tensor(c!)[] second_moment,
+//              Tensor(d!)[] acc_a, Tensor(e!)[] acc_b, Tensor(f!)[] steps, Tensor(g!)[] skips, Tensor[] mlp,
+//              float[] lrs, float[] wds, int[] dims, float[] hyper) -> ()
+//       passes A, B and C of a population of M optimizers in one call (CPU only): every tensor argument is a
+//       stack (M, ...) of the members' tensors (params[i][j] is member j's tensor i; steps/skips[i] are (M,)),
+//       mlp holds M meta-weight sets (member j uses set j), lrs one entry per member and tensor (member-major:
+//       lrs[j·n_tensors + i]), wds one per tensor, dims (d1, d0) of the MEMBER shape. The same result as the
+//       three ops on every member's slices with weight_index = member (mulo/backends/native.py), without a
+//       tensor per member.
 // acc_a is `row` (rank ≥ 2) or `full` (rank < 2); acc_b is `col` or an empty tensor. dims holds (d1, d0)
 // per tensor as physical axes, (-1, -1) for rank < 2. hyper = (β_m ×3, β_v, β_f ×3, exp_mult, step_mult,
 // time_clamp).
@@ -43,6 +52,10 @@ void lopt_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList mlp, at::ArrayRef<double> lrs, at::ArrayRef<double> wds, at::IntArrayRef dims,
                     at::ArrayRef<double> hyper, at::IntArrayRef weight_index, at::IntArrayRef whole,
                     std::optional<at::TensorList> row_acc_sums);
+void lopt_population_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum,
+                              at::TensorList second_moment, at::TensorList acc_a, at::TensorList acc_b,
+                              at::TensorList steps, at::TensorList skips, at::TensorList mlp, at::ArrayRef<double> lrs,
+                              at::ArrayRef<double> wds, at::IntArrayRef dims, at::ArrayRef<double> hyper);
 
 // The CPU instruction set the kernels run with ("avx512", "avx2" or "base"); set_cpu_isa forces one
 // (tests use it to cover every path the machine can run) and returns the previous choice.

@@ -72,6 +72,10 @@ def _register_fakes() -> None:
     def _apply_fake(*args):
         return None
 
+    @torch.library.register_fake("mulo::lopt_population_step")
+    def _population_step_fake(*args):
+        return None
+
 
 def hyper(weights: MetaWeights) -> list[float]:
     """The ops' hyper vector, in :data:`mulo.lopt.spec.HYPER_ORDER`."""
@@ -92,10 +96,12 @@ def _dims_of_shapes(shapes: tuple[tuple[int, ...], ...], layout: str) -> tuple[i
     return tuple(out)
 
 
-def network_supported(weights: MetaWeights) -> bool:
-    """The kernels hard-code the published 39→32→32→2 shape."""
-    shapes = [tuple(w.shape) for w, _ in weights.layers]
-    return shapes == [(C.HIDDEN_SIZE, C.INPUT_SIZE), (C.HIDDEN_SIZE, C.HIDDEN_SIZE), (2, C.HIDDEN_SIZE)]
+NETWORK_SHAPES = [(C.HIDDEN_SIZE, C.INPUT_SIZE), (C.HIDDEN_SIZE, C.HIDDEN_SIZE), (2, C.HIDDEN_SIZE)]
+
+
+def network_supported(weights: MetaWeights, population: bool = False) -> bool:
+    """The kernels hard-code the published 39→32→32→2 shape (``population``: layers with a leading axis M)."""
+    return [tuple(w.shape[population:]) for w, _ in weights.layers] == NETWORK_SHAPES
 
 
 _EMPTY: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -145,13 +151,38 @@ def apply(
     meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only).
     ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`)."""
     acc_a, acc_b = _accumulators(states)
-    mlp = [t.float().contiguous() for layer in weights.layers for t in layer]
     torch.ops.mulo.lopt_apply(
         params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], acc_a, acc_b,
-        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], sums, sq, finite, mlp,
+        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], sums, sq, finite, _mlp(weights),
         [float(x) for x in lrs], [float(x) for x in weight_decays], dims, hyper(weights), list(weight_index),
         list(whole), list(row_acc_sums),
     )  # fmt: skip
+
+
+def population(params, grads, states, lrs, weight_decays, weights) -> None:
+    """Passes A, B and C of a whole population in one call, in place: ``params``/``grads``/``states`` hold the
+    (M, *S) stacks as they are; ``lrs``: one float per member and tensor, member-major; ``weights``: a
+    population's (K = M sets, member j uses set j)."""
+    acc_a, acc_b = _accumulators(states)
+    torch.ops.mulo.lopt_population_step(
+        params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], acc_a, acc_b,
+        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], _mlp(weights), lrs,
+        [float(x) for x in weight_decays], _member_dims(params, weights.layout), hyper(weights),
+    )  # fmt: skip
+
+
+def _mlp(weights: MetaWeights) -> list[torch.Tensor]:
+    """The ops' ``mlp``: (W1, b1, W2, b2, W3, b3) float32, contiguous (a population's: K sets back to back)."""
+    return [
+        t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+        for layer in weights.layers
+        for t in layer
+    ]
+
+
+def _member_dims(params, layout: str) -> list[int]:
+    """(d1, d0) of each stack's MEMBER shape (the (M, *S) stack without its leading axis)."""
+    return list(_dims_of_shapes(tuple(tuple(p.shape[1:]) for p in params), layout))
 
 
 def whole_geometry(geoms: list[ShardGeometry], layout: str) -> tuple[list[int], list[int]]:
@@ -304,21 +335,29 @@ class CpuBackend(_NativeBackend):
     device_type = "cpu"
 
     def population_step(self, params, grads, states, lrs, weight_decays, weights) -> None:
-        """:func:`mulo.backends.population.population_step` in ONE call per pass: every member's tensors
-        (views of the stacked (M, *S) tensors, no copies) in one list, with a meta-weight index per tensor;
-        ``lrs[i]`` is a float shared by the members or M floats, one per member."""
+        """:func:`mulo.backends.population.population_step` in ONE call of ``mulo::lopt_population_step``: the
+        (M, *S) stacks go to the op as they are, and its descriptor builder points at member j's slice of each
+        (no per-member tensors, lists or intermediate sums on the Python side); ``lrs[i]`` is a float shared by
+        the members or M floats, one per member."""
         from mulo.backends.population import member_lr, population_step
 
         m = weights.size
-        if not network_supported(weights.member(0)) or any(st["momentum"].dtype not in STATE_DTYPES for st in states):
+        if not self._population_native(params, states, weights):
             population_step(params, grads, states, lrs, weight_decays, weights)
             return
-        for i, p in enumerate(params):
-            if p.dtype not in NATIVE_DTYPES or not p.is_contiguous():
-                raise TypeError(
-                    f"backend 'cpu' population step: params[{i}] must be a contiguous float32/bfloat16/float16 "
-                    f"(M, ...) stack, got {p.dtype} {'contiguous' if p.is_contiguous() else 'non-contiguous'}"
-                )
+        member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
+        population(params, _kernel_grads(params, grads), states, member_lrs, weight_decays, weights)
+
+    def population_step_views(self, params, grads, states, lrs, weight_decays, weights) -> None:
+        """The same step through the three separate passes on every member's views, one tensor per member and
+        parameter with a meta-weight index each (the population step before ``lopt_population_step``; kept as the
+        baseline of bench/meta_throughput.py and the check that both give the same result)."""
+        from mulo.backends.population import member_lr, population_step
+
+        m = weights.size
+        if not self._population_native(params, states, weights):
+            population_step(params, grads, states, lrs, weight_decays, weights)
+            return
         ps, sts = self._member_views(params, states, m)
         gs = _kernel_grads(ps, [g[j] for j in range(m) for g in grads])
         dims = dims_of(ps, weights.layout)
@@ -327,6 +366,21 @@ class CpuBackend(_NativeBackend):
         index = [j for j in range(m) for _ in params]
         member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
         apply(ps, gs, sts, sums, sq, finite, member_lrs, list(weight_decays) * m, dims, weights, index)
+
+    def _population_native(self, params, states, weights) -> bool:
+        """Whether the kernels run this population (else the reference population step does: another
+        meta-network shape or float64 state); a TypeError for stacks they cannot take."""
+        if not network_supported(weights, population=True) or any(
+            st["momentum"].dtype not in STATE_DTYPES for st in states
+        ):
+            return False
+        for i, p in enumerate(params):
+            if p.dtype not in NATIVE_DTYPES or not p.is_contiguous():
+                raise TypeError(
+                    f"backend 'cpu' population step: params[{i}] must be a contiguous float32/bfloat16/float16 "
+                    f"(M, ...) stack, got {p.dtype} {'contiguous' if p.is_contiguous() else 'non-contiguous'}"
+                )
+        return True
 
     def _member_views(self, params, states, m: int):
         """Every member's views of the stacked parameters and state (the kernels write through them), built

@@ -31,7 +31,9 @@ def _isas():
 
 
 ISAS = _isas()
-ODD = [(4097,), (3, 4097), (1, 1), (1, 7)]
+# odd sizes, and 2-d/3-d tensors whose lines hold whole SIMD vectors, one or several per tile (the kernels'
+# per-vector folded layer 1)
+ODD = [(4097,), (3, 4097), (1, 1), (1, 7), (16, 16), (5, 48), (3, 16, 32)]
 
 
 @pytest.fixture(params=ISAS)
@@ -277,6 +279,88 @@ def test_opcheck_reduce_sumsq_apply():
         hyper,
     )
     torch.library.opcheck(torch.ops.mulo.lopt_apply.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+POP_MEMBERS = 3
+
+
+def _population(shapes, layout="torch", sdtype=torch.float32, seed=0):
+    """Stacked (M, *S) parameters and zero states, M meta-weight sets, per-member lrs on every other tensor."""
+    from mulo.backends.population import PopulationMetaWeights, init_population_state
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    gen = torch.Generator().manual_seed(seed)
+    members = []
+    for _ in range(POP_MEMBERS):
+        net = LOptNet(LOptConfig(layout=layout))
+        net.load_state_dict(random_net(gen).state_dict())
+        members.append(net.meta_weights("cpu", torch.float32))
+    weights = PopulationMetaWeights.stack(members)
+    params = [torch.randn((POP_MEMBERS, *s), generator=gen) for s in shapes]
+    states = [init_population_state(p, layout, sdtype) for p in params]
+    lrs = [0.1 / (1 + i) if i % 2 else [0.05 * (1 + j) for j in range(POP_MEMBERS)] for i in range(len(shapes))]
+    wds = [0.1 if i % 3 == 0 else 0.0 for i in range(len(shapes))]
+    return params, states, weights, lrs, wds
+
+
+@pytest.mark.parametrize("layout,sdtype", [("torch", torch.float32), ("jax", torch.float32), ("torch", torch.bfloat16)],
+                         ids=["torch", "jax", "bf16_state"])  # fmt: skip
+def test_cpu_population_stacked_equals_member_views(isa, layout, sdtype):
+    """mulo::lopt_population_step on the (M, *S) stacks gives bit for bit what the three passes give on every
+    member's views with a meta-weight index each (the shape zoo, 4 steps, per-member lrs, weight decay, one
+    member's tensor with a non-finite gradient at step 1)."""
+    shapes = SHAPES + ODD
+    params, states, weights, lrs, wds = _population(shapes, layout, sdtype)
+    views_p = [p.clone() for p in params]
+    views_s = [{k: v.clone() for k, v in st.items()} for st in states]
+    backend = native.CpuBackend()
+    for t in range(4):
+        grads = [torch.stack([hetero_grad(s, dtype=torch.float32) for _ in range(POP_MEMBERS)]) for s in shapes]
+        if t == 1:
+            grads[3][1].view(-1)[0] = float("nan")
+        backend.population_step(params, grads, states, lrs, wds, weights)
+        backend.population_step_views(views_p, grads, views_s, lrs, wds, weights)
+    for i, shape in enumerate(shapes):
+        pairs = [(params[i], views_p[i], "param")] + [(states[i][k], views_s[i][k], k) for k in states[i]]
+        for got, want, what in pairs:
+            bad = got.view(-1) != want.view(-1)
+            assert not bad.any(), (
+                f"{shape_id(shape)} {what}: {int(bad.sum())} of {got.numel()} elements differ, first at flat index "
+                f"{int(bad.nonzero()[0])}, max |diff| {(got.float() - want.float()).abs().max().item():.3g}"
+            )
+    assert states[3]["nonfinite_skips"].tolist() == [0.0, 1.0, 0.0]
+    assert states[3]["step"].tolist() == [4.0, 3.0, 4.0] and states[0]["step"].tolist() == [4.0] * POP_MEMBERS
+
+
+def test_cpu_population_rejects_bad_stacks_clearly():
+    params, states, weights, lrs, wds = _population([(4, 5), (3,)])
+    grads = [torch.randn_like(p) for p in params]
+    member_lrs = [0.1] * (POP_MEMBERS * len(params))
+    with pytest.raises(RuntimeError, match=r"params\[0\] must be a stack \(M, \.\.\.\) of the M = 3 members"):
+        native.population([params[0][:2], params[1]], [grads[0][:2], grads[1]], states, member_lrs, wds, weights)
+    with pytest.raises(RuntimeError, match=r"lrs needs one entry per member and tensor \(3 × 2"):
+        native.population(params, grads, states, member_lrs[:-1], wds, weights)
+    bad = [dict(states[0], second_moment=torch.zeros(POP_MEMBERS, 4, 6)), states[1]]
+    with pytest.raises(RuntimeError, match="second_moment"):
+        native.population(params, grads, bad, member_lrs, wds, weights)
+    bad = [dict(states[0], step=torch.zeros(POP_MEMBERS + 1)), states[1]]
+    with pytest.raises(RuntimeError, match=r"steps/skips\[0\] must be contiguous float32 \(M,\) vectors"):
+        native.population(params, grads, bad, member_lrs, wds, weights)
+    with pytest.raises(TypeError, match="non-contiguous"):
+        native.CpuBackend().population_step([params[0].transpose(1, 2), params[1]], grads, states, lrs, wds, weights)
+
+
+def test_opcheck_population_step():
+    params, states, weights, lrs, wds = _population([(5, 7), (3,), (2, 3, 4)])
+    acc_a, acc_b = native._accumulators(states)
+    per_state = [[st[k] for st in states] for k in ("momentum", "second_moment")]
+    counters = [[st[k] for st in states] for k in ("step", "nonfinite_skips")]
+    grads = [torch.randn_like(p) for p in params]
+    lrs = [0.1] * (POP_MEMBERS * len(params))
+    mlp, dims, hyper = native._mlp(weights), native._member_dims(params, "torch"), native.hyper(weights)
+    args = (params, grads, *per_state, acc_a, acc_b, *counters, mlp, lrs, wds, dims, hyper)
+    op = torch.ops.mulo.lopt_population_step.default
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_missing_extension_names_the_build_command(monkeypatch):
