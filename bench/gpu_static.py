@@ -21,8 +21,9 @@ listed as ``unresolved_loops``. A static count knows nothing of loop trip counts
 
 * ``high`` = every reachable instruction, each loop at its trip count, both arms of every branch;
 * ``low``  = the same, but code under a branch whose source condition is known to be rare for the set
-  (first tile of a row/column: ``xt == 0``/``yt == 0``; the rank < 2 arm of ``factored``; the once-per-
-  tensor step counter) weighted by how often that condition holds on the set's tiling.
+  (first tile of a row/column: ``xt == 0``/``yt == 0``, or first chunk ``xc == 0`` per program; the rank < 2
+  arm of ``factored``; the once-per-tensor step counter; ``& ok``, a finite tensor, counts as true) weighted
+  by how often that condition holds on the set's tiling.
 
 Prediction per pass (H100 SXM5: 132 SMs, 4 schedulers each issuing one warp-instruction per cycle, boost
 clock 1.98 GHz, HBM3 3.35 TB/s at an achievable 80 %)::
@@ -36,8 +37,9 @@ fused AdamW's floor on the same set (28 B/element at the same bandwidth). What t
 listed in ``APPROXIMATIONS`` (and in every summary row).
 
 Loops in today's kernels (each kernel row lists its loops with source line and trip count): Triton
-passes A and B have none (``tl.static_range`` unrolls); pass C loops ``for sub in range(NSUB)`` over the
-subtiles of its program (software-pipelined: the body counts NSUB times, the prologue once). Each CUDA
+pass A has none (``tl.static_range`` unrolls); pass B walks its chunk ``for sub in range(BX // SX)``
+(running sums per element, reduced once per program) and pass C ``for sub in range(NSUB)`` over the tiles
+of its chunk (no software pipelining: the body counts once per tile, the per-program prologue once). Each CUDA
 element kernel loops over its chunk block-strided (chunk / 256 threads: 32 iterations in A and B, 4 in
 C); pass C also stages the weights (⌈n / 256⌉ each) and runs layer 2 as ``#pragma unroll 4`` over 32
 outputs (8 iterations); the per-tensor kernels loop over rows and columns (⌈rows / 256⌉ per tensor, one

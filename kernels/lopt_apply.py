@@ -9,8 +9,8 @@ d0 axis is X. Per tile, the elements × 32 feature matrix is built by pairwise `
 ``lopt_plan.join_tree_order``) and goes through ``tl.dot`` with float32 accumulation; the hidden columns are
 reordered so that each layer's accumulator is the next dot's operand without shuffles, and layer 3 is a
 dot against W3 padded to 8 columns. ``DOT`` selects the operand precision: "tf32" (default on GPU: the
-tensor cores read the 10 leading mantissa bits), "tf32x3" (float32 accuracy: layers 2 and 3 as three tf32
-products of split operands, the weights split once per program; layer 1 rounded to nearest), "ieee" (exact
+tensor cores read the 10 leading mantissa bits), "tf32x3" (float32 accuracy: every layer as three tf32
+products of split operands, the weights split once per program), "ieee" (exact
 float32), "bf16" (bf16 operands); "tf32_emulated", "tf32x3_emulated" and "bf16_emulated" are the same
 roundings through float32 dots, what the CPU interpreter runs to measure them (it runs "tf32" as exact
 float32).
@@ -48,10 +48,10 @@ from mulo.kernels.lopt_common import (
     M_XX,
     M_YY,
     NMETA,
-    WS_BATCH,
     WS_SUMSQ,
     WS_T,
     batch_coords,
+    row_mean_scales,
     safe_rsqrt,
 )
 
@@ -113,12 +113,6 @@ def _tf32(a):
 
 
 @triton.jit
-def _rn_tf32(a):
-    """a rounded to the nearest tf32 value: half the error of the tensor core's own cut (``_tf32``)."""
-    return ((a.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _split_tf32(a):
     """a = hi + lo with hi on the tf32 grid (a's 10 leading mantissa bits): hi·b + lo·b carries a's full float32
     precision through tf32 tensor cores (lo's own tf32 rounding is 2⁻²² of a)."""
@@ -154,10 +148,6 @@ def _mm(a, b, DOT: tl.constexpr):
         a16 = a.to(tl.bfloat16).to(tl.float32)
         b16 = b.to(tl.bfloat16).to(tl.float32)
         return tl.dot(a16, b16, input_precision="ieee", out_dtype=tl.float32)
-    elif DOT == "tf32x3_emulated":  # layer 1 of "tf32x3" (see _mm3), emulated
-        return _mm(_rn_tf32(a), b, "tf32_emulated")
-    elif DOT == "tf32x3":  # layer 1: tf32 operands rounded to nearest (b by the caller, once per program)
-        return tl.dot(_rn_tf32(a), b, input_precision="tf32", out_dtype=tl.float32)
     else:
         return tl.dot(a, b, input_precision=DOT, out_dtype=tl.float32)
 
@@ -181,19 +171,6 @@ def _hidden_source(i, DOT: tl.constexpr):
         return i
     else:
         return (i & ~7) | ((i & 3) << 1) | ((i >> 2) & 1)
-
-
-@triton.jit
-def _row_mean_scales(wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given):
-    """(sx, sy): what decay k's accX and accY vectors are multiplied by before safe_rsqrt (factor_vectors of
-    lopt_common, once per program): 1/(mean r + 1e-9) on the row accumulator's axis, 1 on the other."""
-    nd0 = tl.where(d0x, wnx, wny).to(tl.float32)
-    nd1 = tl.where(d0x, wny, wnx).to(tl.float32)
-    plane = tl.load(wsT + WS_BATCH + bidx)
-    r_sum = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
-    rm = tl.where(given, r_sum / nd1, bf * r_sum / nd1 + (1.0 - bf) * plane / (nd0 * nd1))
-    inv = 1.0 / (rm + EPS_SAFE_RSQRT)
-    return tl.where(d0x, 1.0, inv), tl.where(d0x, inv, 1.0)
 
 
 @triton.jit
@@ -308,9 +285,9 @@ def lopt_apply_kernel(
     cv = tl.load(decays + 7)
     # column-side vectors of the three decays (rank < 2 tensors: masked, unused)
     myf = ys < tl.where(factored, ny, 0)
-    sx0, sy0 = _row_mean_scales(wsT, bidx, nbatch, 0, bf0, wnx, wny, d0x, given)
-    sx1, sy1 = _row_mean_scales(wsT, bidx, nbatch, 1, bf1, wnx, wny, d0x, given)
-    sx2, sy2 = _row_mean_scales(wsT, bidx, nbatch, 2, bf2, wnx, wny, d0x, given)
+    sx0, sy0 = row_mean_scales(wsT, bidx, nbatch, 0, bf0, wnx, wny, d0x, given)
+    sx1, sy1 = row_mean_scales(wsT, bidx, nbatch, 1, bf1, wnx, wny, d0x, given)
+    sx2, sy2 = row_mean_scales(wsT, bidx, nbatch, 2, bf2, wnx, wny, d0x, given)
     ay0, fy0, ry0 = _y_side(0, ws, ws_ny, ly, iy, myf, sy0)
     ay1, fy1, ry1 = _y_side(1, ws, ws_ny, ly, iy, myf, sy1)
     ay2, fy2, ry2 = _y_side(2, ws, ws_ny, ly, iy, myf, sy2)
@@ -343,8 +320,7 @@ def lopt_apply_kernel(
     b1f = tl.load(b1 + hid) + tl.sum(w1t * tf[:, None], axis=0)
     w1f = tl.load(w1 + hid[None, :] * 39 + src[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     w1f = tl.where((chan == 28)[:, None], b1f[None, :], w1f)  # the constant-1 feature's row: the bias
-    if (DOT == "tf32x3") or (DOT == "tf32x3_emulated"):
-        w1f = _rn_tf32(w1f)
+    w1h, w1l = _split_tf32(w1f)
     w2t = tl.load(w2 + hid[None, :] * HID + _hidden_source(hid, DOT)[:, None])  # [in (reordered), out]
     w2h, w2l = _split_tf32(w2t)
     b2v = tl.load(b2 + hid)
@@ -397,7 +373,7 @@ def lopt_apply_kernel(
         )  # fmt: skip
 
         # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
-        h = _hidden_order(tl.maximum(_mm(x, w1f, DOT), 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm3(x, w1f, w1h, w1l, DOT), 0.0), SB, HID, DOT)
         h = _hidden_order(tl.maximum(_mm3(h, w2t, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
         # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
         da = tl.reshape(_mm3(h, w3p, w3h, w3l, DOT), (SB, 4, 2))

@@ -99,18 +99,17 @@ def safe_rsqrt(x):
 
 
 @triton.jit
-def factor_vectors(ax, ay, wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given):
-    """Row factor safe_rsqrt(r/(mean r + 1e-9)) and column factor safe_rsqrt(c) on the tile's NEW accX
-    ([BX]) and accY ([BY]) vectors: the row accumulator is accY when d0 is the X axis, else accX. The mean
-    of the new row accumulator over its d1 axis (for this tile's batch) comes from the sums pass A left:
-    β·Σ r_old/n_d1 + (1−β)·Σ s/(n_d0·n_d1) — or, when ``given`` (a shard), Σ r_new/n_d1. ``wnx``, ``wny``:
-    the whole tensor's sizes along X and Y."""
+def row_mean_scales(wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given):
+    """(sx, sy): what decay k's NEW accX and accY vectors are multiplied by before safe_rsqrt to give the row
+    factor safe_rsqrt(r/(mean r + 1e-9)) and the column factor safe_rsqrt(c): 1/(mean r + 1e-9) on the row
+    accumulator's axis (accY when d0 is the X axis, else accX), 1 on the other. The mean of the new row
+    accumulator over its d1 axis (for this batch) comes from the sums pass A left: β·Σ r_old/n_d1 +
+    (1−β)·Σ s/(n_d0·n_d1) — or, when ``given`` (a shard), Σ r_new/n_d1. ``wnx``, ``wny``: the whole
+    tensor's sizes along X and Y. Once per program."""
     nd0 = tl.where(d0x, wnx, wny).to(tl.float32)
     nd1 = tl.where(d0x, wny, wnx).to(tl.float32)
     plane = tl.load(wsT + WS_BATCH + bidx)
     r_sum = tl.load(wsT + WS_BATCH + nbatch + k * nbatch + bidx)
     rm = tl.where(given, r_sum / nd1, bf * r_sum / nd1 + (1.0 - bf) * plane / (nd0 * nd1))
-    # (device-function calls are expensive in the interpreter: safe_rsqrt is written out)
-    fx = tl.where(d0x, tl.maximum(ax, EPS_SAFE_RSQRT), tl.maximum(ax / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT))
-    fy = tl.where(d0x, tl.maximum(ay / (rm + EPS_SAFE_RSQRT), EPS_SAFE_RSQRT), tl.maximum(ay, EPS_SAFE_RSQRT))
-    return tl.rsqrt(fx), tl.rsqrt(fy)
+    inv = 1.0 / (rm + EPS_SAFE_RSQRT)
+    return tl.where(d0x, 1.0, inv), tl.where(d0x, inv, 1.0)

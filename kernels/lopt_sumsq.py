@@ -1,11 +1,14 @@
 """Pass B of the μLO step (ALGORITHM.md §2, §5): the 28 per-channel sums of squares that normalize the
 features, for every tensor of a group in one launch.
 
-Element-wise channels (g, p, m_k, v, m_k/√(v+1e-6), 1/√(v+1e-6), fac_g_k, fac_m_k) are summed per tile.
-For factored tensors the row/column channels 13–24 depend only on the accumulator vectors: the tiles at
-the first position along the reduced axis sum them once per vector entry, times the broadcast count
-(O(rows + cols)), and write the new accumulators to the workspace for pass C. Rank < 2 tensors sum their
-full accumulator's channels element-wise. Reads g, p, m (3), v (and u for rank < 2).
+A program is one chunk of ``BX × BY`` elements, walked in tiles of ``SUBTILE_X`` rows. Element-wise
+channels (g, p, m_k, v, m_k/√(v+1e-6), 1/√(v+1e-6), fac_g_k, fac_m_k; for rank < 2 tensors also u_k and
+1/√(u_k+1e-8), their row = col channels) are accumulated per element across the tiles and reduced once per
+program. For factored tensors the row/column channels 13–24 depend only on the accumulator vectors: the
+chunks at the first position along the reduced axis sum them once per vector entry, times the broadcast
+count (O(rows + cols)), and write the new accumulators to the workspace for pass C. Everything that depends
+only on the tensor, the batch or Y (table rows, pointers, decays, row means, the new column vectors and
+their factors) is computed once per program. Reads g, p, m (3), v (and u for rank < 2).
 """
 
 from __future__ import annotations
@@ -21,15 +24,84 @@ from mulo.kernels.lopt_common import (
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
+    M_FLAGS,
+    M_LX,
+    M_LY,
+    M_SX,
+    M_SY,
     M_WNX,
     M_WNY,
+    M_WS_NX,
+    M_WS_NY,
+    M_WS_SX,
+    M_WS_SY,
+    M_WS_T,
+    M_XX,
+    M_YY,
     NMETA,
-    factor_vectors,
+    batch_coords,
+    row_mean_scales,
     safe_rsqrt,
-    tile_coords,
 )
 
 NUM_WARPS = 4
+SUBTILE_X = 4  # rows per tile of a chunk's walk: 2 elements per thread, so the 22 running sums stay in registers
+
+
+@triton.jit
+def _decay_sums(
+    k: tl.constexpr, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm, bf, cx,
+    sx, fy, pm, pmr, pgf, pmf, pu, pru, xsq, xinv,
+):  # fmt: skip
+    """Decay k's running sums after one tile: m_k², (m_k·rsqrt(v+1e-6))², fac_g², fac_m² per element (and u_k²,
+    rsqrt(u_k+1e-8)² for rank < 2); for factored tensors at the first Y tile, the tile rows' new accX entries
+    (stored to the workspace) and their channel sums Σ accX², Σ 1/(accX+1e-8), each broadcast ny times."""
+    m = bm * tl.load(mp + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bm) * g
+    mr = m * rv
+    pm += m * m
+    pmr += mr * mr
+    if factored:
+        ax = bf * tl.load(ax_p + k * lx + ix, mask=mx, other=0.0).to(tl.float32)
+        ax += tl.load(ws + ws_sx + ix, mask=mx, other=0.0) * cx
+        fac = tl.rsqrt(tl.maximum(ax * sx, EPS_SAFE_RSQRT))[:, None] * fy[None, :]
+        gf = g * fac
+        mf = m * fac
+        pgf += gf * gf
+        pmf += mf * mf
+        if yt == 0:  # accX (reduces Y): this chunk owns entries xs; each is broadcast ny times
+            tl.store(ws + ws_nx + k * lx + ix, ax, mask=mx)
+            cnt = ny.to(tl.float32)
+            xsq += cnt * tl.sum(tl.where(mx, ax * ax, 0.0))
+            xinv += cnt * tl.sum(tl.where(mx, 1.0 / (ax + EPS_ACC_FEATURE), 0.0))
+    else:
+        u = bf * tl.load(ax_p + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bf) * s
+        ru = tl.rsqrt(u + EPS_ACC_FEATURE)
+        gf = g * safe_rsqrt(u + EPS_SAFE_RSQRT)
+        mf = m * tl.rsqrt(u + EPS_RMS)
+        pgf += gf * gf
+        pmf += mf * mf
+        pu += tl.where(mask, u * u, 0.0)
+        pru += tl.where(mask, ru * ru, 0.0)
+    return pm, pmr, pgf, pmf, pu, pru, xsq, xinv
+
+
+@triton.jit
+def _y_sums(k: tl.constexpr, bf, ay_p, ly, iy, myf, ws, ws_sy, cy, sy):
+    """Decay k's new accY entries of the program's Y tile ([BY]; 0 for rank < 2 tensors) and their factors."""
+    ay = bf * tl.load(ay_p + k * ly + iy, mask=myf, other=0.0).to(tl.float32)
+    ay += tl.load(ws + ws_sy + iy, mask=myf, other=0.0) * cy
+    return ay, tl.rsqrt(tl.maximum(ay * sy, EPS_SAFE_RSQRT))
+
+
+@triton.jit
+def _zeros6(SX: tl.constexpr, BY: tl.constexpr):
+    z = tl.zeros([SX, BY], dtype=tl.float32)
+    return z, z, z, z, z, z
+
+
+@triton.jit
+def _channel(acc, ch, j, total):
+    return acc + tl.where(ch == j, total, 0.0)
 
 
 @triton.jit
@@ -44,88 +116,167 @@ def lopt_sumsq_kernel(
     S_DT: tl.constexpr,
     BX: tl.constexpr,
     BY: tl.constexpr,
+    SX: tl.constexpr,
     IDX: tl.constexpr,
 ):
-    """ws[sumsq][j] += Σ_tile x_j² for the 28 channels x_j of ALGORITHM.md §2 at the NEW m, v and
-    accumulators; ws[new X/Y] = the new Adafactor vectors; ws[t] = the step counter before the step."""
-    (t, bidx, xt, yt, n, nx, ny, nbatch, flags, off, mask, mx, my, ix, iy, lx, ly, ws_sx, ws_sy, ws_nx, ws_ny, ws_t) = (
-        tile_coords(chunks, meta, BX, BY, IDX, 1, 0)
-    )
-    prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
-    mrow = meta + t.to(tl.int64) * NMETA  # and of the segment table
-    wnx = tl.load(mrow + M_WNX).to(tl.float32)  # the whole tensor's sizes (this may be a shard of it)
-    wny = tl.load(mrow + M_WNY).to(tl.float32)
-    wsT = ws + ws_t
-    if (xt == 0) & (yt == 0) & (bidx == 0):
-        tl.store(wsT + 1, tl.load(tl.load(prow + 6).to(tl.pointer_type(tl.float32))))
-    g = tl.load(tl.load(prow + 1).to(tl.pointer_type(G_DT)) + off, mask=mask, other=0.0).to(tl.float32)
-    p = tl.load(tl.load(prow + 0).to(tl.pointer_type(P_DT)) + off, mask=mask, other=0.0).to(tl.float32)
-    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
-    bv = tl.load(decays + 3)
-    v = (
-        bv * tl.load(tl.load(prow + 3).to(tl.pointer_type(S_DT)) + off, mask=mask, other=0.0).to(tl.float32)
-        + tl.load(decays + 7) * g * g
-    )
-    rv = tl.rsqrt(v + EPS_RMS)
-    s = g * g + EPS_GRAD_SQ
-    ch = tl.arange(0, 32)
-    acc = tl.zeros([32], dtype=tl.float32)
-    acc = acc + tl.where(ch == 0, tl.sum(tl.where(mask, (g) * (g), 0.0)), 0.0)
-    acc = acc + tl.where(ch == 1, tl.sum(tl.where(mask, (p) * (p), 0.0)), 0.0)
-    acc = acc + tl.where(ch == 5, tl.sum(tl.where(mask, (v) * (v), 0.0)), 0.0)
-    acc = acc + tl.where(ch == 9, tl.sum(tl.where(mask, (rv) * (rv), 0.0)), 0.0)
+    """ws[sumsq][j] += Σ_chunk x_j² for the 28 channels x_j of ALGORITHM.md §2 at the NEW m, v and
+    accumulators; ws[new X/Y] = the new Adafactor vectors; ws[t] = the step counter before the step. The
+    chunk's BX rows are walked in tiles of SX."""
+    pid = tl.program_id(0)
+    t = tl.load(chunks + pid * 4)
+    bidx = tl.load(chunks + pid * 4 + 1).to(IDX)
+    xc = tl.load(chunks + pid * 4 + 2)
+    yt = tl.load(chunks + pid * 4 + 3)
+    mrow = meta + t.to(tl.int64) * NMETA  # this tensor's row of the segment table
+    prow = ptrs + t.to(tl.int64) * 8  # and of the pointer table
+    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(mrow, bidx, IDX)
+    flags = tl.load(mrow + M_FLAGS).to(tl.int32)
     factored = (flags & FLAG_FACTORED) != 0
     d0x = (flags & FLAG_D0_IS_X) != 0
     given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
+    wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
+    wnx = tl.load(mrow + M_WNX)  # the whole tensor's sizes (this may be a shard of it)
+    wny = tl.load(mrow + M_WNY)
+    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
+    my = ys < ny
+    myf = ys < tl.where(factored, ny, 0)
+    offy = base + ys * tl.load(mrow + M_SY).to(IDX)
+    iy = iy0 + ys * tl.load(mrow + M_YY).to(IDX)
+    sx_stride = tl.load(mrow + M_SX).to(IDX)
+    xx_stride = tl.load(mrow + M_XX).to(IDX)
+    # pass A's sums of s and the new Adafactor vectors of this pass, in the workspace
+    ws_sx = tl.load(mrow + M_WS_SX).to(IDX)
+    ws_nx = tl.load(mrow + M_WS_NX).to(IDX)
+    lx = tl.load(mrow + M_LX).to(IDX)
+    ws_sy = tl.load(mrow + M_WS_SY).to(IDX)
+    ws_ny = tl.load(mrow + M_WS_NY).to(IDX)
+    ly = tl.load(mrow + M_LY).to(IDX)
+    if (xc == 0) & (yt == 0) & (bidx == 0):
+        tl.store(wsT + 1, tl.load(tl.load(prow + 6).to(tl.pointer_type(tl.float32))))
+    gp = tl.load(prow + 1).to(tl.pointer_type(G_DT))
+    pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
+    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
+    vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
     ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
     ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
-    for k in tl.static_range(3):
-        bm = tl.load(decays + k)
-        bf = tl.load(decays + 4 + k)
-        m = bm * tl.load(mp + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bm) * g
-        acc = acc + tl.where(ch == 2 + k, tl.sum(tl.where(mask, (m) * (m), 0.0)), 0.0)
-        acc = acc + tl.where(ch == 6 + k, tl.sum(tl.where(mask, (m * rv) * (m * rv), 0.0)), 0.0)
-        if factored:
-            ax = bf * tl.load(ax_p + k * lx + ix, mask=mx, other=0.0).to(tl.float32)
-            ax += tl.load(ws + ws_sx + ix, mask=mx, other=0.0) * ((1.0 - bf) / wny)
-            ay = bf * tl.load(ay_p + k * ly + iy, mask=my, other=0.0).to(tl.float32)
-            ay += tl.load(ws + ws_sy + iy, mask=my, other=0.0) * ((1.0 - bf) / wnx)
-            fx, fy = factor_vectors(ax, ay, wsT, bidx, nbatch, k, bf, wnx, wny, d0x, given)
-            fac = fx[:, None] * fy[None, :]
-            acc = acc + tl.where(ch == 10 + k, tl.sum(tl.where(mask, (g * fac) * (g * fac), 0.0)), 0.0)
-            acc = acc + tl.where(ch == 25 + k, tl.sum(tl.where(mask, (m * fac) * (m * fac), 0.0)), 0.0)
-            if yt == 0:  # accX (reduces Y): this tile owns entries xs; each is broadcast ny times
-                tl.store(ws + ws_nx + k * lx + ix, ax, mask=mx)
-                cnt = ny.to(tl.float32)
-                acc = acc + tl.where(ch == tl.where(d0x, 16, 13) + k, cnt * tl.sum(tl.where(mx, ax * ax, 0.0)), 0.0)
-                acc = acc + tl.where(
-                    ch == tl.where(d0x, 22, 19) + k, cnt * tl.sum(tl.where(mx, 1.0 / (ax + EPS_ACC_FEATURE), 0.0)), 0.0
-                )
-            if xt == 0:  # accY (reduces X): entries ys, each broadcast nx times
-                tl.store(ws + ws_ny + k * ly + iy, ay, mask=my)
-                cnt = nx.to(tl.float32)
-                acc = acc + tl.where(ch == tl.where(d0x, 13, 16) + k, cnt * tl.sum(tl.where(my, ay * ay, 0.0)), 0.0)
-                acc = acc + tl.where(
-                    ch == tl.where(d0x, 19, 22) + k, cnt * tl.sum(tl.where(my, 1.0 / (ay + EPS_ACC_FEATURE), 0.0)), 0.0
-                )
-        else:
-            u = bf * tl.load(ax_p + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bf) * s
-            ru = tl.rsqrt(u + EPS_ACC_FEATURE)
-            acc = acc + tl.where(
-                ch == 10 + k,
-                tl.sum(
-                    tl.where(mask, (g * safe_rsqrt(u + EPS_SAFE_RSQRT)) * (g * safe_rsqrt(u + EPS_SAFE_RSQRT)), 0.0)
-                ),
-                0.0,
-            )
-            # row = col = u for rank < 2: one sum each for channels 13/16 and 19/22
-            acc = acc + tl.where((ch == 13 + k) | (ch == 16 + k), tl.sum(tl.where(mask, (u) * (u), 0.0)), 0.0)
-            acc = acc + tl.where((ch == 19 + k) | (ch == 22 + k), tl.sum(tl.where(mask, (ru) * (ru), 0.0)), 0.0)
-            acc = acc + tl.where(
-                ch == 25 + k,
-                tl.sum(tl.where(mask, (m * tl.rsqrt(u + EPS_RMS)) * (m * tl.rsqrt(u + EPS_RMS)), 0.0)),
-                0.0,
-            )
+    bm0 = tl.load(decays + 0)
+    bm1 = tl.load(decays + 1)
+    bm2 = tl.load(decays + 2)
+    bv = tl.load(decays + 3)
+    bf0 = tl.load(decays + 4)
+    bf1 = tl.load(decays + 5)
+    bf2 = tl.load(decays + 6)
+    cv = tl.load(decays + 7)
+    # the new accumulators: β·old + (1−β)·(sum of s)/n over the reduced axis (the whole tensor's)
+    cx0 = (1.0 - bf0) / wny.to(tl.float32)
+    cx1 = (1.0 - bf1) / wny.to(tl.float32)
+    cx2 = (1.0 - bf2) / wny.to(tl.float32)
+    sx0, sy0 = row_mean_scales(wsT, bidx, nbatch, 0, bf0, wnx, wny, d0x, given)
+    sx1, sy1 = row_mean_scales(wsT, bidx, nbatch, 1, bf1, wnx, wny, d0x, given)
+    sx2, sy2 = row_mean_scales(wsT, bidx, nbatch, 2, bf2, wnx, wny, d0x, given)
+    ay0, fy0 = _y_sums(0, bf0, ay_p, ly, iy, myf, ws, ws_sy, (1.0 - bf0) / wnx.to(tl.float32), sy0)
+    ay1, fy1 = _y_sums(1, bf1, ay_p, ly, iy, myf, ws, ws_sy, (1.0 - bf1) / wnx.to(tl.float32), sy1)
+    ay2, fy2 = _y_sums(2, bf2, ay_p, ly, iy, myf, ws, ws_sy, (1.0 - bf2) / wnx.to(tl.float32), sy2)
+    zs = tl.sum(tl.zeros([BY], dtype=tl.float32))  # a float32 scalar 0 (updated under a runtime condition)
+    ysq0 = zs
+    ysq1 = zs
+    ysq2 = zs
+    yinv0 = zs
+    yinv1 = zs
+    yinv2 = zs
+    if factored & (xc == 0):  # accY (reduces X): this chunk owns entries ys, each broadcast nx times
+        cnt = nx.to(tl.float32)
+        tl.store(ws + ws_ny + iy, ay0, mask=my)
+        tl.store(ws + ws_ny + ly + iy, ay1, mask=my)
+        tl.store(ws + ws_ny + 2 * ly + iy, ay2, mask=my)
+        ysq0 = cnt * tl.sum(tl.where(my, ay0 * ay0, 0.0))
+        ysq1 = cnt * tl.sum(tl.where(my, ay1 * ay1, 0.0))
+        ysq2 = cnt * tl.sum(tl.where(my, ay2 * ay2, 0.0))
+        yinv0 = cnt * tl.sum(tl.where(my, 1.0 / (ay0 + EPS_ACC_FEATURE), 0.0))
+        yinv1 = cnt * tl.sum(tl.where(my, 1.0 / (ay1 + EPS_ACC_FEATURE), 0.0))
+        yinv2 = cnt * tl.sum(tl.where(my, 1.0 / (ay2 + EPS_ACC_FEATURE), 0.0))
+
+    pg = tl.zeros([SX, BY], dtype=tl.float32)
+    pp_ = tl.zeros([SX, BY], dtype=tl.float32)
+    pv = tl.zeros([SX, BY], dtype=tl.float32)
+    prv = tl.zeros([SX, BY], dtype=tl.float32)
+    pm0, pmr0, pgf0, pmf0, pu0, pru0 = _zeros6(SX, BY)
+    pm1, pmr1, pgf1, pmf1, pu1, pru1 = _zeros6(SX, BY)
+    pm2, pmr2, pgf2, pmf2, pu2, pru2 = _zeros6(SX, BY)
+    xsq0 = zs
+    xsq1 = zs
+    xsq2 = zs
+    xinv0 = zs
+    xinv1 = zs
+    xinv2 = zs
+    for sub in range(BX // SX):  # the chunk's tiles along X, the sums running per element
+        xs = (xc * (BX // SX) + sub).to(IDX) * SX + tl.arange(0, SX).to(IDX)
+        mx = xs < nx
+        ix = ix0 + xs * xx_stride
+        off = offy[None, :] + xs[:, None] * sx_stride
+        mask = mx[:, None] & my[None, :] & (off < n)
+        g = tl.load(gp + off, mask=mask, other=0.0).to(tl.float32)
+        p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
+        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
+        rv = tl.rsqrt(v + EPS_RMS)
+        s = g * g + EPS_GRAD_SQ
+        pg += g * g
+        pp_ += p * p
+        pv += v * v
+        prv += tl.where(mask, rv * rv, 0.0)
+        pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0 = _decay_sums(
+            0, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm0, bf0, cx0, sx0,
+            fy0, pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0,
+        )  # fmt: skip
+        pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1 = _decay_sums(
+            1, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm1, bf1, cx1, sx1,
+            fy1, pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1,
+        )  # fmt: skip
+        pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2 = _decay_sums(
+            2, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm2, bf2, cx2, sx2,
+            fy2, pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2,
+        )  # fmt: skip
+
+    # ---- one reduction per channel, one atomic add per program ----
+    ch = tl.arange(0, 32)
+    acc = tl.zeros([32], dtype=tl.float32)
+    acc = _channel(acc, ch, 0, tl.sum(pg))
+    acc = _channel(acc, ch, 1, tl.sum(pp_))
+    acc = _channel(acc, ch, 5, tl.sum(pv))
+    acc = _channel(acc, ch, 9, tl.sum(prv))
+    # the X-side sums feed the row channels unless d0 is X; rank < 2: row = col = u
+    xr = tl.where(d0x, 16, 13)
+    yr = tl.where(d0x, 13, 16)
+    acc = _channel(acc, ch, 2, tl.sum(pm0))
+    acc = _channel(acc, ch, 6, tl.sum(pmr0))
+    acc = _channel(acc, ch, 10, tl.sum(pgf0))
+    acc = _channel(acc, ch, 25, tl.sum(pmf0))
+    acc = _channel(acc, ch, 3, tl.sum(pm1))
+    acc = _channel(acc, ch, 7, tl.sum(pmr1))
+    acc = _channel(acc, ch, 11, tl.sum(pgf1))
+    acc = _channel(acc, ch, 26, tl.sum(pmf1))
+    acc = _channel(acc, ch, 4, tl.sum(pm2))
+    acc = _channel(acc, ch, 8, tl.sum(pmr2))
+    acc = _channel(acc, ch, 12, tl.sum(pgf2))
+    acc = _channel(acc, ch, 27, tl.sum(pmf2))
+    su0 = tl.sum(pu0)
+    su1 = tl.sum(pu1)
+    su2 = tl.sum(pu2)
+    sr0 = tl.sum(pru0)
+    sr1 = tl.sum(pru1)
+    sr2 = tl.sum(pru2)
+    acc = _channel(acc, ch, xr + 0, xsq0 + su0)
+    acc = _channel(acc, ch, xr + 1, xsq1 + su1)
+    acc = _channel(acc, ch, xr + 2, xsq2 + su2)
+    acc = _channel(acc, ch, yr + 0, ysq0 + su0)
+    acc = _channel(acc, ch, yr + 1, ysq1 + su1)
+    acc = _channel(acc, ch, yr + 2, ysq2 + su2)
+    acc = _channel(acc, ch, xr + 6, xinv0 + sr0)
+    acc = _channel(acc, ch, xr + 7, xinv1 + sr1)
+    acc = _channel(acc, ch, xr + 8, xinv2 + sr2)
+    acc = _channel(acc, ch, yr + 6, yinv0 + sr0)
+    acc = _channel(acc, ch, yr + 7, yinv1 + sr1)
+    acc = _channel(acc, ch, yr + 8, yinv2 + sr2)
     tl.atomic_add(wsT + 2 + ch, acc, mask=ch < 28, sem="relaxed")
 
 
@@ -135,6 +286,6 @@ def lopt_sumsq(
     """Launch pass B over ``plan.chunks_ab`` (after pass A)."""
     grid = (plan.chunks_ab.shape[0],)
     lopt_sumsq_kernel[grid](
-        plan.chunks_ab, plan.meta, ptrs, ws, decays, p_dt, g_dt, s_dt, block_x, block_y,
+        plan.chunks_ab, plan.meta, ptrs, ws, decays, p_dt, g_dt, s_dt, block_x, block_y, min(SUBTILE_X, block_x),
         tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS,
     )  # fmt: skip

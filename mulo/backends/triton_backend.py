@@ -65,7 +65,7 @@ class TritonBackend:
     which pays per program rather than per element); each pass-C program loops over ``apply_subtiles``
     such tiles along X, folding the normalization and time features into the first layer once (default 8
     on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default), "tf32x3" (float32
-    accuracy from tf32 tensor cores: layers 2 and 3 split into three products, layer 1 rounded to nearest),
+    accuracy from tf32 tensor cores: each layer as three products of split operands),
     "ieee" or "bf16" (``MULO_TRITON_DOT`` overrides the default); ``index64`` forces 64-bit offsets."""
 
     name = "triton"

@@ -46,8 +46,8 @@ def variants():
             yield (
                 f"lopt_sumsq {tag}",
                 lopt_sumsq_kernel,
-                {**TABLES, "decays": "*fp32", **{k: "constexpr" for k in (*consts, *BLOCKS)}},
-                {**consts, **BLOCKS},
+                {**TABLES, "decays": "*fp32", **{k: "constexpr" for k in (*consts, *BLOCKS, "SX")}},
+                {**consts, **BLOCKS, "SX": lopt_sumsq.SUBTILE_X},
             )
             for dot in ("tf32", "tf32x3", "ieee", "bf16"):
                 sig = {**TABLES, "hyper": "*fp32", "decays": "*fp32", "taus": "*fp32", "perm": "*i32"}
