@@ -92,18 +92,25 @@ def fit(
 ) -> dict:
     """Train and measure: the final metrics, ``curve`` (minibatch loss every ``record_every`` steps),
     ``heldout_curve`` ([step, held-out loss, training-sample loss] at ``eval_points`` + 1 points),
-    divergence, and the median wall time of a whole training step (forward, backward, ``opt.step()``;
-    not the data draw) and of ``opt.step()`` alone, in ms. ``on_step(t, opt)`` runs right before step t's
-    ``opt.step()`` (tests read the lr there)."""
+    ``param_norm_curve`` ([step, ‖θ‖₂ over every parameter] at the same points: a learned optimizer that keeps
+    stepping after the gradient has vanished shows as a growing norm), divergence, and the median wall time
+    of a whole training step (forward, backward, ``opt.step()``; not the data draw) and of ``opt.step()``
+    alone, in ms. ``on_step(t, opt)`` runs right before step t's ``opt.step()`` (tests read the lr there)."""
     base = [g["lr"] for g in opt.param_groups]
     every = max(1, steps // eval_points) if eval_points else 0
-    curve, held_curve, step_ms, opt_ms = [], [], [], []
+    curve, held_curve, norm_curve, step_ms, opt_ms = [], [], [], [], []
+
+    def norm() -> float:
+        with torch.no_grad():
+            return math.sqrt(sum(float(p.detach().double().square().sum()) for p in model.parameters()))
+
     diverged_step = None
     t_start = time.perf_counter()
     for t in range(steps):
         if every and t % every == 0:
             m = metrics(model)
             held_curve.append([t, m["heldout_loss"], m["train_loss"]])
+            norm_curve.append([t, norm()])
         if lr_multipliers is not None:
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * lr_multipliers[t]
@@ -134,6 +141,7 @@ def fit(
         final = {"heldout_loss": math.inf, "heldout_acc": 0.0, "train_loss": math.inf}
     else:
         held_curve.append([steps, final["heldout_loss"], final["train_loss"]])
+        norm_curve.append([steps, norm()])
     return {
         **final,
         "diverged": diverged_step is not None,
@@ -143,6 +151,7 @@ def fit(
         "opt_step_ms": statistics.median(opt_ms) if opt_ms else None,
         "curve": curve,
         "heldout_curve": held_curve,
+        "param_norm_curve": norm_curve,
     }
 
 

@@ -3,6 +3,7 @@
 divergence is recorded, the preset's base is the mulo_nm meta-training's."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -34,6 +35,8 @@ def test_quick_preset_rows_have_provenance_columns_and_transferred_lrs(quick_row
             assert key in r, key
         assert r["preset"] == "nm_quick" and r["protocol"] == "heldout" and not r["diverged"]
         assert r["heldout_curve"][-1] == [r["steps"], r["heldout_loss"], r["train_loss"]]
+        assert [t for t, _ in r["param_norm_curve"]] == [t for t, _, _ in r["heldout_curve"]]
+        assert all(n > 0 and math.isfinite(n) for _, n in r["param_norm_curve"])
     runs = [r for r in rows if r["sweep"] != "tune"]
     cols = {(r["optimizer"], r["schedule"]) for r in runs if r["kind"] == "mlp"}
     assert cols == {(o, s) for o in ("mulo", "muadam", "adamw") for s in ("constant", "cosine")}
