@@ -26,33 +26,22 @@ import triton
 import triton.language as tl
 from mulo.kernels.lopt_common import (
     EPS_ACC_FEATURE,
-    EPS_GRAD_SQ,
     EPS_NORMALIZE,
     EPS_RMS,
     EPS_SAFE_RSQRT,
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
-    M_FLAGS,
-    M_LX,
-    M_LY,
-    M_SX,
-    M_SY,
     M_WIDX,
     M_WN,
-    M_WNX,
-    M_WNY,
-    M_WS_NX,
-    M_WS_NY,
-    M_WS_T,
-    M_XX,
-    M_YY,
-    NMETA,
     WS_SUMSQ,
     WS_T,
-    batch_coords,
+    chunk_coords,
+    load_decays,
     row_mean_scales,
     safe_rsqrt,
+    tensor_pointers,
+    tile_elements,
 )
 
 NUM_WARPS = 4
@@ -239,50 +228,18 @@ def lopt_apply_kernel(
     that depends only on the tensor, the batch or Y (table rows, pointers, decays, row means, the column-side
     factor vectors, the folded weights) is computed once, before the loop over the NSUB tiles."""
     SB: tl.constexpr = BX * BY
-    pid = tl.program_id(0)
-    t = tl.load(chunks + pid * 4)
-    bidx = tl.load(chunks + pid * 4 + 1).to(IDX)
-    xc = tl.load(chunks + pid * 4 + 2)
-    yt = tl.load(chunks + pid * 4 + 3)
-    mrow = meta + t.to(tl.int64) * NMETA  # this tensor's row of the segment table
-    prow = ptrs + t.to(tl.int64) * 8  # and of the pointer table
-    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(mrow, bidx, IDX)
-    sx_stride = tl.load(mrow + M_SX).to(IDX)
-    xx_stride = tl.load(mrow + M_XX).to(IDX)
-    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
-    my = ys < ny
-    offy = base + ys * tl.load(mrow + M_SY).to(IDX)
-    iy = iy0 + ys * tl.load(mrow + M_YY).to(IDX)
-    flags = tl.load(mrow + M_FLAGS).to(tl.int32)
-    wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
+    (t, bidx, xc, yt, mrow, n, nx, ny, nbatch, ix0, flags, wsT, wnx, wny, ys, my, offy, iy, sx_stride, xx_stride,
+     ws_nx, lx, ws_ny, ly) = chunk_coords(chunks, meta, ws, BY, IDX)  # fmt: skip
     numel = tl.load(mrow + M_WN).to(tl.float32)  # the whole tensor's (this may be a shard of it)
-    wnx = tl.load(mrow + M_WNX)
-    wny = tl.load(mrow + M_WNY)
-    # the new Adafactor vectors pass B left in the workspace: accX (LX per decay), accY (LY per decay)
-    ws_nx = tl.load(mrow + M_WS_NX).to(IDX)
-    lx = tl.load(mrow + M_LX).to(IDX)
-    ws_ny = tl.load(mrow + M_WS_NY).to(IDX)
-    ly = tl.load(mrow + M_LY).to(IDX)
     factored = (flags & FLAG_FACTORED) != 0
     d0x = (flags & FLAG_D0_IS_X) != 0
     given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
     ok = tl.load(wsT) == 0.0
     step_t = tl.minimum(tl.load(wsT + WS_T), time_clamp)  # the time features' t (time_clamp +inf: none)
-    pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
-    gp = tl.load(prow + 1).to(tl.pointer_type(G_DT))
-    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
-    vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
-    ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
+    pp, gp, mp, vp, ax_p, ay_p, prow = tensor_pointers(ptrs, t, P_DT, G_DT, S_DT)
     lr = tl.load(hyper + t.to(tl.int64) * 2)
     wd = tl.load(hyper + t.to(tl.int64) * 2 + 1)
-    bm0 = tl.load(decays + 0)
-    bm1 = tl.load(decays + 1)
-    bm2 = tl.load(decays + 2)
-    bv = tl.load(decays + 3)
-    bf0 = tl.load(decays + 4)
-    bf1 = tl.load(decays + 5)
-    bf2 = tl.load(decays + 6)
-    cv = tl.load(decays + 7)
+    bm0, bm1, bm2, bv, bf0, bf1, bf2, cv = load_decays(decays)
     # column-side vectors of the three decays (rank < 2 tensors: masked, unused)
     myf = ys < tl.where(factored, ny, 0)
     sx0, sy0 = row_mean_scales(wsT, bidx, nbatch, 0, bf0, wnx, wny, d0x, given)
@@ -332,7 +289,6 @@ def lopt_apply_kernel(
 
     # the tile column's new accY vectors: stored once, by the chunk at the first X position
     if factored & (xc == 0) & ok:
-        ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
         tl.store(ay_p + iy, ay0.to(S_DT), mask=my)
         tl.store(ay_p + ly + iy, ay1.to(S_DT), mask=my)
         tl.store(ay_p + 2 * ly + iy, ay2.to(S_DT), mask=my)
@@ -344,18 +300,10 @@ def lopt_apply_kernel(
         tl.store(kp, tl.load(kp) + (1.0 - okf))
 
     for sub in range(NSUB):  # NSUB tiles of BX × BY elements share everything above
-        xt = xc * NSUB + sub
-        xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
-        mx = xs < nx
-        ix = ix0 + xs * xx_stride
-        off = offy[None, :] + xs[:, None] * sx_stride
-        mask = mx[:, None] & my[None, :] & (off < n)
         # ---- features ----
-        g = tl.load(gp + off, mask=mask, other=0.0).to(tl.float32)
-        p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
-        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
-        rv = tl.rsqrt(v + EPS_RMS)
-        s = g * g + EPS_GRAD_SQ
+        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
+            xc * NSUB + sub, BX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
+        )
         m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
             0, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm0, bf0, sx0, ay0, fy0, ry0, BX, BY
         )  # fmt: skip

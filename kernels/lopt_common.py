@@ -113,3 +113,67 @@ def row_mean_scales(wsT, bidx, nbatch, k: tl.constexpr, bf, wnx, wny, d0x, given
     rm = tl.where(given, r_sum / nd1, bf * r_sum / nd1 + (1.0 - bf) * plane / (nd0 * nd1))
     inv = 1.0 / (rm + EPS_SAFE_RSQRT)
     return tl.where(d0x, 1.0, inv), tl.where(d0x, inv, 1.0)
+
+
+@triton.jit
+def _column(row, c, IDX: tl.constexpr):
+    return tl.load(row + c).to(IDX)
+
+
+@triton.jit
+def chunk_coords(chunks, meta, ws, BY: tl.constexpr, IDX: tl.constexpr):
+    """What a program of passes B and C needs once: its chunk's table entries (tensor t, batch, chunk X index
+    xc, Y tile yt), the tensor's meta row and sizes, flags, workspace block and whole sizes, the Y tile's
+    element offsets (``offy``, with the batch's base), mask and accY indices, the X strides of elements and
+    of accX, and the new Adafactor vectors' workspace offsets and lengths."""
+    pid = tl.program_id(0)
+    t = tl.load(chunks + pid * 4)
+    bidx = tl.load(chunks + pid * 4 + 1).to(IDX)
+    xc = tl.load(chunks + pid * 4 + 2)
+    yt = tl.load(chunks + pid * 4 + 3)
+    mrow = meta + t.to(tl.int64) * NMETA  # this tensor's row of the segment table
+    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(mrow, bidx, IDX)
+    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
+    offy = base + ys * tl.load(mrow + M_SY).to(IDX)
+    iy = iy0 + ys * tl.load(mrow + M_YY).to(IDX)
+    flags = tl.load(mrow + M_FLAGS).to(tl.int32)
+    wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
+    wnx = tl.load(mrow + M_WNX)  # the whole tensor's sizes (this may be a shard of it)
+    wny = tl.load(mrow + M_WNY)
+    sx_stride, xx_stride = _column(mrow, M_SX, IDX), _column(mrow, M_XX, IDX)
+    # the new Adafactor vectors (pass B writes them, pass C reads them): accX (LX per decay), accY (LY per decay)
+    ws_nx, lx = _column(mrow, M_WS_NX, IDX), _column(mrow, M_LX, IDX)
+    ws_ny, ly = _column(mrow, M_WS_NY, IDX), _column(mrow, M_LY, IDX)
+    return (t, bidx, xc, yt, mrow, n, nx, ny, nbatch, ix0, flags, wsT, wnx, wny, ys, ys < ny, offy, iy,
+            sx_stride, xx_stride, ws_nx, lx, ws_ny, ly)  # fmt: skip
+
+
+@triton.jit
+def load_decays(decays):
+    """β_m (3), β_v, β_f (3), 1 − β_v."""
+    return (tl.load(decays + 0), tl.load(decays + 1), tl.load(decays + 2), tl.load(decays + 3),
+            tl.load(decays + 4), tl.load(decays + 5), tl.load(decays + 6), tl.load(decays + 7))  # fmt: skip
+
+
+@triton.jit
+def tensor_pointers(ptrs, t, P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr):
+    """p, g, m, v, accX (or the full accumulator), accY of tensor t, typed."""
+    prow = ptrs + t.to(tl.int64) * 8  # this tensor's row of the pointer table
+    return (tl.load(prow + 0).to(tl.pointer_type(P_DT)), tl.load(prow + 1).to(tl.pointer_type(G_DT)),
+            tl.load(prow + 2).to(tl.pointer_type(S_DT)), tl.load(prow + 3).to(tl.pointer_type(S_DT)),
+            tl.load(prow + 4).to(tl.pointer_type(S_DT)), tl.load(prow + 5).to(tl.pointer_type(S_DT)), prow)  # fmt: skip
+
+
+@triton.jit
+def tile_elements(xt, BX: tl.constexpr, IDX: tl.constexpr, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp,
+                  bv, cv):  # fmt: skip
+    """Tile xt (BX rows) of a chunk: accX indices and masks, element offsets, g, p, the new v, rsqrt(v+1e-6)
+    and s = g² + 1e-30 (float32)."""
+    xs = xt.to(IDX) * BX + tl.arange(0, BX).to(IDX)
+    mx = xs < nx
+    off = offy[None, :] + xs[:, None] * sx_stride
+    mask = mx[:, None] & my[None, :] & (off < n)
+    g = tl.load(gp + off, mask=mask, other=0.0).to(tl.float32)
+    p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
+    v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
+    return ix0 + xs * xx_stride, mx, off, mask, g, p, v, tl.rsqrt(v + EPS_RMS), g * g + EPS_GRAD_SQ

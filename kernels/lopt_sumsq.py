@@ -18,30 +18,19 @@ import triton
 import triton.language as tl
 from mulo.kernels.lopt_common import (
     EPS_ACC_FEATURE,
-    EPS_GRAD_SQ,
     EPS_RMS,
     EPS_SAFE_RSQRT,
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
-    M_FLAGS,
-    M_LX,
-    M_LY,
-    M_SX,
-    M_SY,
-    M_WNX,
-    M_WNY,
-    M_WS_NX,
-    M_WS_NY,
     M_WS_SX,
     M_WS_SY,
-    M_WS_T,
-    M_XX,
-    M_YY,
-    NMETA,
-    batch_coords,
+    chunk_coords,
+    load_decays,
     row_mean_scales,
     safe_rsqrt,
+    tensor_pointers,
+    tile_elements,
 )
 
 NUM_WARPS = 4
@@ -105,6 +94,28 @@ def _channel(acc, ch, j, total):
 
 
 @triton.jit
+def _decay_channels(acc, ch, k: tl.constexpr, pm, pmr, pgf, pmf):
+    """Decay k's element-wise channels: m_k (2+k), m_k·rsqrt(v+1e-6) (6+k), fac_g (10+k), fac_m (25+k)."""
+    acc = _channel(acc, ch, 2 + k, tl.sum(pm))
+    acc = _channel(acc, ch, 6 + k, tl.sum(pmr))
+    acc = _channel(acc, ch, 10 + k, tl.sum(pgf))
+    return _channel(acc, ch, 25 + k, tl.sum(pmf))
+
+
+@triton.jit
+def _rowcol_channels(acc, ch, k: tl.constexpr, xr, yr, xsq, xinv, ysq, yinv, pu, pru):
+    """Decay k's row/column channels (13–24): the X-side vector sums into channel xr + k (and its rsqrt
+    feature into xr + 6 + k), the Y-side into yr + k; rank < 2 tensors (row = col = u) add their element-wise
+    sums of u_k² and rsqrt(u_k + 1e-8)² to both."""
+    su = tl.sum(pu)
+    sr = tl.sum(pru)
+    acc = _channel(acc, ch, xr + k, xsq + su)
+    acc = _channel(acc, ch, yr + k, ysq + su)
+    acc = _channel(acc, ch, xr + 6 + k, xinv + sr)
+    return _channel(acc, ch, yr + 6 + k, yinv + sr)
+
+
+@triton.jit
 def lopt_sumsq_kernel(
     chunks,
     meta,
@@ -122,51 +133,18 @@ def lopt_sumsq_kernel(
     """ws[sumsq][j] += Σ_chunk x_j² for the 28 channels x_j of ALGORITHM.md §2 at the NEW m, v and
     accumulators; ws[new X/Y] = the new Adafactor vectors; ws[t] = the step counter before the step. The
     chunk's BX rows are walked in tiles of SX."""
-    pid = tl.program_id(0)
-    t = tl.load(chunks + pid * 4)
-    bidx = tl.load(chunks + pid * 4 + 1).to(IDX)
-    xc = tl.load(chunks + pid * 4 + 2)
-    yt = tl.load(chunks + pid * 4 + 3)
-    mrow = meta + t.to(tl.int64) * NMETA  # this tensor's row of the segment table
-    prow = ptrs + t.to(tl.int64) * 8  # and of the pointer table
-    n, nx, ny, nbatch, base, ix0, iy0 = batch_coords(mrow, bidx, IDX)
-    flags = tl.load(mrow + M_FLAGS).to(tl.int32)
+    (t, bidx, xc, yt, mrow, n, nx, ny, nbatch, ix0, flags, wsT, wnx, wny, ys, my, offy, iy, sx_stride, xx_stride,
+     ws_nx, lx, ws_ny, ly) = chunk_coords(chunks, meta, ws, BY, IDX)  # fmt: skip
     factored = (flags & FLAG_FACTORED) != 0
     d0x = (flags & FLAG_D0_IS_X) != 0
     given = (flags & FLAG_ROW_MEAN_GIVEN) != 0
-    wsT = ws + tl.load(mrow + M_WS_T).to(IDX)
-    wnx = tl.load(mrow + M_WNX)  # the whole tensor's sizes (this may be a shard of it)
-    wny = tl.load(mrow + M_WNY)
-    ys = yt.to(IDX) * BY + tl.arange(0, BY).to(IDX)
-    my = ys < ny
     myf = ys < tl.where(factored, ny, 0)
-    offy = base + ys * tl.load(mrow + M_SY).to(IDX)
-    iy = iy0 + ys * tl.load(mrow + M_YY).to(IDX)
-    sx_stride = tl.load(mrow + M_SX).to(IDX)
-    xx_stride = tl.load(mrow + M_XX).to(IDX)
-    # pass A's sums of s and the new Adafactor vectors of this pass, in the workspace
-    ws_sx = tl.load(mrow + M_WS_SX).to(IDX)
-    ws_nx = tl.load(mrow + M_WS_NX).to(IDX)
-    lx = tl.load(mrow + M_LX).to(IDX)
+    ws_sx = tl.load(mrow + M_WS_SX).to(IDX)  # pass A's sums of s
     ws_sy = tl.load(mrow + M_WS_SY).to(IDX)
-    ws_ny = tl.load(mrow + M_WS_NY).to(IDX)
-    ly = tl.load(mrow + M_LY).to(IDX)
+    pp, gp, mp, vp, ax_p, ay_p, prow = tensor_pointers(ptrs, t, P_DT, G_DT, S_DT)
     if (xc == 0) & (yt == 0) & (bidx == 0):
         tl.store(wsT + 1, tl.load(tl.load(prow + 6).to(tl.pointer_type(tl.float32))))
-    gp = tl.load(prow + 1).to(tl.pointer_type(G_DT))
-    pp = tl.load(prow + 0).to(tl.pointer_type(P_DT))
-    mp = tl.load(prow + 2).to(tl.pointer_type(S_DT))
-    vp = tl.load(prow + 3).to(tl.pointer_type(S_DT))
-    ax_p = tl.load(prow + 4).to(tl.pointer_type(S_DT))
-    ay_p = tl.load(prow + 5).to(tl.pointer_type(S_DT))
-    bm0 = tl.load(decays + 0)
-    bm1 = tl.load(decays + 1)
-    bm2 = tl.load(decays + 2)
-    bv = tl.load(decays + 3)
-    bf0 = tl.load(decays + 4)
-    bf1 = tl.load(decays + 5)
-    bf2 = tl.load(decays + 6)
-    cv = tl.load(decays + 7)
+    bm0, bm1, bm2, bv, bf0, bf1, bf2, cv = load_decays(decays)
     # the new accumulators: β·old + (1−β)·(sum of s)/n over the reduced axis (the whole tensor's)
     cx0 = (1.0 - bf0) / wny.to(tl.float32)
     cx1 = (1.0 - bf1) / wny.to(tl.float32)
@@ -210,16 +188,9 @@ def lopt_sumsq_kernel(
     xinv1 = zs
     xinv2 = zs
     for sub in range(BX // SX):  # the chunk's tiles along X, the sums running per element
-        xs = (xc * (BX // SX) + sub).to(IDX) * SX + tl.arange(0, SX).to(IDX)
-        mx = xs < nx
-        ix = ix0 + xs * xx_stride
-        off = offy[None, :] + xs[:, None] * sx_stride
-        mask = mx[:, None] & my[None, :] & (off < n)
-        g = tl.load(gp + off, mask=mask, other=0.0).to(tl.float32)
-        p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
-        v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
-        rv = tl.rsqrt(v + EPS_RMS)
-        s = g * g + EPS_GRAD_SQ
+        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
+            xc * (BX // SX) + sub, SX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
+        )
         pg += g * g
         pp_ += p * p
         pv += v * v
@@ -247,36 +218,12 @@ def lopt_sumsq_kernel(
     # the X-side sums feed the row channels unless d0 is X; rank < 2: row = col = u
     xr = tl.where(d0x, 16, 13)
     yr = tl.where(d0x, 13, 16)
-    acc = _channel(acc, ch, 2, tl.sum(pm0))
-    acc = _channel(acc, ch, 6, tl.sum(pmr0))
-    acc = _channel(acc, ch, 10, tl.sum(pgf0))
-    acc = _channel(acc, ch, 25, tl.sum(pmf0))
-    acc = _channel(acc, ch, 3, tl.sum(pm1))
-    acc = _channel(acc, ch, 7, tl.sum(pmr1))
-    acc = _channel(acc, ch, 11, tl.sum(pgf1))
-    acc = _channel(acc, ch, 26, tl.sum(pmf1))
-    acc = _channel(acc, ch, 4, tl.sum(pm2))
-    acc = _channel(acc, ch, 8, tl.sum(pmr2))
-    acc = _channel(acc, ch, 12, tl.sum(pgf2))
-    acc = _channel(acc, ch, 27, tl.sum(pmf2))
-    su0 = tl.sum(pu0)
-    su1 = tl.sum(pu1)
-    su2 = tl.sum(pu2)
-    sr0 = tl.sum(pru0)
-    sr1 = tl.sum(pru1)
-    sr2 = tl.sum(pru2)
-    acc = _channel(acc, ch, xr + 0, xsq0 + su0)
-    acc = _channel(acc, ch, xr + 1, xsq1 + su1)
-    acc = _channel(acc, ch, xr + 2, xsq2 + su2)
-    acc = _channel(acc, ch, yr + 0, ysq0 + su0)
-    acc = _channel(acc, ch, yr + 1, ysq1 + su1)
-    acc = _channel(acc, ch, yr + 2, ysq2 + su2)
-    acc = _channel(acc, ch, xr + 6, xinv0 + sr0)
-    acc = _channel(acc, ch, xr + 7, xinv1 + sr1)
-    acc = _channel(acc, ch, xr + 8, xinv2 + sr2)
-    acc = _channel(acc, ch, yr + 6, yinv0 + sr0)
-    acc = _channel(acc, ch, yr + 7, yinv1 + sr1)
-    acc = _channel(acc, ch, yr + 8, yinv2 + sr2)
+    acc = _decay_channels(acc, ch, 0, pm0, pmr0, pgf0, pmf0)
+    acc = _decay_channels(acc, ch, 1, pm1, pmr1, pgf1, pmf1)
+    acc = _decay_channels(acc, ch, 2, pm2, pmr2, pgf2, pmf2)
+    acc = _rowcol_channels(acc, ch, 0, xr, yr, xsq0, xinv0, ysq0, yinv0, pu0, pru0)
+    acc = _rowcol_channels(acc, ch, 1, xr, yr, xsq1, xinv1, ysq1, yinv1, pu1, pru1)
+    acc = _rowcol_channels(acc, ch, 2, xr, yr, xsq2, xinv2, ysq2, yinv2, pu2, pru2)
     tl.atomic_add(wsT + 2 + ch, acc, mask=ch < 28, sem="relaxed")
 
 
