@@ -62,15 +62,18 @@ def _shipped_digests() -> dict[str, str]:
 
 def column(row: dict, digests: dict[str, str] | None = None) -> str:
     """The table column of a row: the optimizer, and for a learned one the meta-weights it ran with, named
-    by the digest recorded in the row (a shipped name, else the digest's first 12 hex digits; rows written
-    before digests were recorded keep the name they carry)."""
+    by the digest recorded in the row (a shipped name), else by the directory it was loaded from, else by the
+    digest's first 12 hex digits (rows written before digests were recorded keep the name they carry);
+    ``@tN`` marks weights whose config clamps the time features at N."""
     opt = row["optimizer"]
     suffix = COSINE if row.get("schedule") == "cosine" else ""
     if opt not in LEARNED:
         return opt + suffix
     digest = row.get("meta_weights_sha256")
     named = [n for full, n in (digests or {}).items() if digest and full.startswith(digest)]  # rows keep a prefix
-    name = (named[0] if named else None) or (digest[:12] if digest else None) or str(row.get("meta_weights"))
+    path = str(row.get("meta_weights") or "")
+    local = Path(path).name if "/" in path else ""  # a directory of weights: its name
+    name = (named[0] if named else None) or local or (digest[:12] if digest else None) or path
     if row.get("meta_weights_time_clamp") is not None:  # same weights file, time features clamped
         name += f"@t{row['meta_weights_time_clamp']:g}"
     return f"{opt}:{name}{suffix}"

@@ -72,12 +72,16 @@ def test_each_set_of_meta_weights_gets_its_own_column_named_by_digest(tmp_path, 
             _row("width", 16, "mulo", seed, 0.01) | {"meta_weights": "mulo_cpu", "meta_weights_sha256": "d" * 16}
         )
         rows.append(_row("width", 16, "mulo", seed, 0.5) | {"meta_weights_sha256": "e" * 16})
+        rows.append(
+            _row("width", 16, "mulo", seed, 0.4) | {"meta_weights": "runs/x/snap_9", "meta_weights_sha256": "f" * 16}
+        )
         rows.append(_row("width", 16, "muadam", seed, 0.3))
     path = tmp_path / "g.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = gen.summary(gen.load(path, "cpu")).splitlines()
-    assert "| task | μLO (eeeeeeeeeeee) | μLO (mulo_cpu) | μLO (new_lo) | μAdam |" in table
-    assert "| width 16 (1×) | 0.5 ± 0 | 0.1 ± 0 | **0.01 ± 0** | 0.3 ± 0 |" in table
+    # an unshipped directory is named by its directory name, an unknown digest without one by the digest
+    assert "| task | μLO (eeeeeeeeeeee) | μLO (mulo_cpu) | μLO (new_lo) | μLO (snap_9) | μAdam |" in table
+    assert "| width 16 (1×) | 0.5 ± 0 | 0.1 ± 0 | **0.01 ± 0** | 0.4 ± 0 | 0.3 ± 0 |" in table
 
 
 def _hrow(dataset, width, opt, seed, held, *, sweep="width", steps=1000, depth=2, sched="constant", kind="mlp"):
