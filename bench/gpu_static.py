@@ -1275,7 +1275,7 @@ def triton_configs(kernels: list[Kernel], pset) -> dict[str, dict[str, list[Kern
     by_name = {k.variant: k for k in kernels}
     store = f"p=fp32 g=fp32 s=fp32 idx={idx}"
     out = {}
-    for dot in ("tf32", "ieee", "bf16"):
+    for dot in ("tf32", "tf32x3", "ieee", "bf16"):
         names = {"A": f"lopt_reduce {store}", "B": f"lopt_sumsq {store}", "C": f"lopt_apply {store} dot={dot}"}
         if all(n in by_name for n in names.values()):
             out[f"triton dot={dot}"] = {p: [by_name[n]] for p, n in names.items()}
