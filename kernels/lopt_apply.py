@@ -105,7 +105,7 @@ def _tf32(a):
 def _split_tf32(a):
     """a = hi + lo with hi on the tf32 grid (a's 10 leading mantissa bits): hi·b + lo·b carries a's full float32
     precision through tf32 tensor cores (lo's own tf32 rounding is 2⁻²² of a)."""
-    hi = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    hi = _tf32(a)
     return hi, a - hi
 
 
