@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['task']:32s} M={members:3d}  population {row['population_ms']['median_ms']:8.2f} ms "
                 f"({row['ns_per_member_param']:.0f} ns/member-param)  "
                 f"vmap {row['population_vmap_ms']['median_ms']:8.2f} ms ({row['speedup_over_vmap']:.2f}x; "
-                f"CPU time {row['population_cpu_ms']['median_ms']:.2f} vs {row['population_vmap_cpu_ms']['median_ms']:.2f} "
-                f"ms, {row['speedup_over_vmap_cpu']:.2f}x)  "
+                f"CPU time {row['population_cpu_ms']['median_ms']:.2f} vs "
+                f"{row['population_vmap_cpu_ms']['median_ms']:.2f} ms, {row['speedup_over_vmap_cpu']:.2f}x)  "
                 f"loop {row['loop_ms']['median_ms']:8.2f} ms ({row['speedup']:.1f}x)"
             )
     print(f"appended to {out}")

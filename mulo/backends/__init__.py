@@ -211,7 +211,9 @@ for _spec in (
                 capabilities=frozenset({"passes", "population"})),
     BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
                 capabilities=frozenset({"passes", "population"})),
-    BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 10, f"set CUDA_HOME and {_NATIVE_FIX}",
+    # "auto" on a GPU prefers Triton: the static model of the sm_90 kernels (bench/gpu_static.py, rows in
+    # bench/results/gpu_static.jsonl) predicts 2.6–2.9× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
+    BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 30, f"set CUDA_HOME and {_NATIVE_FIX}",
                 capabilities=frozenset({"passes"})),
     # Celo2 (mulo.Celo2): the oracle and the fused C++ passes (mulo/celo2/cpu.py)
     BackendSpec("reference", "mulo.celo2.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,

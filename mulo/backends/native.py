@@ -127,6 +127,26 @@ def _accumulators(states):
     return acc_a, acc_b
 
 
+class StateLists:
+    """The state arguments of the ops for a fixed list of tensors (the accumulators, moments, step counters
+    and skip counters as the ops take them, and the ``dims``): built once and reused by
+    :meth:`_NativeBackend.planned_step` while the parameters and their state dicts stay the same (the ops
+    update the state tensors in place, so the lists stay valid across steps)."""
+
+    def __init__(self, params, states, layout: str):
+        self.acc_a, self.acc_b = _accumulators(states)
+        self.momentum = [st["momentum"] for st in states]
+        self.second = [st["second_moment"] for st in states]
+        self.steps = [st["step"] for st in states]
+        self.skips = [st["nonfinite_skips"] for st in states]
+        self.dims = dims_of(params, layout)
+        self.layout = layout
+        self.kernels_cover = all(m.dtype in STATE_DTYPES for m in self.momentum) and all(
+            p.dtype in NATIVE_DTYPES for p in params
+        )
+        self.one_call = None  # CPU: the state as a population of one member (see CpuBackend.plan)
+
+
 def reduce(grads, dims):
     """Pass A: (sums per tensor, finite flags)."""
     return torch.ops.mulo.lopt_reduce(grads, dims)
@@ -134,13 +154,13 @@ def reduce(grads, dims):
 
 def sumsq(params, grads, states, sums, finite, dims, weights, whole=(), row_acc_sums=()):
     """Pass B: (n_tensors, 28) float32 sums of squares of the feature channels over the (local) elements.
-    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`)."""
-    acc_a, acc_b = _accumulators(states)
-    momentum = [st["momentum"] for st in states]
-    second = [st["second_moment"] for st in states]
+    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`); ``states``
+    may be a :class:`StateLists`."""
+    s = states if isinstance(states, StateLists) else StateLists(params, states, weights.layout)
     return torch.ops.mulo.lopt_sumsq(
-        params, grads, momentum, second, acc_a, acc_b, sums, finite, dims, hyper(weights), whole, row_acc_sums
-    )
+        params, grads, s.momentum, s.second, s.acc_a, s.acc_b, sums, finite, dims, hyper(weights), whole,
+        row_acc_sums,
+    )  # fmt: skip
 
 
 def apply(
@@ -149,11 +169,11 @@ def apply(
 ):  # fmt: skip
     """Pass C: the update, in place. ``weights`` may be a population's (layers with a leading axis K, one
     meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only).
-    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`)."""
-    acc_a, acc_b = _accumulators(states)
+    ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`); ``states``
+    may be a :class:`StateLists`."""
+    s = states if isinstance(states, StateLists) else StateLists(params, states, weights.layout)
     torch.ops.mulo.lopt_apply(
-        params, grads, [st["momentum"] for st in states], [st["second_moment"] for st in states], acc_a, acc_b,
-        [st["step"] for st in states], [st["nonfinite_skips"] for st in states], sums, sq, finite, _mlp(weights),
+        params, grads, s.momentum, s.second, s.acc_a, s.acc_b, s.steps, s.skips, sums, sq, finite, _mlp(weights),
         [float(x) for x in lrs], [float(x) for x in weight_decays], dims, hyper(weights), list(weight_index),
         list(whole), list(row_acc_sums),
     )  # fmt: skip
@@ -247,12 +267,27 @@ class _NativeBackend:
                     f"backend {self.name!r}: params[{i}] has dtype {p.dtype}; it runs float32/bfloat16/float16 "
                     "parameters (use backend='reference' or 'auto' for others)"
                 )
+        self._run(params, grads, StateLists(params, states, weights.layout), lrs, weight_decays, weights)
+
+    def plan(self, params, states, layout: str) -> StateLists:
+        """The state arguments of the ops for ``params`` (see :meth:`planned_step`)."""
+        return StateLists(params, states, layout)
+
+    def planned_step(self, plan: StateLists, params, grads, states, lrs, weight_decays, weights) -> None:
+        """:meth:`step` with the state arguments of :meth:`plan` built at an earlier step (``MuLO`` keeps one
+        per (device, dtype) while its parameters, their gradients' presence and their state dicts stay the
+        same): no per-tensor Python work but the gradients'."""
+        if plan.layout != weights.layout or not plan.kernels_cover or not network_supported(weights):
+            self.step(params, grads, states, lrs, weight_decays, weights)
+            return
+        self._run(params, grads, plan, lrs, weight_decays, weights)
+
+    def _run(self, params, grads, lists: StateLists, lrs, weight_decays, weights) -> None:
         work = [p if p.is_contiguous() else p.contiguous() for p in params]
         gs = self._grads(params, grads)
-        dims = dims_of(params, weights.layout)
-        sums, finite = reduce(gs, dims)
-        sq = sumsq(work, gs, states, sums, finite, dims, weights)
-        apply(work, gs, states, sums, sq, finite, lrs, weight_decays, dims, weights)
+        sums, finite = reduce(gs, lists.dims)
+        sq = sumsq(work, gs, lists, sums, finite, lists.dims, weights)
+        apply(work, gs, lists, sums, sq, finite, lrs, weight_decays, lists.dims, weights)
         for p, w in zip(params, work):
             if w is not p:
                 p.copy_(w)
@@ -366,6 +401,30 @@ class CpuBackend(_NativeBackend):
         index = [j for j in range(m) for _ in params]
         member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
         apply(ps, gs, sts, sums, sq, finite, member_lrs, list(weight_decays) * m, dims, weights, index)
+
+    def plan(self, params, states, layout: str) -> StateLists:
+        """The state arguments of the ops for ``params``, and — when every tensor has elements — the same
+        state viewed as a population of ONE member, so that :meth:`planned_step` runs passes A, B and C in one
+        call of ``mulo::lopt_population_step`` (bit-identical to the three ops; tests/optim/test_step_plan.py)."""
+        lists = StateLists(params, states, layout)
+        if all(p.numel() > 0 for p in params):
+            one = [[t.unsqueeze(0) for t in ts] for ts in (lists.momentum, lists.second, lists.acc_a, lists.acc_b)]
+            steps = [t.view(1) for t in lists.steps]
+            skips = [t.view(1) for t in lists.skips]
+            lists.one_call = (*one, steps, skips)
+        return lists
+
+    def _run(self, params, grads, lists: StateLists, lrs, weight_decays, weights) -> None:
+        if lists.one_call is None or not all(p.is_contiguous() for p in params):
+            super()._run(params, grads, lists, lrs, weight_decays, weights)
+            return
+        gs = _kernel_grads(params, grads)
+        momentum, second, acc_a, acc_b, steps, skips = lists.one_call
+        torch.ops.mulo.lopt_population_step(
+            [p.unsqueeze(0) for p in params], [g.unsqueeze(0) for g in gs], momentum, second, acc_a, acc_b, steps,
+            skips, [t.unsqueeze(0) for t in _mlp(weights)], [float(x) for x in lrs],
+            [float(x) for x in weight_decays], lists.dims, hyper(weights),
+        )  # fmt: skip
 
     def _population_native(self, params, states, weights) -> bool:
         """Whether the kernels run this population (else the reference population step does: another

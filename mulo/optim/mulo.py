@@ -154,6 +154,7 @@ class MuLO(Optimizer):
         )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
+        self._plan: _StepPlan | None = None  # how step() groups the parameters, reused while nothing changes
         defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
         params = list(params)
         roles_given = any(isinstance(g, dict) and ("role" in g or "lr_scale" in g) for g in params)
@@ -164,6 +165,7 @@ class MuLO(Optimizer):
 
     # ---- param groups ------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._plan = None
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
@@ -210,6 +212,7 @@ class MuLO(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like ``Optimizer.load_state_dict`` but keeps every state tensor's saved dtype (fp32 state of
         bf16 parameters stays fp32) and moves it to the parameter's device; checks state shapes."""
+        self._plan = None
         saved_groups = state_dict["param_groups"]
         ids = [i for g in saved_groups for i in g["params"]]
         saved_state = {k: dict(v) for k, v in state_dict["state"].items()}
@@ -302,6 +305,23 @@ class MuLO(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = run_closure(closure)
+        plan = self._plan
+        if plan is not None and plan.matches(self):  # the same parameters with gradients as last step
+            if self.options.nonfinite == "raise":
+                self._raise_on_nonfinite(plan.where())
+            for (device, dtype), b in plan.buckets.items():
+                compute = torch.float64 if dtype == torch.float64 else torch.float32
+                lrs, wds = b.hyper(self.param_groups)
+                backend = self.backend_for(device, dtype)
+                if hasattr(backend, "planned_step"):  # native backends: state arguments built once per plan
+                    if b.backend_plan is None:
+                        b.backend_plan = backend.plan(b.params, b.states, self.layout)
+                    weights = self._meta_weights(device, compute)
+                    backend.planned_step(b.backend_plan, b.params, b.grads, b.states, lrs, wds, weights)
+                    continue
+                backend.step(b.params, b.grads, b.states, lrs, wds, self._meta_weights(device, compute))
+            return loss
+        self._plan = None
         buckets: dict[tuple, tuple[list, list, list, list, list]] = {}  # per (device, dtype)
         where: list[tuple[int, int, torch.Tensor]] = []
         sharded: list[tuple] = []
@@ -349,7 +369,76 @@ class MuLO(Optimizer):
             compute = torch.float64 if dtype == torch.float64 else torch.float32
             weights = self._meta_weights(device, compute)
             self.backend_for(device, dtype).step(params, grads, states, lrs, wds, weights)
+        if not sharded:
+            self._plan = _StepPlan.build(self, buckets, where)
         return loss
+
+
+class _Bucket:
+    """One (device, dtype) group of a :class:`_StepPlan`: its parameters, their state dicts, and for each
+    the param group it belongs to and its index there."""
+
+    def __init__(self, params: list, states: list, where: list[tuple[int, int]]):
+        self.params, self.states, self.where = params, states, where
+        self.grads: list = []
+        self.backend_plan = None  # a native backend's state arguments (mulo.backends.native.StateLists)
+        # runs of consecutive parameters of one group: lrs/wds are rebuilt per step from (group, count)
+        self.runs: list[tuple[int, int]] = []
+        for gi, _ in where:
+            if self.runs and self.runs[-1][0] == gi:
+                self.runs[-1] = (gi, self.runs[-1][1] + 1)
+            else:
+                self.runs.append((gi, 1))
+
+    def hyper(self, groups: list[dict]) -> tuple[list[float], list[float]]:
+        lrs, wds = [], []
+        for gi, n in self.runs:
+            g = groups[gi]
+            lrs += [g["lr"] * g["lr_scale"]] * n
+            wds += [g["weight_decay"]] * n
+        return lrs, wds
+
+
+class _StepPlan:
+    """The grouping of the last ``step()``, reused while it still holds: the same param groups (objects and
+    lists), the same state dicts, and gradients on exactly the same parameters, none of them sparse. Checking
+    that reads every ``p.grad`` once; anything else (a gradient appearing or vanishing, a new param group,
+    ``load_state_dict``, a replaced state) falls back to the full walk, which rebuilds the plan."""
+
+    def __init__(self, key: tuple, buckets: dict, others: list, n_state: int):
+        self.key, self.buckets, self.others, self.n_state = key, buckets, others, n_state
+
+    @staticmethod
+    def _key(opt: MuLO) -> tuple:
+        return (id(opt.state), *((id(g), id(g["params"]), len(g["params"])) for g in opt.param_groups))
+
+    @classmethod
+    def build(cls, opt: MuLO, buckets: dict, where: list) -> _StepPlan:
+        at = iter(where)
+        plan_buckets = {}
+        for key, (params, _, states, _, _) in buckets.items():
+            plan_buckets[key] = _Bucket(params, states, [next(at)[:2] for _ in params])
+        with_grad = {id(p) for b in plan_buckets.values() for p in b.params}
+        others = [p for g in opt.param_groups for p in g["params"] if id(p) not in with_grad]
+        return cls(cls._key(opt), plan_buckets, others, len(opt.state))
+
+    def matches(self, opt: MuLO) -> bool:
+        if self._key(opt) != self.key or len(opt.state) != self.n_state:
+            return False
+        if any(p.grad is not None for p in self.others):
+            return False
+        state = opt.state
+        for b in self.buckets.values():
+            grads = [p.grad for p in b.params]
+            if any(g is None or g.is_sparse for g in grads):
+                return False
+            if any(state.get(p) is not st for p, st in zip(b.params, b.states)):
+                return False
+            b.grads = grads
+        return True
+
+    def where(self) -> list[tuple[int, int, torch.Tensor]]:
+        return [(gi, pi, g) for b in self.buckets.values() for (gi, pi), g in zip(b.where, b.grads)]
 
 
 def trained_parameterization(net: LOptNet) -> str:

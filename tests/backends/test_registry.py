@@ -31,3 +31,11 @@ def test_auto_notice_names_the_users_line(monkeypatch):
     notices = [w for w in caught if issubclass(w.category, MuLOBackendNotice)]
     assert notices, "backend='auto' announces its choice once"
     assert notices[0].filename == __file__, f"attributed to {notices[0].filename}:{notices[0].lineno}"
+
+
+def test_auto_on_a_gpu_prefers_triton_then_cuda_then_the_reference():
+    """The order "auto" tries on CUDA follows the static model (Triton predicted faster than CUDA)."""
+    from mulo.backends import _registry
+
+    order = [s.name for s in sorted(_registry("mulo").values(), key=lambda s: s.priority) if s.auto_on("cuda")]
+    assert order == ["triton", "cuda", "reference"]
