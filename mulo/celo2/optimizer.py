@@ -64,8 +64,8 @@ class Celo2(Optimizer):
         weight_decay: decoupled weight decay of the learned rule, ``lr · weight_decay · p`` with p before the step.
         meta_weights: a :class:`Celo2Net`, a directory or Hugging Face Hub id in the published Celo2 layout
             (``model.safetensors`` + ``config.json``), the name of Celo2 weights shipped with mulo
-            (:func:`mulo.celo2.pretrained.names`), or ``None``: mulo's hand-set placeholder (no meta-trained
-            Celo2 weights ship yet; a :class:`~mulo.PlaceholderMetaWeightsWarning` says so).
+            (:func:`mulo.celo2.pretrained.names`), or ``None``: ``celo2_cpu``, meta-trained by mulo on CPU (the
+            hand-set ``placeholder_handset_adam`` warns with :class:`~mulo.PlaceholderMetaWeightsWarning`).
         backend: ``"auto"`` (the fastest available: ``"cpu"`` on CPU when the native extension is built),
             ``"reference"`` (plain PyTorch, float64-capable, the oracle) or ``"cpu"`` (fused C++ passes,
             :mod:`mulo.celo2.cpu`; float32/bfloat16/float16 CPU parameters).
@@ -127,8 +127,8 @@ class Celo2(Optimizer):
         self.options = Celo2Options(backend, orthogonalize, normalize_axes, nonfinite)
         self.net = resolve_meta_weights(meta_weights)
         warn_if_placeholder(
-            self.net, "Celo2", "of meta-trained Celo2 weights (e.g. the published layout of docs/CELO2.md) for the "
-            "learned rule.",
+            self.net, "Celo2", "or meta_weights=None (mulo's meta-trained celo2_cpu), or published Celo2 weights "
+            "(docs/CELO2.md), for a learned rule.",
         )  # fmt: skip
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, Celo2Weights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype], Any] = {}

@@ -3,6 +3,7 @@ closure, lr schedulers, non-finite gradients, bad input, and a small training ru
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -224,16 +225,20 @@ def test_zero_size_and_bf16_parameters():
 
 
 def test_placeholder_weights_train_a_small_mlp():
-    """meta_weights=None runs the placeholder (and says so): a small MLP's loss falls over a few batches, with
-    and without Newton–Schulz."""
+    """The placeholder (and it says so) and the default meta-trained celo2_cpu both train a small MLP: its loss
+    falls over a few batches, with and without Newton–Schulz."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 10, generator=gen)
     y = (x @ torch.randn(10, 4, generator=gen)).argmax(dim=1)
-    for orthogonalize in (True, False):
+    for orthogonalize, weights in ((True, "placeholder_handset_adam"), (False, "placeholder_handset_adam"),
+                                   (True, None), (False, None)):  # fmt: skip
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-        with pytest.warns(mulo.PlaceholderMetaWeightsWarning, match="placeholder_handset_adam"):
-            opt = mulo.Celo2(model.parameters(), lr=1e-2, orthogonalize=orthogonalize)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = mulo.Celo2(model.parameters(), lr=1e-2, orthogonalize=orthogonalize, meta_weights=weights)
+        placeholder = [w for w in caught if issubclass(w.category, mulo.PlaceholderMetaWeightsWarning)]
+        assert (len(placeholder) == 1) == (weights is not None), caught
         losses = []
         for i in range(40):
             batch = slice(64 * (i % 4), 64 * (i % 4 + 1))

@@ -136,13 +136,13 @@ def test_hub_id_offline_gives_clear_error(monkeypatch, tmp_path):
 
 
 def test_shipped_placeholder_is_its_builder_and_regenerates_byte_for_byte(tmp_path):
-    assert pretrained.DEFAULT == pretrained.PLACEHOLDER in pretrained.names()
+    assert pretrained.DEFAULT == "celo2_cpu" and {pretrained.DEFAULT, pretrained.PLACEHOLDER} <= set(pretrained.names())
     net = Celo2Net.from_pretrained(pretrained.PLACEHOLDER)
     assert net.is_placeholder and net.config.info["name"] == pretrained.PLACEHOLDER
     for key, value in pretrained.build_handset_adam().state_dict().items():
         assert torch.equal(net.state_dict()[key], value), key
     pretrained.write_placeholder(tmp_path / "regenerated")
-    shipped = pretrained.weights_dir()
+    shipped = pretrained.weights_dir(pretrained.PLACEHOLDER)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "regenerated" / name).read_bytes() == (shipped / name).read_bytes(), name
 
@@ -163,8 +163,12 @@ def test_placeholder_direction_is_the_normalized_adam_feature():
 
 
 def test_placeholder_warns_and_meta_trained_weights_do_not(tmp_path):
-    with pytest.warns(mulo.PlaceholderMetaWeightsWarning, match="no meta-trained Celo2 weights"):
-        mulo.Celo2([torch.randn(2, 2)])
+    with pytest.warns(mulo.PlaceholderMetaWeightsWarning, match="celo2_cpu"):
+        mulo.Celo2([torch.randn(2, 2)], meta_weights=pretrained.PLACEHOLDER)
+    with warnings.catch_warnings():  # the default, celo2_cpu, is meta-trained
+        warnings.simplefilter("error")
+        opt = mulo.Celo2([torch.randn(2, 2)])
+    assert opt.net.config.info["name"] == "celo2_cpu" and not opt.net.is_placeholder
     random_celo2_net().save_pretrained(tmp_path / "w")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
