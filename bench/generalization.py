@@ -502,6 +502,8 @@ def ablation_summary(rows: list[dict]) -> str:
                 text += " ✓"
                 wins += 1
             out.append(text)
+        if all(cell == "—" for cell in out):  # no row at 16× width or 25× horizon (e.g. base-task comparisons)
+            continue
         total = f"{wins}/{len(keys)}" if _split(c)[0] in LEARNED else ""
         lines.append(f"| {label(c)} | " + " | ".join(out) + f" | {total} |")
     return "\n".join(lines)
