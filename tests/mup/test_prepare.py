@@ -178,8 +178,9 @@ def test_multihead_attention_logits_over_d_head(batch_first):
 
 
 def test_tied_gpt_stays_tied_and_eval_matches_train():
+    torch.manual_seed(0)
     model = TiedGPT()
-    groups = prepare(model)
+    groups = prepare(model, generator=torch.Generator().manual_seed(0))
     assert model.head.weight is model.tok.weight and isinstance(model.head, MuReadout)
     assert 0.9 < model.tok.weight.std().item() < 1.1, "a tied readout is initialized as the embedding, not zero"
     roles = roles_of(model, groups)
@@ -199,8 +200,9 @@ def test_tied_gpt_stays_tied_and_eval_matches_train():
 
 
 def test_cnn_roles_and_a_short_run_learns():
+    torch.manual_seed(0)  # the init draws from the global generator: fixed, or the run depends on test order
     model = cnn()
-    groups = prepare(model)
+    groups = prepare(model, generator=torch.Generator().manual_seed(0))
     roles = roles_of(model, groups)
     assert roles["0.weight"] == ("input", 1.0)  # reads the image's single channel
     assert roles["3.weight"] == ("hidden", 1 / (16 * 9)) and roles["5.weight"] == ("input", 1.0)  # depthwise
@@ -214,8 +216,10 @@ def test_cnn_roles_and_a_short_run_learns():
             i = torch.randint(0, x.shape[0], (64,), generator=g)
             yield x[i], y[i]
 
-    losses = train(model, groups, batches(), 40)
-    assert all(math.isfinite(v) for v in losses) and sum(losses[-5:]) / 5 < 0.8 * losses[0], losses
+    # 80 steps: the last-10 mean is 0.37-0.48 of the first loss over seeds 0-7 (40 steps left only 0.67-0.81,
+    # too close to a bar to be robust across machines); 0.6 still fails a run that does not learn.
+    losses = train(model, groups, batches(), 80)
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-10:]) / 10 < 0.6 * losses[0], losses
 
 
 def test_conv1d_and_mlp_roles():
