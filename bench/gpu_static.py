@@ -1128,7 +1128,7 @@ def pipe_ms(mix_total: dict, macs: float, dot: str | None, machine: dict = H100)
     Hopper runs at roughly half of it)."""
     cyc = machine["sms"] * machine["clock_ghz"] * 1e9
     out = {k: mix_total.get(k, 0) / (rate * cyc) * 1e3 for k, rate in PIPES.items()}
-    rate = TENSOR_MACS_PER_SM_CYCLE.get(dot or "tf32") or 0
+    rate = TENSOR_MACS_PER_SM_CYCLE.get("tf32" if (dot or "tf32").startswith("tf32") else dot) or 0
     out["tensor"] = macs / (rate * cyc) * 1e3 if rate and macs else 0.0
     return {k: round(v, 4) for k, v in out.items()}
 

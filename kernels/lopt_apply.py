@@ -8,12 +8,13 @@ weight row against a constant-1 feature (channel 28), the row/column channels 13
 d0 axis is X. Per tile, the elements × 32 feature matrix is built by pairwise ``tl.join`` (column order from
 ``lopt_plan.join_tree_order``) and goes through ``tl.dot`` with float32 accumulation; the hidden columns are
 reordered so that each layer's accumulator is the next dot's operand without shuffles, and layer 3 is a
-dot against W3 padded to 8 columns. ``DOT`` selects the operand precision: "tf32" (default on GPU: the
-tensor cores read the 10 leading mantissa bits), "tf32x3" (float32 accuracy: every layer as three tf32
-products of split operands, the weights split once per program), "ieee" (exact
-float32), "bf16" (bf16 operands); "tf32_emulated", "tf32x3_emulated" and "bf16_emulated" are the same
-roundings through float32 dots, what the CPU interpreter runs to measure them (it runs "tf32" as exact
-float32).
+dot against W3 padded to 8 columns. ``DOT`` selects the operand precision: "tf32" (default on GPU: tensor
+cores with both operands rounded to nearest tf32 — the weights once per program, the activations by one
+integer add each, the MMA's own cut of the low bits completing the rounding), "tf32x3" (float32 accuracy:
+every layer as three tf32 products of split operands, the weights split once per program), "ieee" (float32
+FMAs, no tensor cores), "bf16" (bf16 operands). The CPU interpreter computes exactly what the GPU does in
+every mode: it makes the tensor cores' cut itself (its dots are exact float32) and runs bf16 as bf16-rounded
+operands through a float32 dot.
 A tensor whose pass-A flag counted a non-finite s stores nothing; its ``nonfinite_skips`` grows instead.
 The meta-network's layers may hold K stacked sets, one per member of a population; each tensor's row of the
 segment table says which set it uses, so one launch steps every member's tensors.
@@ -32,6 +33,7 @@ from mulo.kernels.lopt_common import (
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
+    INTERPRETED,
     M_WIDX,
     M_WN,
     WS_SUMSQ,
@@ -94,51 +96,75 @@ def _join32(
     return tl.reshape(tl.join(tl.join(a0, a1), tl.join(a2, a3)), (SB, 32))
 
 
+# "tf32": the tensor cores cut each activation operand to its 10 leading mantissa bits, which shrinks a value by
+# 2⁻¹⁰·U/m relative (U uniform in [0, 1), m its mantissa in [1, 2)): on average 2⁻¹¹·E[1/m]. The weights of
+# every activation row are scaled once per program by 1 + 2⁻¹¹/(2 ln 2) (E[1/m] for log-uniform mantissas)
+# and rounded to nearest tf32, which leaves an unbiased operand error of the same size as rounding to nearest
+# and a systematic bias of at most 0.28·2⁻¹¹ ≈ 1.4e-4 of a product whatever the mantissas are; the exact
+# constant-1 feature (layer 1's bias row) is not scaled. No per-element instruction is spent on it.
+TF32_CUT_COMPENSATION = tl.constexpr(1.0003522204689670)
+
+
 @triton.jit
-def _tf32(a):
-    """What a tf32 tensor core reads of a float32 register (its 10 leading mantissa bits: the PTX Triton emits
-    rounds nothing, the MMA ignores the 13 low bits), emulated."""
+def _cut_tf32(a):
+    """``a`` with its 13 low mantissa bits cleared: what a tf32 tensor core reads of a float32 register (the
+    PTX Triton emits rounds nothing; the MMA ignores those bits)."""
     return (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _split_tf32(a):
-    """a = hi + lo with hi on the tf32 grid (a's 10 leading mantissa bits): hi·b + lo·b carries a's full float32
-    precision through tf32 tensor cores (lo's own tf32 rounding is 2⁻²² of a)."""
-    hi = _tf32(a)
-    return hi, a - hi
+def _rn_tf32(a):
+    """``a`` rounded to the nearest tf32 value, ties away from zero (as PTX ``cvt.rna.tf32.f32``): half a tf32
+    ulp added to the magnitude bits, then the cut."""
+    return _cut_tf32((a.to(tl.uint32, bitcast=True) + 0x1000).to(tl.float32, bitcast=True))
 
 
 @triton.jit
-def _mm3(a, b, bh, bl, DOT: tl.constexpr):
-    """a·b for b = bh + bl split once per program (``_split_tf32``): with DOT "tf32x3" (or its emulation) the
-    three tf32 products ah·bh + (ah·bl + al·bh), float32-accurate; any other mode is ``_mm(a, b)``."""
-    if DOT == "tf32x3":  # the small products first, all accumulated by the tensor cores
-        ah, al = _split_tf32(a)
-        acc = tl.dot(al, bh, input_precision="tf32", out_dtype=tl.float32)
+def _as_read(a, DOT: tl.constexpr):
+    """What the dot reads of the activation operand ``a``: in the tf32 modes on the GPU the tensor cores make
+    the cut themselves; interpreted (its dots are exact float32) the cut is made here, so the interpreter
+    computes what the GPU does."""
+    if INTERPRETED:
+        if (DOT == "tf32") or (DOT == "tf32x3"):
+            return _cut_tf32(a)
+    return a
+
+
+@triton.jit
+def _weight_split(b, cut_rows, DOT: tl.constexpr):
+    """A layer's weights as (bh, bl), once per program. "tf32": bh = b rounded to nearest tf32, its rows
+    against activations the tensor cores cut (``cut_rows``) scaled by ``TF32_CUT_COMPENSATION`` first.
+    "tf32x3": b = bh + bl with bh on the tf32 grid and bl as the tensor cores read it (its own cut is 2⁻²² of
+    b). Else (b, b)."""
+    if DOT == "tf32":
+        return _rn_tf32(tl.where(cut_rows, b * TF32_CUT_COMPENSATION, b)), b
+    elif DOT == "tf32x3":
+        bh = _cut_tf32(b)
+        return bh, _cut_tf32(b - bh)
+    else:
+        return b, b
+
+
+@triton.jit
+def _mm3(a, bh, bl, DOT: tl.constexpr):
+    """a·b for the weights b split once per program (``_weight_split``) in the operand precision ``DOT``:
+    "tf32" one tf32 product (see ``TF32_CUT_COMPENSATION``); "tf32x3" the three tf32 products
+    ah·bh + (ah·bl + al·bh), float32-accurate; "ieee" float32 FMAs; "bf16" bf16 operands."""
+    if DOT == "tf32":
+        return tl.dot(_as_read(a, DOT), bh, input_precision="tf32", out_dtype=tl.float32)
+    elif DOT == "tf32x3":  # the small products first, all accumulated by the tensor cores
+        ah = _cut_tf32(a)
+        acc = tl.dot(_as_read(a - ah, DOT), bh, input_precision="tf32", out_dtype=tl.float32)
         acc = tl.dot(ah, bl, acc, input_precision="tf32", out_dtype=tl.float32)
         return tl.dot(ah, bh, acc, input_precision="tf32", out_dtype=tl.float32)
-    elif DOT == "tf32x3_emulated":  # the same with every operand cut to tf32 (exact for ah, bh)
-        ah, al = _split_tf32(a)
-        acc = tl.dot(_tf32(al), bh, input_precision="ieee", out_dtype=tl.float32)
-        acc = tl.dot(ah, _tf32(bl), acc, input_precision="ieee", out_dtype=tl.float32)
-        return tl.dot(ah, bh, acc, input_precision="ieee", out_dtype=tl.float32)
+    elif DOT == "bf16":
+        if INTERPRETED:  # the interpreter mishandles bf16 dots: the same rounding through a float32 one
+            return tl.dot(a.to(tl.bfloat16).to(tl.float32), bh.to(tl.bfloat16).to(tl.float32),
+                          input_precision="ieee", out_dtype=tl.float32)  # fmt: skip
+        else:
+            return tl.dot(a.to(tl.bfloat16), bh.to(tl.bfloat16), out_dtype=tl.float32)
     else:
-        return _mm(a, b, DOT)
-
-
-@triton.jit
-def _mm(a, b, DOT: tl.constexpr):
-    if DOT == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    elif DOT == "tf32_emulated":  # operands cut to tf32 (see _tf32) through a float32 dot
-        return tl.dot(_tf32(a), _tf32(b), input_precision="ieee", out_dtype=tl.float32)
-    elif DOT == "bf16_emulated":
-        a16 = a.to(tl.bfloat16).to(tl.float32)
-        b16 = b.to(tl.bfloat16).to(tl.float32)
-        return tl.dot(a16, b16, input_precision="ieee", out_dtype=tl.float32)
-    else:
-        return tl.dot(a, b, input_precision=DOT, out_dtype=tl.float32)
+        return tl.dot(a, bh, input_precision="ieee", out_dtype=tl.float32)
 
 
 @triton.jit
@@ -147,7 +173,7 @@ def _hidden_order(h, SB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
     tensor cores' float32 accumulator layout each thread then already holds the columns the next tf32 dot
     reads as its operand (no shuffles between the layers; bf16 operands already match: no reorder). The next
     layer's weight rows are read in the same order (``_hidden_source``), so the product is unchanged."""
-    if (DOT == "bf16") or (DOT == "bf16_emulated"):
+    if DOT == "bf16":
         return h
     else:
         return tl.reshape(tl.permute(tl.reshape(h, (SB, HID // 8, 4, 2)), (0, 1, 3, 2)), (SB, HID))
@@ -156,7 +182,7 @@ def _hidden_order(h, SB: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
 @triton.jit
 def _hidden_source(i, DOT: tl.constexpr):
     """The hidden unit that column ``i`` of ``_hidden_order``'s output holds."""
-    if (DOT == "bf16") or (DOT == "bf16_emulated"):
+    if DOT == "bf16":
         return i
     else:
         return (i & ~7) | ((i & 3) << 1) | ((i >> 2) & 1)
@@ -277,13 +303,13 @@ def lopt_apply_kernel(
     b1f = tl.load(b1 + hid) + tl.sum(w1t * tf[:, None], axis=0)
     w1f = tl.load(w1 + hid[None, :] * 39 + src[:, None], mask=real[:, None], other=0.0) * scale[:, None]
     w1f = tl.where((chan == 28)[:, None], b1f[None, :], w1f)  # the constant-1 feature's row: the bias
-    w1h, w1l = _split_tf32(w1f)
+    w1h, w1l = _weight_split(w1f, (chan != 28)[:, None], DOT)  # the constant-1 feature is read exactly
     w2t = tl.load(w2 + hid[None, :] * HID + _hidden_source(hid, DOT)[:, None])  # [in (reordered), out]
-    w2h, w2l = _split_tf32(w2t)
+    w2h, w2l = _weight_split(w2t, True, DOT)
     b2v = tl.load(b2 + hid)
     o8 = tl.arange(0, 8)
     w3p = tl.load(w3 + o8[None, :] * HID + _hidden_source(hid, DOT)[:, None], mask=(o8 < 2)[None, :], other=0.0)
-    w3h, w3l = _split_tf32(w3p)
+    w3h, w3l = _weight_split(w3p, True, DOT)
     b3d = tl.load(b3)
     b3a = tl.load(b3 + 1)
 
@@ -321,10 +347,10 @@ def lopt_apply_kernel(
         )  # fmt: skip
 
         # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
-        h = _hidden_order(tl.maximum(_mm3(x, w1f, w1h, w1l, DOT), 0.0), SB, HID, DOT)
-        h = _hidden_order(tl.maximum(_mm3(h, w2t, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm3(x, w1h, w1l, DOT), 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm3(h, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
         # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
-        da = tl.reshape(_mm3(h, w3p, w3h, w3l, DOT), (SB, 4, 2))
+        da = tl.reshape(_mm3(h, w3h, w3l, DOT), (SB, 4, 2))
         dd, aa = tl.split(da)
         d = tl.reshape(tl.sum(dd, axis=1), (BX, BY)) + b3d
         a = tl.reshape(tl.sum(aa, axis=1), (BX, BY)) + b3a

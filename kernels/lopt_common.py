@@ -15,6 +15,7 @@ from mulo.lopt import spec
 
 # Set before the first @triton.jit import: True runs every kernel on the CPU through Triton's interpreter.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRETED = tl.constexpr(INTERPRET)  # the same, readable inside @triton.jit functions
 
 # the algorithm's constants, from its one specification (mulo/lopt/spec.py)
 EPS_GRAD_SQ = tl.constexpr(spec.EPS_GRAD_SQ)

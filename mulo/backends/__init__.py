@@ -64,6 +64,10 @@ class BackendSpec:
     capabilities: frozenset[str] = frozenset()
     # The update rule whose step the backend runs: "mulo" (μLO) or "celo2"; each rule has its own names.
     rule: str = "mulo"
+    # Whether a step's result is the same run to run (fixed summation order). False: float atomics, which
+    # torch.use_deterministic_algorithms(True) forbids: "auto" then passes the backend over, and asking for it
+    # by name raises (warns with warn_only=True), as torch's own nondeterministic operations do.
+    deterministic: bool = True
 
     def auto_on(self, device_type: str) -> bool:
         return device_type in (self.auto_device_types if self.auto_device_types is not None else self.device_types)
@@ -169,9 +173,26 @@ def available_backends(
     return out
 
 
+def _check_determinism(spec: BackendSpec, device: torch.device) -> None:
+    """Raise (or, with ``warn_only``, warn) when deterministic algorithms are on and ``spec`` is not one."""
+    if spec.deterministic or not torch.are_deterministic_algorithms_enabled():
+        return
+    others = [s.name for s in _registry(spec.rule).values() if s.deterministic and device.type in s.device_types]
+    msg = (
+        f"backend {spec.name!r} sums with float atomics, so its step is not deterministic, and "
+        f"torch.use_deterministic_algorithms(True) is set. Fix: use backend='auto' (it picks a deterministic "
+        f"backend then) or one of {sorted(others)} on {device.type}, or "
+        "torch.use_deterministic_algorithms(True, warn_only=True) to run it anyway with a warning"
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, UserWarning, stacklevel=_caller_stacklevel())
+    else:
+        raise RuntimeError(msg)
+
+
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32, rule: str = "mulo") -> Backend:
     """``rule``'s backend to run for parameters of ``dtype`` on ``device``: ``name`` itself, or for ``"auto"``
-    the best available one."""
+    the best available one (a deterministic one while ``torch.use_deterministic_algorithms(True)`` is set)."""
     registry = _registry(rule)
     if name != "auto":
         backend = load_backend(name, rule)
@@ -181,9 +202,13 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
                 f"backend {name!r} (runs on {runs_on}) does not run {dtype} parameters on {device}; use "
                 f"backend='auto' or one of {available_backends(device, dtype, rule=rule)}"
             )
+        _check_determinism(registry[name], device)
         return backend
     candidates = available_backends(device, dtype, auto=True, rule=rule)
-    chosen = candidates[0]  # "reference" runs everywhere
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if deterministic:
+        candidates = [c for c in candidates if registry[c].deterministic]
+    chosen = candidates[0]  # "reference" runs everywhere, deterministically
     key = (device.type, chosen) if rule == "mulo" else (rule, device.type, chosen)  # announce once per choice
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
@@ -193,6 +218,9 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             if s.auto_on(device.type) and s.name not in candidates
         ]
         note = f"; not available: {', '.join(skipped)}" if skipped else ""
+        if deterministic:
+            passed = [s.name for s in registry.values() if not s.deterministic and s.auto_on(device.type)]
+            note += f"; passed over while deterministic algorithms are on: {', '.join(sorted(passed))}"
         who = "mulo" if rule == "mulo" else f"mulo.{rule.capitalize()}"
         warnings.warn(
             f"{who}: backend='auto' uses {chosen!r} on {device.type}{note}",
@@ -208,13 +236,13 @@ for _spec in (
                 "(always available)", capabilities=frozenset({"passes", "population"})),
     BackendSpec("triton", "mulo.backends.triton_backend:TritonBackend", ("cuda", "cpu"), 20,
                 "pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)", auto_device_types=("cuda",),
-                capabilities=frozenset({"passes", "population"})),
+                capabilities=frozenset({"passes", "population"}), deterministic=False),
     BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
                 capabilities=frozenset({"passes", "population"})),
     # "auto" on a GPU prefers Triton: the static model of the sm_90 kernels (bench/gpu_static.py, rows in
     # bench/results/gpu_static.jsonl) predicts 2.6–2.9× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
     BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 30, f"set CUDA_HOME and {_NATIVE_FIX}",
-                capabilities=frozenset({"passes"})),
+                capabilities=frozenset({"passes"}), deterministic=False),
     # Celo2 (mulo.Celo2): the oracle and the fused C++ passes (mulo/celo2/cpu.py)
     BackendSpec("reference", "mulo.celo2.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
                 "(always available)", capabilities=frozenset({"population"}), rule="celo2"),

@@ -64,9 +64,11 @@ class TritonBackend:
     (block_xc·block_y ≥ 16 for ``tl.dot``; default 2 on GPU for register pressure, 8 in the interpreter,
     which pays per program rather than per element); each pass-C program loops over ``apply_subtiles``
     such tiles along X, folding the normalization and time features into the first layer once (default 8
-    on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default), "tf32x3" (float32
-    accuracy from tf32 tensor cores: each layer as three products of split operands),
-    "ieee" or "bf16" (``MULO_TRITON_DOT`` overrides the default); ``index64`` forces 64-bit offsets."""
+    on GPU, 1 in the interpreter); ``dot`` is the MLP operand precision: "tf32" (default: tensor cores, the
+    tf32 cut of the activations compensated in the weights, within the float32 tolerance), "tf32x3" (float32
+    accuracy from tf32 tensor cores: each layer as three products of split operands), "ieee" or "bf16"
+    (``MULO_TRITON_DOT`` overrides the default; interpreted, each mode rounds as the GPU does); ``index64``
+    forces 64-bit offsets."""
 
     name = "triton"
 
@@ -86,7 +88,7 @@ class TritonBackend:
         if block_xc * block_y < 16:
             raise ValueError(f"TritonBackend: block_xc·block_y must be ≥ 16 (tl.dot), got {block_xc * block_y}")
         dot = dot or os.environ.get("MULO_TRITON_DOT", "tf32")
-        if dot not in (*DOT_MODES, "tf32_emulated", "bf16_emulated", "tf32x3_emulated"):
+        if dot not in DOT_MODES:
             raise ValueError(f"TritonBackend: dot must be one of {DOT_MODES}, got {dot!r}")
         apply_subtiles = apply_subtiles or (1 if lopt_common.INTERPRET else 8)
         if apply_subtiles < 1:
@@ -274,8 +276,6 @@ class TritonBackend:
         layers = ((flat[0], flat[1]), (flat[2], flat[3]), (flat[4], flat[5]))
         dtypes = (_TL_DTYPES[params[0].dtype], _TL_DTYPES[grads[0].dtype], _TL_DTYPES[momentum[0].dtype])
         dot = self.dot
-        if lopt_common.INTERPRET and dot == "bf16":
-            dot = "bf16_emulated"  # the interpreter mishandles bf16 tl.dot; same rounding through fp32
         w = Workspace(plan, ptrs, hyper, ws, decay_t, taus, perm, layers, exp_mult, step_mult, time_clamp, dtypes,
                       self.tiles, self.apply_subtiles, dot)  # fmt: skip
         w.key = key

@@ -153,7 +153,7 @@ class MuLO(Optimizer):
             self.net, "MuLO", "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights."
         )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
-        self._backends: dict[tuple[torch.device, torch.dtype], Backend] = {}
+        self._backends: dict[tuple[torch.device, torch.dtype, bool], Backend] = {}
         self._plan: _StepPlan | None = None  # how step() groups the parameters, reused while nothing changes
         defaults = dict(lr=lr, weight_decay=weight_decay, lr_scale=1.0, role="other")
         params = list(params)
@@ -278,9 +278,10 @@ class MuLO(Optimizer):
 
     def backend_for(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backend:
         """The backend this optimizer runs for parameters of ``dtype`` on ``device``."""
-        key = (torch.device(device), dtype)
+        # resolved again when torch.use_deterministic_algorithms is toggled (it can rule a backend out)
+        key = (torch.device(device), dtype, torch.are_deterministic_algorithms_enabled())
         if key not in self._backends:
-            self._backends[key] = resolve_backend(self.options.backend, *key)
+            self._backends[key] = resolve_backend(self.options.backend, *key[:2])
         return self._backends[key]
 
     @staticmethod

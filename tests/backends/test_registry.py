@@ -39,3 +39,61 @@ def test_auto_on_a_gpu_prefers_triton_then_cuda_then_the_reference():
 
     order = [s.name for s in sorted(_registry("mulo").values(), key=lambda s: s.priority) if s.auto_on("cuda")]
     assert order == ["triton", "cuda", "reference"]
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """Turns torch.use_deterministic_algorithms on for one test (``set(warn_only)``) and restores it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+
+    def set_(warn_only: bool = False) -> None:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+    yield set_
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_only_the_atomic_backends_are_declared_nondeterministic():
+    """triton and cuda sum passes A/B with float atomics; the reference and cpu sum in a fixed order."""
+    flags = {name: backends._REGISTRY[name].deterministic for name in known_backends()}
+    assert flags == {"cpu": True, "cuda": False, "reference": True, "triton": False}
+    assert all(s.deterministic for s in backends._registry("celo2").values())
+
+
+def test_deterministic_algorithms_rule_out_atomic_backends(deterministic_algorithms, monkeypatch):
+    """With torch.use_deterministic_algorithms(True), "auto" passes the nondeterministic backends over (and
+    says so), naming one explicitly raises with the fix, and warn_only=True turns that into a warning. A
+    nondeterministic backend registered for CPU stands in for the GPU ones on this machine."""
+    monkeypatch.setattr(backends, "_ANNOUNCED", set())
+    atomic = backends.BackendSpec("atomic_cpu", "mulo.backends.reference:ReferenceBackend", ("cpu",), 1,
+                                  "(test)", deterministic=False)  # fmt: skip
+    monkeypatch.setitem(backends._REGISTRY, "atomic_cpu", atomic)
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MuLOBackendNotice)
+        assert backends.available_backends(cpu, auto=True)[0] == "atomic_cpu"  # the fastest, normally
+    deterministic_algorithms()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = backends.resolve_backend("auto", cpu)
+    assert type(chosen).__name__ == "CpuBackend"  # the native build is part of `make install`
+    notes = [str(w.message) for w in caught if issubclass(w.category, MuLOBackendNotice)]
+    assert notes and "passed over while deterministic algorithms are on: atomic_cpu" in notes[0], notes
+    with pytest.raises(RuntimeError, match=r"backend 'atomic_cpu' sums with float atomics.*Fix: use backend='auto'"):
+        backends.resolve_backend("atomic_cpu", cpu)
+    deterministic_algorithms(warn_only=True)
+    with pytest.warns(UserWarning, match="not deterministic"):
+        backends.resolve_backend("atomic_cpu", cpu)
+
+
+def test_the_optimizer_resolves_again_when_determinism_is_toggled(deterministic_algorithms):
+    pytest.importorskip("mulo.backends.triton_backend", reason="needs triton")
+    if "triton" not in backends.available_backends("cpu"):
+        pytest.skip("triton runs on CPU only through its interpreter (TRITON_INTERPRET=1)")
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = mulo.MuLO([p], backend="triton")
+    p.grad = torch.randn(3, 4)
+    opt.step()  # fine: determinism is off
+    deterministic_algorithms()
+    with pytest.raises(RuntimeError, match="torch.use_deterministic_algorithms"):
+        opt.step()

@@ -96,8 +96,11 @@ def main(archs: list[int], everything: bool = False) -> None:
                 continue
             compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target, options=options(fn))
             local, mma = sass_counts(compiled.asm["cubin"])
+            # conversions to tf32 Triton itself emits: the "tf32" mode's rounding (kernels/lopt_apply.py
+            # _rn_operand) relies on the tensor cores reading the register bits as they are
+            cvt = len(re.findall(r"cvt\.rna?\.tf32\.f32", compiled.asm["ptx"]))
             print(f"sm_{arch} {name}: {len(compiled.asm['cubin'])} B cubin, {compiled.metadata.shared} B smem, "
-                  f"{local} local-memory instrs, {mma} MMA instrs")  # fmt: skip
+                  f"{local} local-memory instrs, {mma} MMA instrs, {cvt} tf32 conversions")  # fmt: skip
 
 
 if __name__ == "__main__":
