@@ -154,15 +154,22 @@ class TritonBackend:
         for i in empty:
             states[i]["step"].add_(1.0)  # nothing to update; the reference counts the step
         net = _net(weights)
+        on_device = _has_tensor(lrs) or _has_tensor(weight_decays)
         for idx in groups.values():
+            lr, wd, hyper = [], [], None
+            if on_device:  # no host sync, and CUDA-graph replay reads the tensors' current values
+                hyper = hyper_table([lrs[i] for i in idx], [weight_decays[i] for i in idx], params[idx[0]].device)
+            else:
+                lr, wd = [float(lrs[i]) for i in idx], [float(weight_decays[i]) for i in idx]
             torch.ops.mulo.triton_lopt_step_(
                 *_op_tensors(params, grads, states, idx),
-                [float(lrs[i]) for i in idx],
-                [float(weight_decays[i]) for i in idx],
+                lr,
+                wd,
                 *net,
                 self.dot,
                 [*self.tiles, self.apply_subtiles, int(self.index64)],
                 None if weight_index is None else [weight_index[i] for i in idx],
+                hyper,
             )
 
     # ---- the pass contract (mulo.backends.passes): the same kernels on local shards ------------------------
@@ -217,10 +224,15 @@ class TritonBackend:
             for i, r in zip(empty, result or ()):
                 out[i] = r
         net = _net(weights)
+        on_device = lrs is not None and (_has_tensor(lrs) or _has_tensor(wds))
         for idx in groups.values():
+            wholes = tuple(tuple(geoms[i].shape) for i in idx)
+            if on_device:
+                hyper = hyper_table([lrs[i] for i in idx], [wds[i] for i in idx], params[idx[0]].device)
+                yield idx, self.prepare(*_op_tensors(params, grads, states, idx), [], [], *net, None, wholes, hyper)
+                continue
             lr = [float(lrs[i]) if lrs is not None else 0.0 for i in idx]
             wd = [float(wds[i]) if wds is not None else 0.0 for i in idx]
-            wholes = tuple(tuple(geoms[i].shape) for i in idx)
             yield idx, self.prepare(*_op_tensors(params, grads, states, idx), lr, wd, *net, None, wholes)
 
     def _reference(self):
@@ -232,9 +244,10 @@ class TritonBackend:
 
     # ---- the three passes (separately callable: distributed exactness all-reduces between them) ----
     def prepare(self, params, grads, momentum, second_moment, accs, steps, skips, lrs, wds, flat, decays, exp_mult,
-                step_mult, time_clamp, layout, weight_index=None, wholes=None) -> Workspace:  # fmt: skip
+                step_mult, time_clamp, layout, weight_index=None, wholes=None, hyper=None) -> Workspace:  # fmt: skip
         """Tables and a zeroed workspace for one group (no kernel runs); ``wholes``: the whole tensors' shapes
-        when ``params`` are local shards (the pass contract)."""
+        when ``params`` are local shards (the pass contract); ``hyper``: the (lr, weight decay) rows as a
+        float32 device tensor (``hyper_table``) instead of ``lrs``/``wds``."""
         device = params[0].device
         bx, by, bxc = self.tiles
         shapes = tuple(tuple(p.shape) for p in params)
@@ -268,7 +281,8 @@ class TritonBackend:
                 ]
             )
         ptrs = self._table(("ptrs", key), rows, torch.int64, device)
-        hyper = self._table(("hyper", key), [[lr, wd] for lr, wd in zip(lrs, wds)], torch.float32, device)
+        if hyper is None:
+            hyper = self._table(("hyper", key), [[lr, wd] for lr, wd in zip(lrs, wds)], torch.float32, device)
         decay_t = self._const(("decays", device, tuple(decays)), list(decays), torch.float32, device)
         taus = self._const(("taus", device), list(C.TIMESCALES), torch.float32, device)
         perm = self._const(("perm", device), lopt_plan.join_tree_order(), torch.int32, device)
@@ -477,6 +491,30 @@ def _check_tensor(i: int, p: torch.Tensor, g: torch.Tensor, st: dict[str, torch.
         )
 
 
+def _has_tensor(values) -> bool:
+    return any(isinstance(v, torch.Tensor) for v in values)
+
+
+def hyper_table(lrs: list, wds: list, device: torch.device) -> torch.Tensor:
+    """The (lr, weight decay) row of each tensor as a float32 ``[n, 2]`` tensor on ``device``, built by device
+    operations only: a tensor learning rate (``param_group["lr"]`` a 0-d CUDA tensor, as torch's capturable
+    optimizers take it) is never read on the host, and a captured CUDA graph recomputes the table from the
+    tensors' current values at every replay (an LR schedule that updates them in place keeps working).
+    Python floats become constants (a fill, no host-to-device copy)."""
+
+    def column(values):
+        return torch.stack(
+            [
+                v.detach().to(device=device, dtype=torch.float32).reshape(())
+                if isinstance(v, torch.Tensor)
+                else torch.full((), float(v), dtype=torch.float32, device=device)
+                for v in values
+            ]
+        )
+
+    return torch.stack([column(lrs), column(wds)], dim=1)
+
+
 _BACKEND_FOR_OP: dict[tuple, TritonBackend] = {}
 
 
@@ -503,13 +541,15 @@ def triton_lopt_step_(
     dot: str,
     tiles: list[int],
     weight_index: list[int] | None = None,
+    hyper: torch.Tensor | None = None,
 ) -> None:
     """One μLO step of a group (same device, parameter dtype, gradient dtype and state dtype): passes A, B, C.
 
     ``accumulators`` holds ``row, col`` for each rank ≥ 2 parameter and ``full`` for each other one, in order;
     ``net`` the six meta-weight tensors (W, b per layer), each with a leading axis K when ``weight_index``
     gives each tensor's set (a population); ``decays`` β_m (3), β_v, β_f (3), 1 − β_v;
-    ``tiles`` = (block_x, block_y, block_xc, apply_subtiles, index64).
+    ``tiles`` = (block_x, block_y, block_xc, apply_subtiles, index64); ``hyper``: the (lr, weight decay) rows
+    on the device (``hyper_table``), which then replace ``lrs`` and ``weight_decays`` (empty).
     """
     key = (dot, *tiles)
     backend = _BACKEND_FOR_OP.get(key)
@@ -518,7 +558,7 @@ def triton_lopt_step_(
         backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
     with _device_guard(params):
         w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays,
-                            net, decays, exp_mult, step_mult, time_clamp, layout, weight_index)  # fmt: skip
+                            net, decays, exp_mult, step_mult, time_clamp, layout, weight_index, None, hyper)  # fmt: skip
         backend.reduce(w)
         backend.sumsq(w)
         backend.apply(w)
@@ -526,5 +566,5 @@ def triton_lopt_step_(
 
 @triton_lopt_step_.register_fake
 def _(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays, net, decays, exp_mult,
-      step_mult, time_clamp, layout, dot, tiles, weight_index=None) -> None:  # fmt: skip
+      step_mult, time_clamp, layout, dot, tiles, weight_index=None, hyper=None) -> None:  # fmt: skip
     return None

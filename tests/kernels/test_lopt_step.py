@@ -379,3 +379,47 @@ def test_parameters_on_a_device_that_is_not_current():
     for i, s in enumerate(shapes):
         assert_close(tri_p[i].cpu(), ref_p[i], kernel_key(backend), f"param {shape_id(s)} on cuda:1")
         assert tri_s[i]["step"].item() == 2.0
+
+
+class _DeviceOnlyScalar(torch.Tensor):
+    """A learning rate that fails if read on the host (what a GPU host sync would be)."""
+
+    def __float__(self):
+        raise AssertionError("a tensor hyperparameter was read on the host")
+
+    def item(self):
+        raise AssertionError("a tensor hyperparameter was read on the host")
+
+
+def test_tensor_lr_and_weight_decay_stay_on_the_device():
+    """param_group["lr"] (and weight_decay) as 0-d tensors, as torch's capturable optimizers take them: the
+    step builds its hyperparameter table with device operations only (no host read, so no sync and a CUDA graph
+    replays the current values) and equals the float run bitwise; changing the tensor in place changes the
+    next step, as an LR schedule under graph replay does."""
+    import mulo
+    from mulo.mup.models import MuMLP
+
+    torch.manual_seed(0)
+    models = [MuMLP(in_features=5, width=8, depth=2, out_features=3).to(DEVICE) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    lr = torch.tensor(0.5, device=DEVICE).as_subclass(_DeviceOnlyScalar)
+    wd = torch.tensor(0.01, device=DEVICE).as_subclass(_DeviceOnlyScalar)
+    net = random_net()
+    opts = []
+    for m, (lr_, wd_) in zip(models, ((0.5, 0.01), (lr, wd))):
+        groups = mulo.mup.param_groups(m, m.roles())
+        for g in groups:
+            g["weight_decay"] = wd_
+        opts.append(mulo.MuLO(groups, lr=lr_, meta_weights=net, backend="triton"))
+    x = torch.randn(6, 5, device=DEVICE)
+    for step in range(3):
+        if step == 2:  # an in-place schedule update on the tensor; the float run follows by assignment
+            lr.fill_(0.25)
+            for g in opts[0].param_groups:
+                g["lr"] = 0.25
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            assert torch.equal(p, q), f"step {step}: tensor lr/wd differ from floats"
