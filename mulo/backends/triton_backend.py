@@ -558,7 +558,8 @@ def triton_lopt_step_(
         backend = _BACKEND_FOR_OP[key] = TritonBackend(*blocks, dot=dot, index64=bool(index64), apply_subtiles=nsub)
     with _device_guard(params):
         w = backend.prepare(params, grads, momentum, second_moment, accumulators, steps, skips, lrs, weight_decays,
-                            net, decays, exp_mult, step_mult, time_clamp, layout, weight_index, None, hyper)  # fmt: skip
+                            net, decays, exp_mult, step_mult, time_clamp, layout, weight_index,
+                            hyper=hyper)  # fmt: skip
         backend.reduce(w)
         backend.sumsq(w)
         backend.apply(w)
