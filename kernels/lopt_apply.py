@@ -99,9 +99,10 @@ def _join32(
 # "tf32": the tensor cores cut each activation operand to its 10 leading mantissa bits, which shrinks a value by
 # 2⁻¹⁰·U/m relative (U uniform in [0, 1), m its mantissa in [1, 2)): on average 2⁻¹¹·E[1/m]. The weights of
 # every activation row are scaled once per program by 1 + 2⁻¹¹/(2 ln 2) (E[1/m] for log-uniform mantissas)
-# and rounded to nearest tf32, which leaves an unbiased operand error of the same size as rounding to nearest
-# and a systematic bias of at most 0.28·2⁻¹¹ ≈ 1.4e-4 of a product whatever the mantissas are; the exact
-# constant-1 feature (layer 1's bias row) is not scaled. No per-element instruction is spent on it.
+# and rounded to nearest tf32. The operand error left is as large as rounding to nearest, and its mean,
+# c − 2⁻¹¹/m for c = 0.72·2⁻¹¹, lies in [−0.28, +0.22]·2⁻¹¹ (≤ 1.4e-4) for values with low bits to cut;
+# +0.72·2⁻¹¹ (3.5e-4) for a value already on the tf32 grid (such as a parameter at 1.0), which the cut leaves
+# whole. The constant-1 feature (layer 1's bias row) is not scaled. No per-element instruction is spent.
 TF32_CUT_COMPENSATION = tl.constexpr(1.0003522204689670)
 
 
