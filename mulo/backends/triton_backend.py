@@ -502,15 +502,20 @@ def hyper_table(lrs: list, wds: list, device: torch.device) -> torch.Tensor:
     tensors' current values at every replay (an LR schedule that updates them in place keeps working).
     Python floats become constants (a fill, no host-to-device copy)."""
 
-    def column(values):
-        return torch.stack(
-            [
+    made: dict = {}  # one conversion per distinct value: a param group repeats one lr for all its tensors
+
+    def one(v):
+        key = ("t", id(v)) if isinstance(v, torch.Tensor) else ("f", float(v))
+        if key not in made:
+            made[key] = (
                 v.detach().to(device=device, dtype=torch.float32).reshape(())
                 if isinstance(v, torch.Tensor)
                 else torch.full((), float(v), dtype=torch.float32, device=device)
-                for v in values
-            ]
-        )
+            )
+        return made[key]
+
+    def column(values):
+        return torch.stack([one(v) for v in values])
 
     return torch.stack([column(lrs), column(wds)], dim=1)
 
