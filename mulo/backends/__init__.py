@@ -243,11 +243,14 @@ for _spec in (
     # bench/results/gpu_static.jsonl) predicts 2.6–2.9× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
     BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 30, f"set CUDA_HOME and {_NATIVE_FIX}",
                 capabilities=frozenset({"passes"}), deterministic=False),
-    # Celo2 (mulo.Celo2): the oracle and the fused C++ passes (mulo/celo2/cpu.py)
+    # Celo2 (mulo.Celo2): the oracle, the fused C++ passes (mulo/celo2/cpu.py), the Triton ones (mulo/celo2/triton.py)
     BackendSpec("reference", "mulo.celo2.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
                 "(always available)", capabilities=frozenset({"population"}), rule="celo2"),
     BackendSpec("cpu", "mulo.celo2.cpu:CpuBackend", ("cpu",), 10, _NATIVE_FIX, capabilities=frozenset({"population"}),
                 rule="celo2"),
+    BackendSpec("triton", "mulo.celo2.triton:TritonBackend", ("cuda", "cpu"), 20,
+                "pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)", auto_device_types=("cuda",),
+                capabilities=frozenset({"population"}), rule="celo2", deterministic=False),
 ):  # fmt: skip
     register_backend(_spec)
 

@@ -204,23 +204,26 @@ def _direction_buffers(params, offsets=None) -> tuple[dict[tuple[int, int], torc
     for p in params:
         key = tuple(p.shape[-2:])
         counts[key] = counts.get(key, 0) + p.numel() // (key[0] * key[1])
-    buffers = {key: torch.empty((n, *key), dtype=torch.float32) for key, n in counts.items()}
+    device = params[0].device if params else None
+    buffers = {key: torch.empty((n, *key), dtype=torch.float32, device=device) for key, n in counts.items()}
     offsets = _offsets(params) if offsets is None else offsets
     return buffers, [_slices_of(buffers, p, off) for p, off in zip(params, offsets)]
 
 
-class CpuBackend:
-    """Fused C++ Celo2 on the CPU (OpenMP over chunks of all tensors, SIMD chosen at run time as μLO's)."""
+class FusedBackend:
+    """What Celo2's fused backends share around their passes (``_run_passes``): the routing of tensors the
+    kernels do not cover to the reference, zero-size tensors, contiguous math views written back, and the
+    population step with every member's learned tensors in one call per pass."""
 
-    name = "cpu"
+    name = "fused"
+    STEP_CACHE = 4
 
     def __init__(self) -> None:
-        self._C = load_extension()
-        _register_fakes()
         self._fallback = reference.ReferenceBackend()
 
-    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return torch.device(device).type == "cpu" and dtype in NATIVE_DTYPES
+    def _run_passes(self, bucket: _Bucket, grads, lrs, weight_decays, mlp, *, orthogonalize: bool,
+                    weight_index=()) -> None:  # fmt: skip
+        raise NotImplementedError
 
     @staticmethod
     def _exact_here(states, weights: Celo2Weights) -> bool:
@@ -235,8 +238,10 @@ class CpuBackend:
             return
         bad = [(i, p.dtype) for i, p in enumerate(params) if p.dtype not in NATIVE_DTYPES]
         if bad:
-            raise TypeError(f"Celo2 backend 'cpu' runs float32/bfloat16/float16 parameters; params[{bad[0][0]}] has "
-                            f"dtype {bad[0][1]} (use backend='reference' or 'auto' for it)")  # fmt: skip
+            raise TypeError(
+                f"Celo2 backend '{self.name}' runs float32/bfloat16/float16 parameters; params[{bad[0][0]}] has "
+                f"dtype {bad[0][1]} (use backend='reference' or 'auto' for it)"
+            )
         keep = []
         for i, (p, st) in enumerate(zip(params, states, strict=True)):
             if p.numel() == 0:
@@ -245,10 +250,10 @@ class CpuBackend:
                 keep.append(i)
         if not keep:
             return
-        bucket = _Bucket([_work(params[i], states[i], axes) for i in keep])
+        bucket = self._step_bucket([params[i] for i in keep], [states[i] for i in keep], axes)
         grads = [reference.math_view(grads[i], axes) for i in keep]
-        run_passes(bucket, grads, [lrs[i] for i in keep], [weight_decays[i] for i in keep], weights_mlp(weights),
-                   orthogonalize=orthogonalize)  # fmt: skip
+        lrs, wds = [lrs[i] for i in keep], [weight_decays[i] for i in keep]
+        self._run_passes(bucket, grads, lrs, wds, weights_mlp(weights), orthogonalize=orthogonalize)
         bucket.copy_back()
 
     def population_step(self, params, grads, states, lrs, weight_decays, weights, options) -> None:
@@ -273,10 +278,29 @@ class CpuBackend:
             wds = [wd for _ in range(m) for *_, wd in learned]
             index = [j for j in range(m) for _ in learned]
             mlp = mlp_tensors(weights.w0, weights.b0, weights.dense)
-            run_passes(bucket, grads, member_lrs, wds, mlp, orthogonalize=options.orthogonalize, weight_index=index)
+            self._run_passes(bucket, grads, member_lrs, wds, mlp, orthogonalize=options.orthogonalize,
+                             weight_index=index)  # fmt: skip
             bucket.copy_back()
         if adamw:
             pop.adamw_route(*zip(*adamw), options)
+
+    def _step_bucket(self, params, states, axes: str) -> _Bucket:
+        """The tensors of an optimizer step as the passes take them, kept while they are the same storage (the
+        launch tables and direction buffers built for them are then reused). The backend object is shared by
+        every optimizer of the process: the last ``STEP_CACHE`` parameter sets are kept (their tensors with
+        them, until that many other sets have stepped)."""
+        key = (axes, *((p.data_ptr(), p.shape, p.stride()) for p in params))
+        key += tuple(v.data_ptr() for st in states for v in st.values())
+        cache = self.__dict__.setdefault("_step_cache", {})
+        bucket = cache.pop(key, None)
+        if bucket is None:
+            bucket = _Bucket([_work(p, st, axes) for p, st in zip(params, states)])
+            if not bucket.reusable:
+                return bucket
+        cache[key] = bucket  # most recent last
+        while len(cache) > self.STEP_CACHE:
+            cache.pop(next(iter(cache)))
+        return bucket
 
     def _population_bucket(self, learned, m: int, axes: str) -> _Bucket:
         """Every member's views of the stacked tensors (member-major), kept while the stacks are the same
@@ -290,6 +314,23 @@ class CpuBackend:
         bucket = _Bucket(works)
         self._bucket_cache = (key, bucket) if bucket.reusable else None
         return bucket
+
+
+class CpuBackend(FusedBackend):
+    """Fused C++ Celo2 on the CPU (OpenMP over chunks of all tensors, SIMD chosen at run time as μLO's)."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._C = load_extension()
+        _register_fakes()
+
+    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return torch.device(device).type == "cpu" and dtype in NATIVE_DTYPES
+
+    def _run_passes(self, bucket, grads, lrs, weight_decays, mlp, *, orthogonalize, weight_index=()) -> None:
+        run_passes(bucket, grads, lrs, weight_decays, mlp, orthogonalize=orthogonalize, weight_index=weight_index)
 
     @property
     def isa(self) -> str:

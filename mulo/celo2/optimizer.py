@@ -66,9 +66,11 @@ class Celo2(Optimizer):
             (``model.safetensors`` + ``config.json``), the name of Celo2 weights shipped with mulo
             (:func:`mulo.celo2.pretrained.names`), or ``None``: ``celo2_cpu``, meta-trained by mulo on CPU (the
             hand-set ``placeholder_handset_adam`` warns with :class:`~mulo.PlaceholderMetaWeightsWarning`).
-        backend: ``"auto"`` (the fastest available: ``"cpu"`` on CPU when the native extension is built),
-            ``"reference"`` (plain PyTorch, float64-capable, the oracle) or ``"cpu"`` (fused C++ passes,
-            :mod:`mulo.celo2.cpu`; float32/bfloat16/float16 CPU parameters).
+        backend: ``"auto"`` (the fastest available: ``"cpu"`` on CPU when the native extension is built,
+            ``"triton"`` on CUDA), ``"reference"`` (plain PyTorch, float64-capable, the oracle), ``"cpu"`` (fused
+            C++ passes, :mod:`mulo.celo2.cpu`; float32/bfloat16/float16 CPU parameters) or ``"triton"`` (the same
+            passes as Triton kernels, :mod:`mulo.celo2.triton`; float32/bfloat16/float16 CUDA parameters, or CPU
+            ones in Triton's interpreter with ``TRITON_INTERPRET=1``).
         orthogonalize: Newton–Schulz on the learned direction (Celo2); ``False`` is Celo2-base.
         adam_lr_mult: the AdamW route's learning rate is ``lr · adam_lr_mult``.
         adam_betas, adam_eps: AdamW's moment decays and the epsilon added to √v̂.

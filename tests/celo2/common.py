@@ -4,7 +4,9 @@ import json
 
 import torch
 
+import mulo
 from mulo.celo2 import Celo2Net
+from tests.helpers import hetero_grad
 
 # The published layout of docs/CELO2.md: every key of model.safetensors and its shape.
 PUBLISHED_KEYS = {
@@ -51,3 +53,36 @@ def write_published_layout(directory, tensors=None, config=None):
     save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config or PUBLISHED_CONFIG))
     return tensors
+
+
+def pair(shapes, dtype, net, backend: str, **kw):
+    """A float64 reference optimizer and one on ``backend`` over copies of the same parameters (two param groups with
+    their own lr and weight decay, so that every tensor of a call carries its own)."""
+    ref = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    fast = [p.to(dtype) for p in ref]
+    for p in ref:
+        p.data.copy_(p.to(dtype).double())  # the same start (bf16 rounding included)
+
+    def groups(ps):
+        half = len(ps) // 2
+        return [{"params": ps[:half], "weight_decay": 0.1}, {"params": ps[half:], "lr": 0.02}]
+
+    opt_ref = mulo.Celo2(groups(ref), lr=0.01, meta_weights=net, backend="reference", **kw)
+    opt_fast = mulo.Celo2(groups(fast), lr=0.01, meta_weights=net, backend=backend, **kw)
+    return ref, fast, opt_ref, opt_fast
+
+
+def set_grads(ref, fast, scale=1.0):
+    for a, b in zip(ref, fast):
+        b.grad = hetero_grad(a.shape, scale=scale).to(b.dtype)
+        a.grad = b.grad.double()
+
+
+def sync_state(opt_ref, opt_fast, ref, fast):
+    """The fast optimizer's parameters and state set to the reference's (cast), for a one-step comparison."""
+    for a, b in zip(ref, fast):
+        b.data.copy_(a)
+        opt_fast.state[b] = {k: v.to(torch.float32).clone() for k, v in opt_ref.state[a].items()}
+        a.data.copy_(b.double())  # the reference starts from the representable values too
+        for k, v in opt_ref.state[a].items():
+            v.copy_(opt_fast.state[b][k])

@@ -13,7 +13,8 @@ import torch
 import mulo
 from mulo.backends import BackendUnavailable
 from mulo.celo2 import Celo2Config, Celo2Net, reference, spec
-from tests.celo2.common import random_celo2_net
+from tests.celo2.common import pair as _pair
+from tests.celo2.common import random_celo2_net, set_grads, sync_state
 from tests.helpers import hetero_grad
 from tests.tolerances import TRAJECTORY, assert_close, movement_error
 
@@ -28,6 +29,10 @@ CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 # odd sizes, single rows/columns, rank 3 and conv kernels (slices of 9 elements: tiles across slices), a slice
 # wider than a tile, and one of more than a work chunk (12,288 elements: split across threads)
 SHAPES = [(6, 4), (5, 7), (1, 9), (7, 1), (3, 4, 5), (4, 3, 3, 3), (2, 3, 1, 5), (33, 70), (2, 97, 131)]
+
+
+def pair(shapes, dtype, net, **kw):
+    return _pair(shapes, dtype, net, "cpu", **kw)
 
 
 def _isas():
@@ -46,39 +51,6 @@ def isa(request):
     prev = _C.set_cpu_isa(request.param)
     yield request.param
     _C.set_cpu_isa(prev)
-
-
-def pair(shapes, dtype, net, **kw):
-    """A float64 reference optimizer and a cpu one over copies of the same parameters (two param groups with
-    their own lr and weight decay, so that every tensor of a call carries its own)."""
-    ref = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    fast = [p.to(dtype) for p in ref]
-    for p in ref:
-        p.data.copy_(p.to(dtype).double())  # the same start (bf16 rounding included)
-
-    def groups(ps):
-        half = len(ps) // 2
-        return [{"params": ps[:half], "weight_decay": 0.1}, {"params": ps[half:], "lr": 0.02}]
-
-    opt_ref = mulo.Celo2(groups(ref), lr=0.01, meta_weights=net, backend="reference", **kw)
-    opt_fast = mulo.Celo2(groups(fast), lr=0.01, meta_weights=net, backend="cpu", **kw)
-    return ref, fast, opt_ref, opt_fast
-
-
-def set_grads(ref, fast, scale=1.0):
-    for a, b in zip(ref, fast):
-        b.grad = hetero_grad(a.shape, scale=scale).to(b.dtype)
-        a.grad = b.grad.double()
-
-
-def sync_state(opt_ref, opt_fast, ref, fast):
-    """The cpu optimizer's parameters and state set to the reference's (cast), for a one-step comparison."""
-    for a, b in zip(ref, fast):
-        b.data.copy_(a)
-        opt_fast.state[b] = {k: v.to(torch.float32).clone() for k, v in opt_ref.state[a].items()}
-        a.data.copy_(b.double())  # the reference starts from the representable values too
-        for k, v in opt_ref.state[a].items():
-            v.copy_(opt_fast.state[b][k])
 
 
 @pytest.mark.parametrize("orthogonalize", [True, False], ids=["celo2", "celo2_base"])
@@ -202,8 +174,9 @@ def test_auto_picks_cpu_for_native_dtypes_and_the_reference_for_float64():
 
 
 def test_bad_backend_and_dtype_are_named():
-    with pytest.raises(ValueError, match="unknown celo2 backend 'triton'"):
-        mulo.Celo2([torch.randn(3, 3)], meta_weights=random_celo2_net(), backend="triton")
+    known = r"\['cpu', 'reference', 'triton'\]"
+    with pytest.raises(ValueError, match=rf"unknown celo2 backend 'cuda'; choose 'auto' or one of {known}"):
+        mulo.Celo2([torch.randn(3, 3)], meta_weights=random_celo2_net(), backend="cuda")
     p = torch.randn(3, 3, dtype=torch.float64)
     opt = mulo.Celo2([p], meta_weights=random_celo2_net(), backend="cpu")
     p.grad = torch.randn_like(p)

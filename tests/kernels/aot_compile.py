@@ -1,4 +1,4 @@
-"""Compile every μLO Triton kernel ahead of time for GPU targets: ``python -m tests.kernels.aot_compile
+"""Compile every Triton kernel (μLO's and Celo2's) ahead of time for GPU targets: ``python -m tests.kernels.aot_compile
 [--all] 90 80``. Needs no GPU, only Triton's bundled compilers; run with TRITON_INTERPRET unset. Without
 ``--all``, each kernel is compiled in the variants that differ in code shape (float32/int32 and
 bf16/int64 storage, every dot mode); ``--all`` compiles the full dtype × index × dot matrix (~1 min per
@@ -19,7 +19,7 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from mulo.kernels import lopt_apply, lopt_reduce, lopt_sumsq  # noqa: E402
+from mulo.kernels import celo2, lopt_apply, lopt_reduce, lopt_sumsq  # noqa: E402
 from mulo.kernels.lopt_apply import lopt_apply_kernel  # noqa: E402
 from mulo.kernels.lopt_reduce import lopt_reduce_kernel  # noqa: E402
 from mulo.kernels.lopt_sumsq import lopt_sumsq_kernel  # noqa: E402
@@ -32,7 +32,7 @@ BLOCKS = {"BX": 32, "BY": 64}
 def variants():
     """(name, kernel, signature, constexprs) for every kernel × storage dtypes × index width × dot mode."""
     for p_dt, g_dt, s_dt in ((tl.float32, tl.float32, tl.float32), (tl.bfloat16, tl.bfloat16, tl.bfloat16),
-                             (tl.float16, tl.float32, tl.float32)):  # fmt: skip
+                             (tl.float16, tl.float32, tl.float32), (tl.float32, tl.float32, tl.bfloat16)):  # fmt: skip
         for idx in (tl.int32, tl.int64):
             tag = f"p={p_dt} g={g_dt} s={s_dt} idx={idx}"
             yield (
@@ -56,11 +56,33 @@ def variants():
                 c = {**consts, "BX": 2, "BY": 64, "NSUB": 8, "HID": 32, "DOT": dot}
                 sig.update({k: "constexpr" for k in c})
                 yield f"lopt_apply {tag} dot={dot}", lopt_apply_kernel, sig, c
+            if (p_dt, s_dt) != (tl.float32, tl.bfloat16):  # Celo2's state is float32: that pair is fp32's
+                yield from celo2_variants(p_dt, g_dt, idx, tag)
+
+
+def celo2_variants(p_dt, g_dt, idx, tag):
+    """Celo2's four kernels (its state is float32 whatever the parameters)."""
+    c = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": tl.float32, "BX": 2, "BY": 64, "IDX": idx}
+    tag = tag.replace(f"s={tl.bfloat16}", f"s={tl.float32}")
+    sig = {**TABLES, "cmeta": "*i64"}
+    yield (
+        f"celo2_reduce {tag}",
+        celo2.celo2_reduce_kernel,
+        {**TABLES, **{k: "constexpr" for k in ("G_DT", "S_DT", "BX", "BY", "IDX")}},
+        {"G_DT": g_dt, "S_DT": tl.float32, **BLOCKS, "IDX": idx},
+    )
+    yield f"celo2_sumsq {tag}", celo2.celo2_sumsq_kernel, {**sig, **{k: "constexpr" for k in c}}, c
+    for mode in (celo2.STORE_DIRECTION, celo2.SUM_DIRECTION_SQ, celo2.APPLY_DIRECTION):
+        s = {**sig, "net": "*fp32", "dptrs": "*i64", "hyper": "*fp32", **{k: "constexpr" for k in (*c, "MODE")}}
+        yield f"celo2_direction {tag} mode={mode}", celo2.celo2_direction_kernel, s, {**c, "MODE": mode}
+    s = {**sig, "xptrs": "*i64", "hyper": "*fp32", **{k: "constexpr" for k in c}}
+    yield f"celo2_apply {tag}", celo2.celo2_apply_kernel, s, c
 
 
 def options(fn) -> dict:
     """The launch options the kernel's launcher uses (warps, pipeline stages), for ``triton.compile``."""
-    module = {lopt_reduce_kernel: lopt_reduce, lopt_sumsq_kernel: lopt_sumsq, lopt_apply_kernel: lopt_apply}[fn]
+    modules = {lopt_reduce_kernel: lopt_reduce, lopt_sumsq_kernel: lopt_sumsq, lopt_apply_kernel: lopt_apply}
+    module = modules.get(fn, celo2)
     return {"num_warps": module.NUM_WARPS, "num_stages": getattr(module, "NUM_STAGES", 3)}
 
 
@@ -73,6 +95,13 @@ REPRESENTATIVE = (
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32x3",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=ieee",
     "lopt_apply p=bf16 g=bf16 s=bf16 idx=int64 dot=bf16",
+    "celo2_reduce p=fp32 g=fp32 s=fp32 idx=int32",
+    "celo2_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
+    "celo2_sumsq p=bf16 g=bf16 s=fp32 idx=int64",
+    "celo2_direction p=fp32 g=fp32 s=fp32 idx=int32 mode=0",
+    "celo2_direction p=fp32 g=fp32 s=fp32 idx=int32 mode=1",
+    "celo2_direction p=bf16 g=bf16 s=fp32 idx=int64 mode=2",
+    "celo2_apply p=fp32 g=fp32 s=fp32 idx=int32",
 )
 
 

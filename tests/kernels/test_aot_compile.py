@@ -1,5 +1,5 @@
-"""Every Triton kernel compiles for sm_90 and sm_80 (in a subprocess with the interpreter off): catches
-what the interpreter accepts and a GPU compiler rejects (tl.dot shapes, dtype mixes, scalar control flow).
+"""Every Triton kernel (μLO's and Celo2's) compiles for sm_90 and sm_80 (in a subprocess with the interpreter
+off): catches what the interpreter accepts and a GPU compiler rejects (tl.dot shapes, dtype mixes, scalar control flow).
 From the SASS: no shipped variant spills registers (no local-memory instructions), and the apply kernel's
 MLP runs on tensor cores (HMMA/HGMMA) in its tf32 and bf16 modes; the PTX holds no tf32 conversion of Triton's
 own (the tf32 mode's rounding depends on the MMA reading register bits unconverted)."""
@@ -29,7 +29,8 @@ def test_kernels_compile_for_gpu(arch):
     assert out.returncode == 0, f"AOT compile for sm_{arch} failed:\n{out.stdout}\n{out.stderr[-4000:]}"
     compiled = [line for line in out.stdout.splitlines() if line.startswith(f"sm_{arch} ")]
     kernels = {line.split()[1] for line in compiled}
-    assert kernels == {"lopt_reduce", "lopt_sumsq", "lopt_apply"}, out.stdout
+    assert kernels == {"lopt_reduce", "lopt_sumsq", "lopt_apply", "celo2_reduce", "celo2_sumsq", "celo2_direction",
+                       "celo2_apply"}, out.stdout  # fmt: skip
     for line in compiled:
         local = int(re.search(r"(\d+) local-memory instrs", line).group(1))
         mma = int(re.search(r"(\d+) MMA instrs", line).group(1))
