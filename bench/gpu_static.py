@@ -894,8 +894,8 @@ class Kernel:
 
 
 def compile_triton(only: set[str] | None = None, arch: int = 90) -> list[Kernel]:
-    """Every shipped Triton variant (``tests/kernels/aot_compile.variants()``), or those named in ``only``,
-    compiled for ``sm_<arch>`` with the interpreter off."""
+    """Every shipped μLO Triton variant (``tests/kernels/aot_compile.variants()``; Celo2's kernels are not
+    modelled), or those named in ``only``, compiled for ``sm_<arch>`` with the interpreter off."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -907,7 +907,7 @@ def compile_triton(only: set[str] | None = None, arch: int = 90) -> list[Kernel]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, fn, sig, consts in variants():
-            if only is not None and name not in only:
+            if (only is not None and name not in only) or (only is None and not name.startswith("lopt_")):
                 continue
             compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target, options=options(fn))
             md = compiled.metadata
@@ -1270,16 +1270,26 @@ PASS_NAMES = {"A": "row/col sums", "B": "sums of squares", "C": "apply"}
 
 
 def triton_configs(kernels: list[Kernel], pset) -> dict[str, dict[str, list[Kernel]]]:
-    """``triton dot=<mode>`` → pass → kernels, for fp32 storage at the index width the set needs."""
+    """``triton dot=<mode>`` → pass → kernels, for fp32 storage at the index width the set needs; and
+    ``triton dot=tf32 state=bf16``: fp32 parameters and gradients with bfloat16 optimizer state
+    (``MuLO(state_dtype=torch.bfloat16)``)."""
     idx = "int64" if max(3 * s.numel for s in pset.specs) >= 2**31 - 1 else "int32"
     by_name = {k.variant: k for k in kernels}
-    store = f"p=fp32 g=fp32 s=fp32 idx={idx}"
     out = {}
-    for dot in ("tf32", "tf32x3", "ieee", "bf16"):
-        names = {"A": f"lopt_reduce {store}", "B": f"lopt_sumsq {store}", "C": f"lopt_apply {store} dot={dot}"}
-        if all(n in by_name for n in names.values()):
-            out[f"triton dot={dot}"] = {p: [by_name[n]] for p, n in names.items()}
+    for state, dots in (("fp32", ("tf32", "tf32x3", "ieee", "bf16")), ("bf16", ("tf32",))):
+        store = f"p=fp32 g=fp32 s={state} idx={idx}"
+        for dot in dots:
+            names = {"A": f"lopt_reduce {store}", "B": f"lopt_sumsq {store}", "C": f"lopt_apply {store} dot={dot}"}
+            if all(n in by_name for n in names.values()):
+                out[f"triton dot={dot}" + ("" if state == "fp32" else f" state={state}")] = {
+                    p: [by_name[n]] for p, n in names.items()
+                }
     return out
+
+
+def config_bytes(config: str, pset) -> dict[str, int]:
+    """Pass → DRAM bytes of a configuration (2-byte state where it says ``state=bf16``)."""
+    return pass_bytes(pset, s_bytes=2 if "state=bf16" in config else 4)
 
 
 def cuda_config(kernels: list[Kernel]) -> dict[str, list[tuple[Kernel, dict | None]]] | None:
@@ -1663,6 +1673,9 @@ CHECK_VARIANTS = {  # --check: one representative variant per kernel (the defaul
     "lopt_reduce p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32",
+    "lopt_reduce p=fp32 g=fp32 s=bf16 idx=int32",
+    "lopt_sumsq p=fp32 g=fp32 s=bf16 idx=int32",
+    "lopt_apply p=fp32 g=fp32 s=bf16 idx=int32 dot=tf32",
 }
 
 
@@ -1770,14 +1783,14 @@ def run(check: bool = False, set_name: str = MODEL_SET, machine: dict = H100) ->
     ck = cuda_kernels(only_fp32=check)
     configs: dict = {}
     for config, passes in triton_configs(tk, pset).items():
-        configs[config] = launches(passes, pset, nbytes)
+        configs[config] = launches(passes, pset, config_bytes(config, pset))
     cc = cuda_config(ck)
     if cc:
         configs["cuda"] = launches(cc, pset, nbytes)
     kernel_rows: list[dict] = []
     rows: list[dict] = []
     for config, by_pass in configs.items():
-        rows += predict(config, by_pass, pset, nbytes, kernel_rows, machine)
+        rows += predict(config, by_pass, pset, config_bytes(config, pset), kernel_rows, machine)
     seen = {r["variant"] for r in kernel_rows}
     for k in [*tk, *ck]:
         if k.variant not in seen:
