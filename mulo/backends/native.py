@@ -415,13 +415,13 @@ class CpuBackend(_NativeBackend):
         return lists
 
     def _run(self, params, grads, lists: StateLists, lrs, weight_decays, weights) -> None:
-        if lists.one_call is None or not all(p.is_contiguous() for p in params):
+        views = None if lists.one_call is None else _member_of_one(params, lists)
+        if views is None:  # a tensor without elements, or a non-contiguous parameter
             super()._run(params, grads, lists, lrs, weight_decays, weights)
             return
-        gs = _kernel_grads(params, grads)
         momentum, second, acc_a, acc_b, steps, skips = lists.one_call
         torch.ops.mulo.lopt_population_step(
-            [p.unsqueeze(0) for p in params], [g.unsqueeze(0) for g in gs], momentum, second, acc_a, acc_b, steps,
+            views, _grads_of_one(params, grads), momentum, second, acc_a, acc_b, steps,
             skips, [t.unsqueeze(0) for t in _mlp(weights)], [float(x) for x in lrs],
             [float(x) for x in weight_decays], lists.dims, hyper(weights),
         )  # fmt: skip
@@ -463,6 +463,29 @@ def runs_on_arch(sm: int, built: str) -> bool:
     minor version no higher (sm_80 code runs on sm_86), or PTX JIT-compiled on any GPU newer than the newest."""
     archs = [int(a) // 10 for a in built.replace(";", ",").split(",") if a.strip().isdigit()]
     return bool(archs) and (any(a // 10 == sm // 10 and a <= sm for a in archs) or sm > max(archs))
+
+
+def _member_of_one(params, lists: StateLists) -> list[torch.Tensor] | None:
+    """The parameters as (1, *S) views — ``None`` if one is not contiguous — kept with the plan's state lists
+    while every parameter's storage is the one they view (a ``p.data = ...`` elsewhere rebuilds them; the plan
+    already assumes fixed shapes): a view costs more host time than the check."""
+    ptrs = [p.data_ptr() for p in params]
+    if getattr(lists, "param_ptrs", None) != ptrs:
+        contiguous = all(p.is_contiguous() for p in params)
+        lists.param_views = [p.unsqueeze(0) for p in params] if contiguous else None
+        lists.param_ptrs = ptrs
+    return lists.param_views
+
+
+def _grads_of_one(params, grads) -> list[torch.Tensor]:
+    """:func:`_kernel_grads` as (1, *S) views, in one pass over the list."""
+    out = []
+    f32 = torch.float32
+    for p, g in zip(params, grads):
+        if g.dtype is not p.dtype and g.dtype is not f32:
+            g = g.float()
+        out.append((g if g.is_contiguous() else g.contiguous()).unsqueeze(0))
+    return out
 
 
 class CudaBackend(_NativeBackend):

@@ -51,6 +51,26 @@ def test_a_reused_plan_steps_exactly_like_a_fresh_one(backend):
     assert float(opt_a.state[a[1]]["step"]) == 5.0  # two steps without a gradient were not counted
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_parameter_storage_is_stepped(backend):
+    """``p.data = ...`` (new storage, same shape) between steps: the plan steps the new storage, and the
+    old one is left alone (the cpu backend keeps (1, *S) views of the parameters while their storage stays)."""
+
+    def swap(t, opt, params):
+        if t == 6:  # the plan (rebuilt at t = 4, when param 1's gradient came back) was reused at t = 5
+            old = params[0].data
+            params[0].data = old.clone()
+            swap.old, swap.frozen = old, old.clone()
+            # a non-contiguous parameter (a transposed view of new storage): the plan's fallback path
+            params[4].data = params[4].data.t().contiguous().t()
+
+    a, _ = _run(backend, 7, replan_every_step=False, events=swap)
+    assert torch.equal(swap.old, swap.frozen)
+    b, _ = _run(backend, 7, replan_every_step=True, events=swap)
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+
+
 def _run_with_changes(backend, replan_every_step):
     """add_param_group (t = 2), load_state_dict (t = 4) and a cleared state (t = 5) between steps."""
     params, extra = _params(), torch.nn.Parameter(torch.ones(4, 4))
