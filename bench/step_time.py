@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--celo2-backends",
         default=None,
-        help="comma list of Celo2 backends (default: all available here; '' for none)",
+        help="comma list of Celo2 backends (default: all available here but Triton's CPU interpreter; '' for none)",
     )
     ap.add_argument("--max-n", action="append", default=[], help="BACKEND=N: skip sets above N elements")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -377,8 +377,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
     not_here = sorted(set(known_backends()) - set(backends))
     print(f"mulo backends measured on {device}: {backends}" + (f" (not measured: {not_here})" if not_here else ""))
     celo2_here = available_backends(device, dtype, rule="celo2")
-    if args.celo2_backends is None:
-        celo2_backends = celo2_here
+    if args.celo2_backends is None:  # as for μLO: what "auto" may pick here (not Triton's CPU interpreter)
+        celo2_backends = available_backends(device, dtype, auto=True, rule="celo2")
     else:
         celo2_backends = [b for b in args.celo2_backends.split(",") if b]
         unknown = sorted(set(celo2_backends) - set(known_backends("celo2")))

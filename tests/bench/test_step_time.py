@@ -177,7 +177,7 @@ def test_tiny_run_rows_have_schema_and_provenance(tmp_path):
     backends = available_backends("cpu", torch.float32, auto=True)
     expected = {("adamw_fused", "torch"), ("adamw_foreach", "torch"), ("adamw_forloop", "torch")}
     expected |= {("mulo", b) for b in backends}
-    celo2 = available_backends("cpu", torch.float32, rule="celo2")  # --celo2-backends: all available by default
+    celo2 = available_backends("cpu", torch.float32, auto=True, rule="celo2")  # --celo2-backends' default
     expected |= {(name, b) for b in celo2 for name in ("celo2", "celo2_base")} | {("celo2_newton_schulz", "torch")}
     for name in ("llama-tiny", "synthetic-4096"):
         got = {(r["optimizer"], r["backend"]) for r in rows if r["set"] == name}
