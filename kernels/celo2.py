@@ -306,6 +306,27 @@ def _normalized(f, base, slot, mask, inv_n):
 
 
 @triton.jit
+def _ns(f, base, j: tl.constexpr, inv_n):
+    """Feature j times its scale, the slice's sums at ``base`` (a scalar: the program's tile is in one slice)."""
+    return f[j] * tl.rsqrt(tl.load(base + j) * inv_n + EPS_NORMALIZE)
+
+
+@triton.jit
+def _normalized_in_slice(f, base, inv_n):
+    """:func:`_normalized` for a tile inside one slice: 30 scalar loads and rsqrts per program, not per element."""
+    return (
+        _ns(f, base, 0, inv_n), _ns(f, base, 1, inv_n), _ns(f, base, 2, inv_n), _ns(f, base, 3, inv_n),
+        _ns(f, base, 4, inv_n), _ns(f, base, 5, inv_n), _ns(f, base, 6, inv_n), _ns(f, base, 7, inv_n),
+        _ns(f, base, 8, inv_n), _ns(f, base, 9, inv_n), _ns(f, base, 10, inv_n), _ns(f, base, 11, inv_n),
+        _ns(f, base, 12, inv_n), _ns(f, base, 13, inv_n), _ns(f, base, 14, inv_n), _ns(f, base, 15, inv_n),
+        _ns(f, base, 16, inv_n), _ns(f, base, 17, inv_n), _ns(f, base, 18, inv_n), _ns(f, base, 19, inv_n),
+        _ns(f, base, 20, inv_n), _ns(f, base, 21, inv_n), _ns(f, base, 22, inv_n), _ns(f, base, 23, inv_n),
+        _ns(f, base, 24, inv_n), _ns(f, base, 25, inv_n), _ns(f, base, 26, inv_n), _ns(f, base, 27, inv_n),
+        _ns(f, base, 28, inv_n), _ns(f, base, 29, inv_n),
+    )  # fmt: skip
+
+
+@triton.jit
 def _direction(x, wp):
     """d = out₀ · exp(out₁ · EXP_MULT) of the split-input network on the normalized features ``x``."""
     h0 = _unit(x, wp, 0, tl.load(wp + OFF_B1))
@@ -386,7 +407,11 @@ def celo2_direction_kernel(chunks, meta, cmeta, ptrs, ws, net, dptrs, hyper, P_D
     feats = _features(g, p, m0, m1, m2, v, ax0, ax1, ax2, ay0, ay1, ay2, fx0, fx1, fx2, fy0, fy1, fy2, d0x)
     wp = net + tl.load(mrow + M_WIDX) * NET
     inv_n = 1.0 / slice_n.to(tl.float32)
-    d = _direction(_normalized(feats, ws + tl.load(crow + C_WS_SL).to(IDX), slot, mask, inv_n), wp)
+    sl_base = ws + tl.load(crow + C_WS_SL).to(IDX)
+    if aligned:  # the tile is in one slice (plane = slice): its 30 scales once per program
+        d = _direction(_normalized_in_slice(feats, sl_base + bidx * SLICE, inv_n), wp)
+    else:
+        d = _direction(_normalized(feats, sl_base, slot, mask, inv_n), wp)
     dsq_p = ws + tl.load(crow + C_WS_DSQ).to(IDX)
     if MODE == 0:
         dp = tl.load(dptrs + t.to(tl.int64)).to(tl.pointer_type(tl.float32))

@@ -120,14 +120,16 @@ class _Launch:
 
 class TritonBackend(FusedBackend):
     """Fused Celo2 in Triton. Pass A tiles are ``block_x × block_y``; passes B, C and E (30 features and the
-    network per element in registers) take ``block_xc × block_y`` (default 2 × 64 on a GPU: one element per
-    thread of 4 warps; 8 × 64 in the interpreter, which pays per program rather than per element)."""
+    network per element in registers) take ``block_xc × block_y`` (default 8 × 64: four elements per thread
+    of 4 warps, so that each of the network's 338 weights, a scalar load per thread, serves four elements —
+    on sm_90 pass C then runs ≈ 625 instructions per element and thread against ≈ 1,040 at one element, in
+    168 registers without spills)."""
 
     name = "triton"
 
     def __init__(self, block_x: int = 32, block_y: int = 64, block_xc: int | None = None, index64: bool = False):
         super().__init__()
-        block_xc = block_xc or (8 if lopt_common.INTERPRET else 2)
+        block_xc = block_xc or 8
         for label, b in (("block_x", block_x), ("block_y", block_y), ("block_xc", block_xc)):
             if b < 1 or b & (b - 1):
                 raise ValueError(f"Celo2 TritonBackend: {label} must be a power of two, got {b}")

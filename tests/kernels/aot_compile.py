@@ -62,7 +62,7 @@ def variants():
 
 def celo2_variants(p_dt, g_dt, idx, tag):
     """Celo2's four kernels (its state is float32 whatever the parameters)."""
-    c = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": tl.float32, "BX": 2, "BY": 64, "IDX": idx}
+    c = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": tl.float32, "BX": 8, "BY": 64, "IDX": idx}  # the GPU default tiles
     tag = tag.replace(f"s={tl.bfloat16}", f"s={tl.float32}")
     sig = {**TABLES, "cmeta": "*i64"}
     yield (
