@@ -6,7 +6,8 @@ each over all tensors of a bucket at once:
   sums of squares per slice (the last two axes);
 - ``torch.ops.mulo.celo2_direction`` (C): the direction through the 30→8→8→3 network, and Σ d² per slice;
 - with ``orthogonalize=True`` C writes the direction straight into one stacked buffer per slice shape, Newton–Schulz
-  runs as one chain of batched matrix products per buffer (:func:`mulo.celo2.reference.newton_schulz`), and
+  runs as one chain of batched matrix products per oriented slice shape (:func:`orthogonalize_buffers`: a (c, r)
+  buffer joins the (r, c) one, transposed), and
   ``torch.ops.mulo.celo2_apply_steps`` (E) sums each slice's squares and applies the normalized step;
 - without it (Celo2-base) no direction is materialized: C only sums d², and ``torch.ops.mulo.celo2_apply`` (E)
   recomputes d from the features and applies it.
@@ -173,12 +174,29 @@ def run_passes(bucket: _Bucket, grads, lrs, weight_decays, mlp, *, orthogonalize
         return
     buffers, directions = bucket.direction_buffers()
     ops.celo2_direction(*accumulators, sumsq, mlp, directions, index)  # C, written into the buffers
-    done = {}
-    for key, buf in buffers.items():  # Newton–Schulz: one chain of batched matrix products per slice shape
-        x = reference.newton_schulz(buf)
-        done[key] = x if x.is_contiguous() else x.contiguous()
+    done = {key: x if x.is_contiguous() else x.contiguous() for key, x in orthogonalize_buffers(buffers).items()}
     orthogonal = [_slices_of(done, p, offset) for p, offset in zip(params, bucket.offsets)]
     ops.celo2_apply_steps(params, orthogonal, steps, skips, finite, lrs, wds)  # E
+
+
+def orthogonalize_buffers(buffers: dict[tuple[int, int], torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+    """Newton–Schulz (pass D) of every slice of the direction buffers: one chain of batched matrix products per
+    oriented slice shape (:func:`mulo.celo2.reference.matrix_key`), so a (c, r) buffer joins the (r, c) one,
+    transposed — an MLP's up and down projections share one chain. Returns each buffer's result (a transposed
+    view for the joined ones)."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for key in buffers:
+        groups.setdefault(reference.matrix_key(key), []).append(key)
+    out = {}
+    for oriented, keys in groups.items():
+        if len(keys) == 1:
+            out[keys[0]] = reference.newton_schulz(buffers[keys[0]])
+            continue
+        parts = [buffers[k] if k == oriented else buffers[k].mT for k in keys]
+        done = reference.newton_schulz(torch.cat(parts))
+        for k, part in zip(keys, done.split([x.shape[0] for x in parts])):
+            out[k] = part if k == oriented else part.mT
+    return out
 
 
 def _offsets(params) -> list[int]:
@@ -259,7 +277,7 @@ class FusedBackend:
     def population_step(self, params, grads, states, lrs, weight_decays, weights, options) -> None:
         """:func:`mulo.celo2.population.population_step` with every member's learned tensors in ONE call per pass
         (views of the stacked (M, *S) tensors, a meta-weight index per tensor, per-member lrs) and one
-        Newton–Schulz chain per slice shape for the whole population; the AdamW route vectorized."""
+        Newton–Schulz chain per oriented slice shape for the whole population; the AdamW route vectorized."""
         from mulo.celo2 import population as pop
 
         learned, adamw = pop.split_routes(params, grads, states, lrs, weight_decays)

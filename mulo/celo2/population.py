@@ -13,7 +13,7 @@
 Semantics: :func:`population_step` is the definition — member by member through :mod:`mulo.celo2.reference`
 (every reduction, Newton–Schulz and normalization inside one member). The ``cpu`` backend
 (:meth:`mulo.celo2.cpu.CpuBackend.population_step`) runs every member's learned tensors in one call per pass,
-each tensor carrying the index of its member's meta-weight set, and one Newton–Schulz chain per slice shape for
+each tensor carrying the index of its member's meta-weight set, and one Newton–Schulz chain per oriented slice shape for
 the whole population. The AdamW route is vectorized over the members (:func:`adamw_members`) in both.
 
 θ, the meta-parameters a trainer perturbs, is the network as one flat vector in ``Celo2Net.state_dict()`` order

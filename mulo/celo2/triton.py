@@ -5,8 +5,9 @@ tables (:mod:`mulo.kernels.lopt_plan`):
 - A: the Adafactor row/column sums of s = clamp(g)² + 1e-30 and the non-finite count per tensor;
 - B: the new m, v (committed), the new accumulator vectors, the 30 features' sums of squares per slice;
 - with ``orthogonalize=True``: C writes the direction into one float32 buffer per slice shape, Newton–Schulz runs
-  as one chain of batched matrix products per buffer (:func:`mulo.celo2.reference.newton_schulz`), its result and
-  the per-slice sums of squares go back into persistent buffers, and E applies the RMS-normalized step;
+  as one chain of batched matrix products per oriented slice shape (:func:`mulo.celo2.cpu.orthogonalize_buffers`),
+  its result and the per-slice sums of squares go back into persistent buffers, and E applies the RMS-normalized
+  step;
 - without it (Celo2-base) no direction is materialized: C sums d² per slice, and a second C recomputes d and
   applies it.
 
@@ -29,8 +30,7 @@ import triton.language as tl
 
 from mulo.backends.native import _kernel_grads
 from mulo.backends.triton_backend import _device_guard, _has_tensor, hyper_table
-from mulo.celo2 import reference
-from mulo.celo2.cpu import FusedBackend, _Bucket
+from mulo.celo2.cpu import FusedBackend, _Bucket, orthogonalize_buffers
 from mulo.kernels import celo2 as K
 from mulo.kernels import lopt_common, lopt_plan
 from mulo.lopt.shapes import factored_dims
@@ -174,8 +174,8 @@ class TritonBackend(FusedBackend):
                 return
             K.celo2_direction(w.plan, w.cmeta, w.ptrs, w.ws, net, w.dptrs, w.hyper, w.dtypes, bxc, by,
                               K.STORE_DIRECTION)  # fmt: skip
-            for key, buf in w.buffers.items():  # D: one chain of batched matrix products per slice shape
-                x = reference.newton_schulz(buf)
+            for key, x in orthogonalize_buffers(w.buffers).items():  # D: one chain per oriented slice shape
+                buf = w.buffers[key]
                 buf.copy_(x)
                 torch.sum(buf.square(), dim=(-2, -1), out=w.xsq[key])
             K.celo2_apply(w.plan, w.cmeta, w.ptrs, w.ws, w.xptrs, w.hyper, w.dtypes, bxc, by)  # E

@@ -259,3 +259,26 @@ def test_threads_do_not_change_the_result(orthogonalize):
     for a, b, sa, sb in zip(p1, p2, s1, s2):
         assert torch.equal(a, b)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_transposed_slice_shapes_share_one_newton_schulz_chain(monkeypatch):
+    """(5, 3) and (3, 5) slices (an MLP's down and up projections) go through ONE batched Newton–Schulz chain,
+    the (5, 3) ones transposed; the step still matches the reference's."""
+    calls = []
+    real = reference.newton_schulz
+
+    def counting(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    ref, fast, opt_ref, opt_fast = pair([(5, 3), (3, 5), (2, 5, 3), (4, 4)], torch.float32, random_celo2_net(5))
+    set_grads(ref, fast)
+    before = [a.clone() for a in ref]
+    opt_ref.step()
+    monkeypatch.setattr(reference, "newton_schulz", counting)
+    opt_fast.step()
+    assert sorted(calls) == [(1, 4, 4), (4, 3, 5)]
+    for a, b, p0 in zip(ref, fast, before):
+        step_ref = a - p0
+        assert_close(b.double() - p0, step_ref, ("celo2 step newton-schulz", torch.float32), f"update of "
+                     f"{tuple(a.shape)}", scale=step_ref.abs().max())  # fmt: skip
