@@ -380,7 +380,9 @@ class CpuBackend(_NativeBackend):
         if not self._population_native(params, states, weights):
             population_step(params, grads, states, lrs, weight_decays, weights)
             return
-        member_lrs = [member_lr(lr, j, m) for j in range(m) for lr in lrs]
+        # one check per tensor (not per member and tensor): a float lr is shared, else one per member
+        per_tensor = [[float(lr)] * m if type(lr) is float else [member_lr(lr, j, m) for j in range(m)] for lr in lrs]
+        member_lrs = [lr[j] for j in range(m) for lr in per_tensor]
         population(params, _kernel_grads(params, grads), states, member_lrs, weight_decays, weights)
 
     def population_step_views(self, params, grads, states, lrs, weight_decays, weights) -> None:
