@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from mulo.backends import load_backend, resolve_backend
 from mulo.celo2 import reference, spec
 from mulo.celo2.network import Celo2Net, Celo2Weights
+from mulo.distributed import is_dtensor
 from mulo.optim.mulo import (
     NONFINITE_POLICIES,
     MuLO,
@@ -163,6 +164,13 @@ class Celo2(Optimizer):
             raise ValueError(f"{where}['adam_betas'] must be two numbers in [0, 1), e.g. (0.9, 0.95); got {betas!r}")
         if not isinstance(group["embedding"], bool):
             raise TypeError(f"{where}['embedding'] must be True or False, got {group['embedding']!r}")
+        sharded = [i for i, p in enumerate(group["params"]) if is_dtensor(p)]
+        if sharded:
+            raise TypeError(
+                f"{where}['params'][{sharded[0]}] is a DTensor (FSDP2 or tensor-parallel sharding); Celo2 normalizes "
+                "and orthogonalizes over whole matrices and has no sharded step yet. Use mulo.MuLO, which steps "
+                "DTensor parameters exactly, or Celo2 with DDP or unsharded parameters."
+            )
         dtypes = [(i, p.dtype) for i, p in enumerate(group["params"]) if p.is_complex() or not p.is_floating_point()]
         if dtypes:
             raise TypeError(

@@ -253,3 +253,20 @@ def test_placeholder_weights_train_a_small_mlp():
 def test_backend_reference_is_the_default():
     opt = mulo.Celo2([torch.randn(2, 2)], backend="reference", meta_weights=random_celo2_net())
     assert isinstance(opt.backend_for("cpu"), reference.ReferenceBackend)
+
+
+def test_dtensor_parameters_are_refused_with_the_fix(tmp_path):
+    """A sharded (FSDP2) parameter would be normalized and orthogonalized per shard: refused, naming the
+    parameter and what to use instead (a one-process group: the check needs no second rank)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(0)]))
+        with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\]\[1\] is a DTensor.*mulo.MuLO"):
+            mulo.Celo2([torch.nn.Parameter(torch.randn(3)), p], meta_weights=random_celo2_net())
+    finally:
+        dist.destroy_process_group()
