@@ -141,6 +141,9 @@ class Instr:
     target_label: str | None = None
     file: str | None = None
     line: int | None = None
+    # the call sites the instruction's code was inlined at (``nvdisasm -gi``), innermost first: a branch in the
+    # caller around the call weights the callee's instructions too
+    outer: tuple[tuple[str, int], ...] = ()
 
     @property
     def base(self) -> str:
@@ -165,6 +168,8 @@ def parse_sass(text: str) -> dict[str, list[Instr]]:
     name = None
     pending: list[str] = []
     loc: tuple[str | None, int | None] = (None, None)
+    outer: list[tuple[str, int]] = []
+    in_block = False  # the previous line was line info: an inlining chain continues
     for raw in text.splitlines():
         m = _FUNC_NVDISASM.match(raw) or _FUNC_CUOBJDUMP.match(raw)
         if m:
@@ -177,8 +182,13 @@ def parse_sass(text: str) -> dict[str, list[Instr]]:
             continue
         m = _LINEINFO.match(raw)
         if m:
-            loc = (m.group("file"), int(m.group("line")))
+            if not in_block:  # the first line of a chain is the innermost location
+                loc, outer = (m.group("file"), int(m.group("line"))), []
+            else:
+                outer.append((m.group("file"), int(m.group("line"))))
+            in_block = True
             continue
+        in_block = False
         m = _LABEL.match(raw)
         if m:
             pending.append(m.group("label"))
@@ -197,7 +207,7 @@ def parse_sass(text: str) -> dict[str, list[Instr]]:
             pred = pm.group(0).strip()
             body = body[pm.end() :]
         opcode, _, operands = body.partition(" ")
-        ins = Instr(addr, opcode, operands.strip(), pred, file=loc[0], line=loc[1])
+        ins = Instr(addr, opcode, operands.strip(), pred, file=loc[0], line=loc[1], outer=tuple(outer))
         if ins.base in BRANCHES or ins.base in CALLS:
             lm = _TARGET_LABEL.search(ins.operands)
             if lm:
@@ -679,6 +689,10 @@ def rare_weight(cond: str, arm: str, ctx: Context) -> float:
         return f.get("f_fact", 1.0) if then else f.get("f_unf", 1.0)
     if c == "!M.factored":
         return f.get("f_unf", 1.0) if then else f.get("f_fact", 1.0)
+    if c == "aligned":  # Celo2: the tile's plane is one slice (the tensor's factored axes are its last two)
+        return f.get("f_aligned", 1.0) if then else 1.0 - f.get("f_aligned", 1.0)
+    if c == "finite":  # Celo2: the tensor's gradient is finite (the modelled path)
+        return 1.0 if then else 0.0
     if c in ("d0x", "(flags & 2) != 0"):
         return f.get("f_d0x", 1.0) if then else 1.0 - f.get("f_d0x", 0.0)
     if c.startswith("threadIdx.x < kFeatures"):
@@ -765,10 +779,11 @@ def analyze(instrs: list[Instr], ctx: Context, cfg: CFG | None = None) -> Analys
             if b in dup:
                 w = 0.0
             elif guarded and instrs[i].file:
-                key = str(Path(*Path(instrs[i].file).parts[-2:]))
-                for r in regions_for(instrs[i].file):
-                    if r.file == key and r.first <= instrs[i].line <= r.last:
-                        w *= rare_weight(r.cond, r.arm, ctx)
+                for path, line in ((instrs[i].file, instrs[i].line), *instrs[i].outer):
+                    key = str(Path(*Path(path).parts[-2:]))
+                    for r in regions_for(path):
+                        if r.file == key and r.first <= line <= r.last:
+                            w *= rare_weight(r.cond, r.arm, ctx)
             low[i] = w
     loops = [
         {
@@ -808,7 +823,7 @@ def _run(args: list, **kw) -> str:
 
 
 def disassemble(cubin: Path) -> dict[str, list[Instr]]:
-    return parse_sass(_run([nvidia_bin() / "nvdisasm", "-g", "-c", cubin]))
+    return parse_sass(_run([nvidia_bin() / "nvdisasm", "-gi", "-c", cubin]))
 
 
 def res_usage(cubin: Path) -> dict[str, dict[str, int]]:
@@ -1050,7 +1065,9 @@ def _layout(shape: tuple[int, ...], by: int):
 def triton_tiles(pset, bx: int, by: int, nsub: int = 1) -> dict:
     """Programs of a Triton pass over the set (chunks of ``nsub`` tiles of ``bx × by`` along X, as
     ``lopt_plan`` builds them) and how often, per tile, the rare conditions hold."""
-    programs = tiles = xt0 = yt0 = fact = d0x = xc0 = 0
+    from mulo.lopt.shapes import factored_dims
+
+    programs = tiles = xt0 = yt0 = fact = d0x = xc0 = aligned = 0
     for spec in pset.specs:
         lay = _layout(spec.shape, by)
         nb = lay.n_a * lay.n_b * lay.n_c
@@ -1064,6 +1081,8 @@ def triton_tiles(pset, bx: int, by: int, nsub: int = 1) -> dict:
         yt0 += nb * math.ceil(lay.nx / bx)
         fact += t if lay.factored else 0
         d0x += t if (lay.factored and lay.d0_is_x) else 0
+        dims = factored_dims(spec.shape)
+        aligned += t if dims is not None and sorted(dims) == [len(spec.shape) - 2, len(spec.shape) - 1] else 0
     return {
         "programs": programs,
         "frac": {
@@ -1075,6 +1094,7 @@ def triton_tiles(pset, bx: int, by: int, nsub: int = 1) -> dict:
             "f_fact": fact / tiles,
             "f_unf": 1 - fact / tiles,
             "f_d0x": d0x / tiles,
+            "f_aligned": aligned / tiles,
         },
     }
 
@@ -1266,7 +1286,86 @@ CUDA_PASSES = {  # kernel, prepare_kernel flags; the element kernel of each pass
     ],
 }
 TRITON_PASSES = {"A": "lopt_reduce", "B": "lopt_sumsq", "C": "lopt_apply"}
-PASS_NAMES = {"A": "row/col sums", "B": "sums of squares", "C": "apply"}
+PASS_NAMES = {"A": "row/col sums", "B": "sums of squares", "C": "apply", "E": "apply (Newton–Schulz steps)"}
+CELO2_PASS_NAMES = {"A": "row/col sums", "B": "moments, sums of squares", "C": "direction", "E": "apply"}
+# Celo2's Triton passes (kernels/celo2.py): Celo2 stores the direction (C), Newton–Schulz runs in torch (not
+# modelled here: batched matrix products, timed by bench/step_time.py on a GPU), E applies; Celo2-base sums d²
+# in C and recomputes d to apply it in a second C.
+CELO2_CONFIGS = {
+    "celo2 triton": {"A": ["celo2_reduce"], "B": ["celo2_sumsq"], "C": ["celo2_direction mode=0"],
+                     "E": ["celo2_apply"]},
+    "celo2_base triton": {"A": ["celo2_reduce"], "B": ["celo2_sumsq"],
+                          "C": ["celo2_direction mode=1", "celo2_direction mode=2"]},
+}  # fmt: skip
+
+
+def celo2_learned_set(pset):
+    """The tensors Celo2's learned rule steps (rank ≥ 2); the others take its AdamW route."""
+    return dataclasses.replace(pset, name=pset.name, specs=tuple(s for s in pset.specs if len(s.shape) >= 2))
+
+
+def celo2_pass_bytes(pset, orthogonalize: bool) -> dict[str, int]:
+    """Minimum DRAM bytes of Celo2's Triton passes over the learned tensors (fp32 parameters, gradients, state;
+    float32 direction): A reads g; B reads g, p, m₁₋₃, v and writes m₁₋₃, v; C reads g, p, m₁₋₃, v and writes
+    d (Celo2) — Celo2-base's two C passes read them twice and the second writes p; E reads the orthogonalized
+    step and reads/writes p. Row/column accumulators as μLO's (O(rows + cols))."""
+    from mulo.lopt.shapes import accumulator_shapes
+
+    out = dict.fromkeys(("A", "B", "C", "E") if orthogonalize else ("A", "B", "C"), 0)
+    for spec in celo2_learned_set(pset).specs:
+        n = spec.numel
+        accs = accumulator_shapes(tuple(spec.shape))
+        acc = (math.prod(accs["row"]) + math.prod(accs["col"])) * 4
+        out["A"] += n * 4 + 2 * acc
+        out["B"] += n * (4 + 4 + 16 + 16) + acc
+        if orthogonalize:
+            out["C"] += n * (4 + 4 + 16 + 4) + acc
+            out["E"] += n * (4 + 8) + acc
+        else:
+            out["C"] += n * (4 + 4 + 16) + n * (4 + 8 + 16) + 2 * acc
+    return out
+
+
+def celo2_rows(pset, machine: dict, check: bool = False) -> list[dict]:
+    """Kernel, pass and summary rows of Celo2's Triton step over the set (the learned tensors' passes; the
+    AdamW route's tensors charged at fused AdamW's floor; Newton–Schulz not modelled)."""
+    learned = celo2_learned_set(pset)
+    idx = "int64" if max(3 * s.numel for s in learned.specs) >= 2**31 - 1 else "int32"
+    store = f"p=fp32 g=fp32 s=fp32 idx={idx}"
+    names = {n: f"{n.split()[0]} {store}" + (f" {n.split()[1]}" if " " in n else "")
+             for passes in CELO2_CONFIGS.values() for ks in passes.values() for n in ks}  # fmt: skip
+    by_name = {k.variant: k for k in compile_triton(set(names.values()))}
+    rows: list[dict] = []
+    kernel_rows: list[dict] = []
+    route = [s for s in pset.specs if len(s.shape) < 2]
+    from bench.common import adamw_bytes
+
+    route_ms = dram_ms(sum(adamw_bytes(s.shape) for s in route), machine)
+    for config, passes in CELO2_CONFIGS.items():
+        nbytes = celo2_pass_bytes(pset, config.startswith("celo2 "))
+        by_pass = {p: [triton_launch(by_name[names[n]], learned) for n in ks] for p, ks in passes.items()}
+        for p, launches_ in by_pass.items():  # Celo2-base's C is two kernels: 24 and 28 of its 52 B/element
+            shares = [24 / 52, 28 / 52] if len(launches_) == 2 else [1.0]
+            for L, share in zip(launches_, shares):
+                L.dram_bytes = nbytes[p] * share
+        out = predict(config, by_pass, learned, nbytes, kernel_rows, machine, pass_names=CELO2_PASS_NAMES)
+        summary = out[-1]
+        adamw = dram_ms(adamw_floor_bytes(pset), machine)
+        for key in ("predicted_ms_low", "predicted_ms_high", "predicted_ms_with_pipes", "dram_floor_ms"):
+            summary[key] = round(summary[key] + route_ms, 3)
+        summary.update(
+            set=pset.name,
+            n_elements=pset.numel,
+            learned_elements=learned.numel,
+            adamw_route_ms=round(route_ms, 3),
+            adamw_fused_floor_ms=round(adamw, 3),
+            ratio_to_adamw_low=round(summary["predicted_ms_low"] / adamw, 3),
+            ratio_to_adamw_high=round(summary["predicted_ms_high"] / adamw, 3),
+            floor_ratio_to_adamw=round(summary["dram_floor_ms"] / adamw, 3),
+            newton_schulz="not modelled (torch batched matrix products; bench/step_time.py times it on a GPU)",
+        )
+        rows += out
+    return kernel_rows + rows
 
 
 def triton_configs(kernels: list[Kernel], pset) -> dict[str, dict[str, list[Kernel]]]:
@@ -1424,6 +1523,7 @@ def predict(
     nbytes: dict[str, int],
     kernel_rows: list[dict],
     machine: dict = H100,
+    pass_names: dict = PASS_NAMES,
 ) -> list[dict]:
     """Pass rows and the summary row of one configuration on ``machine``."""
     rows = []
@@ -1456,7 +1556,7 @@ def predict(
                 "config": config,
                 "machine": machine["name"],
                 "pass": p,
-                "pass_name": PASS_NAMES[p],
+                "pass_name": pass_names[p],
                 "kernels": [L.kernel.variant for L in launches],
                 "set": pset.name,
                 "n_elements": pset.numel,
@@ -1737,7 +1837,10 @@ def table(rows: list[dict]) -> str:
 
 
 def readme_table(rows: list[dict]) -> str:
-    """Markdown: per pass the DRAM time and each configuration's predicted time (H100, the 1.3B set)."""
+    """Markdown: per pass the DRAM time and each μLO configuration's predicted time (H100, the 1.3B set); then
+    Celo2's passes (:func:`celo2_readme_table`)."""
+    celo2 = celo2_readme_table(rows)
+    rows = [r for r in rows if not str(r.get("config", "")).startswith("celo2")]
     sums = [r for r in rows if r["kind"] == "summary"]
     if not sums:
         return ""
@@ -1770,6 +1873,29 @@ def readme_table(rows: list[dict]) -> str:
         + " | ".join(f"{s['ratio_to_adamw_low']:.1f}–{s['ratio_to_adamw_high']:.1f}×" for s in sums)
         + " |"
     )
+    return "\n".join(lines) + ("\n\n" + celo2 if celo2 else "")
+
+
+def celo2_readme_table(rows: list[dict]) -> str:
+    """Markdown: Celo2's Triton passes per configuration (B/elem, DRAM, warp-instructions, predicted ms)."""
+    sums = [r for r in rows if r["kind"] == "summary" and str(r["config"]).startswith("celo2")]
+    if not sums:
+        return ""
+    lines = ["| Celo2 (Triton) | pass | B/elem | DRAM ms | warp-instr/elem | predicted ms |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for s in sums:
+        for p in (r for r in rows if r["kind"] == "pass" and r["config"] == s["config"]):
+            lines.append(
+                f"| `{s['config']}` | {p['pass']} {p['pass_name']} | {p['bytes_per_element']:.0f} | "
+                f"{p['dram_ms']:.1f} | "
+                f"{p['warp_instr_per_element_low']:.1f}–{p['warp_instr_per_element_high']:.1f} | "
+                f"{_ms(p['predicted_ms_low'], p['predicted_ms_high'])} ({p['bound']}) |"
+            )
+        lines.append(
+            f"| `{s['config']}` | total (+ AdamW route {s['adamw_route_ms']:.2f} ms; Newton–Schulz not modelled) | | "
+            f"{s['dram_floor_ms']:.1f} | | {_ms(s['predicted_ms_low'], s['predicted_ms_high'])} = "
+            f"{s['ratio_to_adamw_low']:.1f}–{s['ratio_to_adamw_high']:.1f}× fused AdamW |"
+        )
     return "\n".join(lines)
 
 
@@ -1796,6 +1922,10 @@ def run(check: bool = False, set_name: str = MODEL_SET, machine: dict = H100) ->
         if k.variant not in seen:
             L = triton_launch(k, pset) if k.backend == "triton" else cuda_launch(k, pset, {"sumsq_out": True})
             kernel_rows.append(kernel_row(L, pset))
+    if not check:  # Celo2's Triton step (its own table: bench/gpu_static.py --readme prints it after μLO's)
+        celo2 = celo2_rows(pset, machine)
+        kernel_rows += [r for r in celo2 if r["kind"] == "kernel"]
+        rows += [r for r in celo2 if r["kind"] != "kernel"]
     return kernel_rows + rows, configs
 
 

@@ -103,6 +103,48 @@ def test_parser_counts_a_literal_nvdisasm_snippet(tmp_path):
     assert a.mma_macs_high == 4 * 16 * 8 * 8
 
 
+INLINE_SOURCE = """\
+def toy(xt):
+    a = 1
+    if xt == 0:
+        helper()
+    b = 2
+
+
+def helper():
+    x = 3
+"""
+
+# nvdisasm -gi style: a helper's line (9) inlined at a call (line 4) inside the kernel's `if xt == 0:` arm
+NVDISASM_INLINED = """\
+.text.inl_kernel:
+	//## File "{src}", line 2
+        /*0000*/                   S2R R0, SR_TID.X ;
+	//## File "{src}", line 3
+        /*0010*/               @P0 BRA `(.L_x_1) ;
+	//## File "{src}", line 9 inlined at "{src}", line 4
+	//## File "{src}", line 4
+        /*0020*/                   FFMA R3, R2, R2, R3 ;
+        /*0030*/                   FFMA R3, R2, R2, R3 ;
+.L_x_1:
+	//## File "{src}", line 5
+        /*0040*/                   EXIT ;
+"""
+
+
+def test_inlined_code_counts_under_the_branch_around_its_call(tmp_path):
+    """A helper's instructions carry their call site (``nvdisasm -gi``): the caller's `if xt == 0:` weights them
+    (without it they would count as always run)."""
+    src = tmp_path / "inl.py"
+    src.write_text(INLINE_SOURCE)
+    ins = gs.parse_sass(NVDISASM_INLINED.format(src=src))["inl_kernel"]
+    assert [(i.line, i.outer) for i in ins[2:4]] == [(9, ((str(src), 4),))] * 2
+    assert ins[4].line == 5 and ins[4].outer == ()
+    a = gs.analyze(ins, gs.Context("triton", 4, frac={"f_xt0": 0.25}))
+    assert a.high_mix["total"] == 5
+    assert a.low_mix["total"] == pytest.approx(3 + 2 * 0.25)
+
+
 def test_parser_reads_cuobjdump_and_skips_the_generic_atomic_fallback():
     ins = gs.parse_sass(CUOBJDUMP)["toy2"]
     assert [i.addr for i in ins] == list(range(0, 0xA0, 0x10))
