@@ -143,7 +143,7 @@ dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print(f"available on {dev}:", available_backends(dev))
 EOF
 PARITY=()
-for d in tests/backends tests/kernels tests/optim; do [ -d "$d" ] && PARITY+=("$d"); done
+for d in tests/backends tests/kernels tests/optim tests/celo2/test_triton_backend.py; do [ -e "$d" ] && PARITY+=("$d"); done
 part "pytest -m gpu" $((T_TESTS / 3)) "$PY" -m pytest -q -m gpu tests
 part "parity suites on CUDA (${PARITY[*]})" $((T_TESTS * 2 / 3)) "$PY" -m pytest -q --maxfail=10 "${PARITY[@]}"
 

@@ -55,11 +55,12 @@ def write_published_layout(directory, tensors=None, config=None):
     return tensors
 
 
-def pair(shapes, dtype, net, backend: str, **kw):
-    """A float64 reference optimizer and one on ``backend`` over copies of the same parameters (two param groups with
-    their own lr and weight decay, so that every tensor of a call carries its own)."""
+def pair(shapes, dtype, net, backend: str, device="cpu", **kw):
+    """A float64 reference optimizer (on the CPU) and one on ``backend`` over copies of the same parameters on
+    ``device`` (two param groups with their own lr and weight decay, so that every tensor of a call carries its
+    own)."""
     ref = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    fast = [p.to(dtype) for p in ref]
+    fast = [p.to(device, dtype) for p in ref]
     for p in ref:
         p.data.copy_(p.to(dtype).double())  # the same start (bf16 rounding included)
 
@@ -74,15 +75,15 @@ def pair(shapes, dtype, net, backend: str, **kw):
 
 def set_grads(ref, fast, scale=1.0):
     for a, b in zip(ref, fast):
-        b.grad = hetero_grad(a.shape, scale=scale).to(b.dtype)
-        a.grad = b.grad.double()
+        b.grad = hetero_grad(a.shape, scale=scale).to(b.device, b.dtype)
+        a.grad = b.grad.double().cpu()
 
 
 def sync_state(opt_ref, opt_fast, ref, fast):
     """The fast optimizer's parameters and state set to the reference's (cast), for a one-step comparison."""
     for a, b in zip(ref, fast):
         b.data.copy_(a)
-        opt_fast.state[b] = {k: v.to(torch.float32).clone() for k, v in opt_ref.state[a].items()}
+        opt_fast.state[b] = {k: v.to(b.device, torch.float32).clone() for k, v in opt_ref.state[a].items()}
         a.data.copy_(b.double())  # the reference starts from the representable values too
         for k, v in opt_ref.state[a].items():
             v.copy_(opt_fast.state[b][k])

@@ -23,8 +23,12 @@ ctri = pytest.importorskip("mulo.celo2.triton")
 SHAPES = [(6, 4), (5, 7), (1, 9), (7, 1), (3, 4, 5), (4, 3, 3, 3), (2, 3, 1, 5), (9, 70)]
 
 
+# on a GPU machine (bench/gpu_validate.sh runs this file) the kernels run on CUDA, else in the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _triton(shapes, dtype, net, **kw):
-    return pair(shapes, dtype, net, "triton", **kw)
+    return pair(shapes, dtype, net, "triton", device=DEVICE, **kw)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +62,7 @@ def test_one_step_matches_the_reference(orthogonalize, axes, dtype):
         if dtype != torch.float32:
             assert_close(b, a, ("kernel", dtype), f"parameter {where}")
             continue
-        step_ref, step_fast = a - p0, b.double() - p0
+        step_ref, step_fast = a - p0, b.double().cpu() - p0
         key = ("celo2 step newton-schulz" if orthogonalize else "celo2 step", torch.float32)
         assert_close(step_fast, step_ref, key, f"update of {where}", scale=step_ref.abs().max())
 
@@ -105,7 +109,7 @@ def test_nonfinite_gradients_skip_their_tensor_and_clamp_huge_ones(orthogonalize
             assert torch.equal(opt_fast.state[fast[i]][key], value + (key == "nonfinite_skips")), key
     assert not torch.equal(fast[2], before[2])
     key = ("celo2 step newton-schulz" if orthogonalize else "celo2 step", torch.float32)
-    step_ref = ref[2] - before[2].double()
+    step_ref = ref[2] - before[2].double().cpu()
     assert_close(fast[2] - before[2], step_ref, key, "the clamped tensor's update", scale=step_ref.abs().max())
     assert opt_fast.nonfinite_skips().item() == 2
 
@@ -114,11 +118,11 @@ def test_tensor_learning_rates_equal_float_ones():
     """lr and weight decay as 0-d tensors (as a capturable schedule keeps them) give the float result bit for
     bit, and steady steps reuse the launch tables."""
     net = random_celo2_net(2)
-    a = [torch.randn(5, 7), torch.randn(3, 4, 4)]
+    a = [torch.randn(5, 7, device=DEVICE), torch.randn(3, 4, 4, device=DEVICE)]
     b = [p.clone() for p in a]
     opt_f = mulo.Celo2(a, lr=0.01, weight_decay=0.1, meta_weights=net, backend="triton")
-    opt_t = mulo.Celo2(b, lr=torch.tensor(0.01), weight_decay=0.1, meta_weights=net, backend="triton")
-    opt_t.param_groups[0]["weight_decay"] = torch.tensor(0.1)
+    opt_t = mulo.Celo2(b, lr=torch.tensor(0.01, device=DEVICE), weight_decay=0.1, meta_weights=net, backend="triton")
+    opt_t.param_groups[0]["weight_decay"] = torch.tensor(0.1, device=DEVICE)
     for _ in range(2):
         for x, y in zip(a, b):
             x.grad = torch.randn_like(x)
@@ -127,7 +131,7 @@ def test_tensor_learning_rates_equal_float_ones():
         opt_t.step()
     for x, y in zip(a, b):
         assert torch.equal(x, y)
-    backend = opt_f.backend_for("cpu", torch.float32)
+    backend = opt_f.backend_for(DEVICE, torch.float32)
     buckets = list(backend._step_cache.values())
     launches = [b.triton_launch[1] for b in buckets]
     opt_f.step()  # both optimizers' buckets are kept: nothing rebuilt
@@ -142,12 +146,15 @@ def test_population_step_equals_member_by_member():
     from tests.celo2.test_population import M, grads_for, members, population_setup
 
     options = population.PopulationOptions(orthogonalize=True, axes="last2", adam_lr_mult=0.5)
-    nets, weights, params, states, lrs, wds = population_setup(torch.float32, int(torch.randint(0, 1000, ())))
+    nets, _, params, states, lrs, wds = population_setup(torch.float32, int(torch.randint(0, 1000, ())))
+    weights = population.PopulationWeights.stack([n.meta_weights(DEVICE, torch.float32) for n in nets])
+    params = [p.to(DEVICE) for p in params]
+    states = [{k: v.to(DEVICE) for k, v in st.items()} for st in states]
     solo = members(nets, params, lrs, wds, "triton", options)
-    step = population.backend_population_step("triton", "cpu", options)
+    step = population.backend_population_step("triton", DEVICE, options)
     assert step.backend == "triton"
     for t in range(2):
-        grads = grads_for(params, nonfinite_member=1 if t == 1 else None)
+        grads = [g.to(DEVICE) for g in grads_for(params, nonfinite_member=1 if t == 1 else None)]
         step(params, grads, states, lrs, wds, weights)
         for j, (ps, opt) in enumerate(solo):
             for p, g in zip(ps, grads):
@@ -167,7 +174,7 @@ def test_zero_size_and_other_networks_run_as_the_reference():
     """An empty tensor only counts its step; a meta-network the kernels do not hard-code (tanh, wider) runs the
     reference inside the backend: bit for bit the reference's float32 result."""
     wide = Celo2Net(Celo2Config(hidden_size=12, activation="tanh"), generator=torch.Generator().manual_seed(0))
-    params = [torch.randn(0, 5), torch.randn(6, 7)]
+    params = [torch.randn(0, 5, device=DEVICE), torch.randn(6, 7, device=DEVICE)]
     twins = [p.clone() for p in params]
     opt = mulo.Celo2(params, meta_weights=wide, backend="triton")
     opt_ref = mulo.Celo2(twins, meta_weights=wide, backend="reference")
@@ -181,14 +188,16 @@ def test_zero_size_and_other_networks_run_as_the_reference():
     assert opt.state[params[0]]["step"].item() == 2
 
 
-def test_auto_never_picks_the_interpreter_and_float64_is_refused_by_name():
+def test_auto_picks_triton_only_on_a_gpu_and_float64_is_refused_by_name():
     opt = mulo.Celo2([torch.randn(3, 4)], meta_weights=random_celo2_net())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert opt.backend_for("cpu", torch.float32).name != "triton"
+        assert opt.backend_for("cpu", torch.float32).name != "triton"  # never the interpreter
+        if DEVICE == "cuda":
+            assert opt.backend_for("cuda", torch.float32).name == "triton"
     explicit = mulo.Celo2([torch.randn(3, 4, dtype=torch.float64)], meta_weights=random_celo2_net(), backend="triton")
     with pytest.raises(Exception, match="triton"):
-        explicit.backend_for("cpu", torch.float64)
+        explicit.backend_for(DEVICE, torch.float64)
 
 
 def test_the_network_table_is_the_published_layout_flattened():
@@ -226,5 +235,5 @@ def test_transposed_slice_shapes_share_one_newton_schulz_chain(monkeypatch):
     assert sorted(calls) == [(1, 4, 4), (4, 3, 5)]
     for a, b, p0 in zip(ref, fast, before):
         step_ref = a - p0
-        assert_close(b.double() - p0, step_ref, ("celo2 step newton-schulz", torch.float32), f"update of "
+        assert_close(b.double().cpu() - p0, step_ref, ("celo2 step newton-schulz", torch.float32), f"update of "
                      f"{tuple(a.shape)}", scale=step_ref.abs().max())  # fmt: skip
