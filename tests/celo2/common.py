@@ -87,3 +87,30 @@ def sync_state(opt_ref, opt_fast, ref, fast):
         a.data.copy_(b.double())  # the reference starts from the representable values too
         for k, v in opt_ref.state[a].items():
             v.copy_(opt_fast.state[b][k])
+
+
+def check_transposed_slices_share_one_chain(monkeypatch, backend: str, device="cpu"):
+    """(5, 3) and (3, 5) slices (an MLP's down and up projections) go through ONE batched Newton–Schulz chain on
+    ``backend``, the (5, 3) ones transposed; the step still matches the reference's."""
+    from mulo.celo2 import reference
+    from tests.tolerances import assert_close
+
+    calls = []
+    real = reference.newton_schulz
+
+    def counting(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    shapes = [(5, 3), (3, 5), (2, 5, 3), (4, 4)]
+    ref, fast, opt_ref, opt_fast = pair(shapes, torch.float32, random_celo2_net(5), backend, device=device)
+    set_grads(ref, fast)
+    before = [a.clone() for a in ref]
+    opt_ref.step()
+    monkeypatch.setattr(reference, "newton_schulz", counting)
+    opt_fast.step()
+    assert sorted(calls) == [(1, 4, 4), (4, 3, 5)]
+    for a, b, p0 in zip(ref, fast, before):
+        step_ref = a - p0
+        assert_close(b.double().cpu() - p0, step_ref, ("celo2 step newton-schulz", torch.float32), f"update of "
+                     f"{tuple(a.shape)}", scale=step_ref.abs().max())  # fmt: skip

@@ -13,8 +13,8 @@ import torch
 import mulo
 from mulo.backends import BackendUnavailable
 from mulo.celo2 import Celo2Config, Celo2Net, reference, spec
+from tests.celo2.common import check_transposed_slices_share_one_chain, random_celo2_net, set_grads, sync_state
 from tests.celo2.common import pair as _pair
-from tests.celo2.common import random_celo2_net, set_grads, sync_state
 from tests.helpers import hetero_grad
 from tests.tolerances import TRAJECTORY, assert_close, movement_error
 
@@ -262,23 +262,5 @@ def test_threads_do_not_change_the_result(orthogonalize):
 
 
 def test_transposed_slice_shapes_share_one_newton_schulz_chain(monkeypatch):
-    """(5, 3) and (3, 5) slices (an MLP's down and up projections) go through ONE batched Newton–Schulz chain,
-    the (5, 3) ones transposed; the step still matches the reference's."""
-    calls = []
-    real = reference.newton_schulz
-
-    def counting(x, *args, **kwargs):
-        calls.append(tuple(x.shape))
-        return real(x, *args, **kwargs)
-
-    ref, fast, opt_ref, opt_fast = pair([(5, 3), (3, 5), (2, 5, 3), (4, 4)], torch.float32, random_celo2_net(5))
-    set_grads(ref, fast)
-    before = [a.clone() for a in ref]
-    opt_ref.step()
-    monkeypatch.setattr(reference, "newton_schulz", counting)
-    opt_fast.step()
-    assert sorted(calls) == [(1, 4, 4), (4, 3, 5)]
-    for a, b, p0 in zip(ref, fast, before):
-        step_ref = a - p0
-        assert_close(b.double() - p0, step_ref, ("celo2 step newton-schulz", torch.float32), f"update of "
-                     f"{tuple(a.shape)}", scale=step_ref.abs().max())  # fmt: skip
+    """(5, 3) and (3, 5) slices share one batched Newton–Schulz chain; the step matches the reference's."""
+    check_transposed_slices_share_one_chain(monkeypatch, "cpu")
