@@ -19,11 +19,16 @@ from the kernel's tiling, identified by the source line of the loop (the SASS ca
 ``-lineinfo`` for the extension, Triton's ``.loc``); loops the model cannot identify count once and are
 listed as ``unresolved_loops``. A static count knows nothing of loop trip counts or branch outcomes, so:
 
-* ``high`` = every reachable instruction, each loop at its trip count, both arms of every branch;
+* ``high`` = every reachable instruction, each loop at its trip count, both arms of every branch except a
+  branch on the kind of tensor (``factored`` or not: a fact of the set, weighted by its share of the tiles);
 * ``low``  = the same, but code under a branch whose source condition is known to be rare for the set
   (first tile of a row/column: ``xt == 0``/``yt == 0``, or first chunk ``xc == 0`` per program; the rank < 2
   arm of ``factored``; the once-per-tensor step counter; ``& ok``, a finite tensor, counts as true) weighted
   by how often that condition holds on the set's tiling.
+
+A branch guards the code of a loop inside its arm too (a kernel that runs one of two copies of its tile loop
+weights each copy by its arm); copies of one source loop the compiler makes (unswitching on a runtime
+condition, the same call site) count once, the largest, in ``low``.
 
 Prediction per pass (H100 SXM5: 132 SMs, 4 schedulers each issuing one warp-instruction per cycle, boost
 clock 1.98 GHz, HBM3 3.35 TB/s at an achievable 80 %)::
@@ -100,8 +105,9 @@ MACHINES = {"h100": H100, "h200": H200}
 APPROXIMATIONS = [
     "static SASS counts: loop trip counts come from the kernels' tiling (identified by source line), "
     "unresolved loops count once",
-    "branch outcomes: 'high' counts both arms of every branch; 'low' weights arms whose condition is known "
-    "to be rare on the set (first tile of a row/column, rank < 2 tensors) by how often it holds",
+    "branch outcomes: 'high' counts both arms of every branch but the one on the tensor kind (factored or "
+    "not: weighted by its share); 'low' weights arms whose condition is known to be rare on the set (first "
+    "tile of a row/column, rank < 2 tensors) by how often it holds",
     "issue model: one warp-instruction per scheduler per cycle at the boost clock; no stall from latency, "
     "low occupancy (occupancy_warps_per_sm: 8 of 64 for the Triton sumsq/apply kernels), dependent loads, "
     "atomics contention or slower pipes (pipe_ms lists the integer, MUFU, conversion and tensor-core floors; "
@@ -412,11 +418,16 @@ class CFG:
         return [lp for lp in self.loops if b in lp.blocks]
 
     def guarded(self, b: int) -> bool:
-        """True when block ``b`` may be skipped in an execution of its innermost loop body (or of the
-        function): it does not post-dominate that loop's header (the entry for loop-free code)."""
-        inner = self.loops_of(b)
-        head = inner[0].header if inner else 0
-        return b not in self.pdom.get(head, set())
+        """True when block ``b`` may be skipped in an execution of its innermost loop body (it does not
+        post-dominate that loop's header), or its loop may be skipped in an execution of the enclosing one
+        (its header does not post-dominate that loop's header), and so on out to the function's entry: code
+        inside a loop that sits in one arm of a branch (a loop copied per arm) is guarded by that branch."""
+        x = b
+        for lp in self.loops_of(b):  # innermost first
+            if x not in self.pdom.get(lp.header, set()):
+                return True
+            x = lp.header
+        return x not in self.pdom.get(0, set())
 
 
 def atomic_fallback(instrs: list[Instr]) -> set[int]:
@@ -662,6 +673,19 @@ def loop_trips(path: str, line: int, ctx: Context) -> float | None:
     return None
 
 
+FACTORED_CONDITIONS = ("factored", "(flags & 1) != 0", "M.factored")
+
+
+def known_weight(cond: str, arm: str, ctx: Context) -> float:
+    """The weight ``high`` gives the ``arm`` of ``if cond``: 1 (both arms counted), except for a branch on
+    what kind of tensor the code runs on (factored or not), a fact of the set and no uncertainty: its
+    fraction, as in ``low``."""
+    c = " ".join(cond.split())
+    if c in FACTORED_CONDITIONS or c == "!M.factored":
+        return rare_weight(c, arm, ctx)
+    return 1.0
+
+
 def rare_weight(cond: str, arm: str, ctx: Context) -> float:
     """How often the ``arm`` of ``if cond`` runs per execution of the enclosing code, for the conditions
     the model knows (the others: 1, i.e. counted as always run)."""
@@ -685,7 +709,7 @@ def rare_weight(cond: str, arm: str, ctx: Context) -> float:
         return f.get("f_xt0", 1.0) if then else 1.0
     if c == "yt == 0":
         return f.get("f_yt0", 1.0) if then else 1.0
-    if c in ("factored", "(flags & 1) != 0", "M.factored"):
+    if c in FACTORED_CONDITIONS:
         return f.get("f_fact", 1.0) if then else f.get("f_unf", 1.0)
     if c == "!M.factored":
         return f.get("f_unf", 1.0) if then else f.get("f_fact", 1.0)
@@ -750,7 +774,7 @@ def analyze(instrs: list[Instr], ctx: Context, cfg: CFG | None = None) -> Analys
             if trips is not None:
                 lp.trips, lp.resolved = float(trips), True
                 lp.source = f"{Path(c.file).name}:{c.line}: {source_line(c.file, c.line)[:80]}"
-                by_source.setdefault((c.file, c.line), []).append(lp)
+                by_source.setdefault((c.file, c.line, c.outer), []).append(lp)
                 break
         if not lp.resolved:
             if all(cfg.blocks[b].start in fallback for b in lp.blocks):
@@ -758,7 +782,10 @@ def analyze(instrs: list[Instr], ctx: Context, cfg: CFG | None = None) -> Analys
             else:
                 first = instrs[cfg.blocks[lp.header].start]
                 unresolved.append(f"{Path(first.file or '?').name}:{first.line} @0x{first.addr:x}")
-    dup: set[int] = set()  # unswitched copies of one source loop: `low` counts the largest
+    # copies of one source loop made by the compiler (unswitched on a runtime condition): `low` counts the
+    # largest. Copies the source makes (one call of a loop's function per branch arm: different call sites,
+    # so different keys) are weighted by their branch instead.
+    dup: set[int] = set()
     for lps in by_source.values():
         if len(lps) > 1 and all(cfg.guarded(lp.header) for lp in lps):
             keep = max(lps, key=lambda lp: len(lp.blocks))
@@ -774,8 +801,7 @@ def analyze(instrs: list[Instr], ctx: Context, cfg: CFG | None = None) -> Analys
         for i in range(blk.start, blk.end):
             if i in fallback:
                 continue
-            high[i] = mult
-            w = mult
+            w = h = mult
             if b in dup:
                 w = 0.0
             elif guarded and instrs[i].file:
@@ -784,6 +810,8 @@ def analyze(instrs: list[Instr], ctx: Context, cfg: CFG | None = None) -> Analys
                     for r in regions_for(path):
                         if r.file == key and r.first <= line <= r.last:
                             w *= rare_weight(r.cond, r.arm, ctx)
+                            h *= known_weight(r.cond, r.arm, ctx)
+            high[i] = h
             low[i] = w
     loops = [
         {
@@ -922,7 +950,10 @@ def compile_triton(only: set[str] | None = None, arch: int = 90) -> list[Kernel]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, fn, sig, consts in variants():
-            if (only is not None and name not in only) or (only is None and not name.startswith("lopt_")):
+            if only is not None and name not in only:
+                continue
+            # the model is of the default step: deterministic mode's variants and finishing sums are left out
+            if only is None and (not name.startswith("lopt_") or name.endswith(" det") or "_finish" in name):
                 continue
             compiled = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=target, options=options(fn))
             md = compiled.metadata

@@ -190,6 +190,11 @@ def _hidden_source(i, DOT: tl.constexpr):
 
 
 @triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
 def _y_side(k: tl.constexpr, ws, ws_ny, ly, iy, myf, sy):
     """Decay k's column-side vectors of the program's tile column ([BY]): accY, its factor and its
     rsqrt(· + 1e-8) feature (once per program; masked to 1 for rank < 2 tensors, which have none)."""
@@ -240,6 +245,68 @@ def _decay_features(
 
 
 @triton.jit
+def _chunk_tiles(
+    FACT, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx, bv, cv,
+    bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
+    w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
+    P_DT: tl.constexpr, S_DT: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr, NSUB: tl.constexpr,
+    HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
+):  # fmt: skip
+    """The loop over a chunk's NSUB tiles of BX × BY elements: features, the MLP, the update and the
+    stores. ``FACT`` (the tensor is factored) is a literal where the kernel runs one of two copies of the loop
+    (then no tile branches on it), else the runtime flag."""
+    SB: tl.constexpr = BX * BY
+    for sub in range(NSUB):  # NSUB tiles of BX × BY elements share everything the kernel computed before
+        # ---- features ----
+        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
+            xc * NSUB + sub, BX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
+        )
+        m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
+            0, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_nx, bm0, bf0, sx0, ay0, fy0, ry0, BX, BY
+        )  # fmt: skip
+        m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
+            1, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_nx, bm1, bf1, sx1, ay1, fy1, ry1, BX, BY
+        )  # fmt: skip
+        m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
+            2, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_nx, bm2, bf2, sx2, ay2, fy2, ry2, BX, BY
+        )  # fmt: skip
+        z = tl.zeros([SB], dtype=tl.float32)
+        x = _join32(
+            tl.reshape(g, (SB,)), tl.reshape(p, (SB,)), a0, a1, a2, tl.reshape(v, (SB,)), b0, b1_, b2_,
+            tl.reshape(rv, (SB,)), c0, c1, c2,
+            d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z + 1.0, z, SB,
+        )  # fmt: skip
+
+        # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
+        h = _hidden_order(tl.maximum(_mm3(x, w1h, w1l, DOT), 0.0), SB, HID, DOT)
+        h = _hidden_order(tl.maximum(_mm3(h, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
+        # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
+        da = tl.reshape(_mm3(h, w3h, w3l, DOT), (SB, 4, 2))
+        dd, aa = tl.split(da)
+        d = tl.reshape(tl.reduce(dd, 1, _first), (BX, BY)) + b3d
+        a = tl.reshape(tl.reduce(aa, 1, _first), (BX, BY)) + b3a
+        step = d * tl.exp(a * exp_mult) * step_mult
+
+        # ---- update and stores ----
+        p_new = p - lr * step
+        p_new = p_new - wd * lr * p_new
+        st = mask & ((off * 0 + ok.to(off.dtype)) != 0)  # (scalar & tensor trips the interpreter)
+        tl.store(pp + off, p_new.to(P_DT), mask=st)
+        tl.store(mp + off, m0.to(S_DT), mask=st)
+        tl.store(mp + n + off, m1.to(S_DT), mask=st)
+        tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
+        tl.store(vp + off, v.to(S_DT), mask=st)
+        if FACT:
+            if (yt == 0) & ok:  # the tile row's new accX vectors, by the chunk at the first Y position
+                for k in tl.static_range(3):
+                    tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
+        else:
+            tl.store(ax_p + off, u0.to(S_DT), mask=st)
+            tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
+            tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
+
+
+@triton.jit
 def lopt_apply_kernel(
     chunks, meta, ptrs, ws, hyper, decays, taus, perm, w1, b1, w2, b2, w3, b3, exp_mult, step_mult, time_clamp,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
@@ -254,7 +321,6 @@ def lopt_apply_kernel(
     A program is one chunk: NSUB tiles of BX × BY along X at one Y tile of one batch of one tensor. Everything
     that depends only on the tensor, the batch or Y (table rows, pointers, decays, row means, the column-side
     factor vectors, the folded weights) is computed once, before the loop over the NSUB tiles."""
-    SB: tl.constexpr = BX * BY
     (t, bidx, xc, yt, mrow, n, nx, ny, nbatch, ix0, flags, wsT, wnx, wny, ys, my, offy, iy, sx_stride, xx_stride,
      ws_nx, lx, ws_ny, ly) = chunk_coords(chunks, meta, ws, BY, IDX)  # fmt: skip
     numel = tl.load(mrow + M_WN).to(tl.float32)  # the whole tensor's (this may be a shard of it)
@@ -309,7 +375,7 @@ def lopt_apply_kernel(
     w2h, w2l = _weight_split(w2t, True, DOT)
     b2v = tl.load(b2 + hid)
     o8 = tl.arange(0, 8)
-    w3p = tl.load(w3 + o8[None, :] * HID + _hidden_source(hid, DOT)[:, None], mask=(o8 < 2)[None, :], other=0.0)
+    w3p = tl.load(w3 + (o8 % 2)[None, :] * HID + _hidden_source(hid, DOT)[:, None])
     w3h, w3l = _weight_split(w3p, True, DOT)
     b3d = tl.load(b3)
     b3a = tl.load(b3 + 1)
@@ -326,54 +392,30 @@ def lopt_apply_kernel(
         kp = tl.load(prow + 7).to(tl.pointer_type(tl.float32))
         tl.store(kp, tl.load(kp) + (1.0 - okf))
 
-    for sub in range(NSUB):  # NSUB tiles of BX × BY elements share everything above
-        # ---- features ----
-        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
-            xc * NSUB + sub, BX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
-        )
-        m0, u0, a0, b0, c0, d0, e0, f0, h0, i0 = _decay_features(
-            0, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm0, bf0, sx0, ay0, fy0, ry0, BX, BY
+    # the loop over the chunk's tiles, in a copy per tensor kind (no branch on it per tile), except where the
+    # two copies would not fit in the registers: with them tf32x3 with 64-bit indexing spills on sm_90 and ieee
+    # (FP32 FMAs, no tensor cores) on sm_80
+    if ((DOT == "tf32x3") and (IDX == tl.int64)) or (DOT == "ieee"):
+        _chunk_tiles(
+            factored, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx,
+            bv, cv, bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
+            w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
         )  # fmt: skip
-        m1, u1, a1, b1_, c1, d1, e1, f1, h1, i1 = _decay_features(
-            1, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm1, bf1, sx1, ay1, fy1, ry1, BX, BY
+    elif factored:
+        _chunk_tiles(
+            True, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx, bv, cv,
+            bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
+            w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
         )  # fmt: skip
-        m2, u2, a2, b2_, c2, d2, e2, f2, h2, i2 = _decay_features(
-            2, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_nx, bm2, bf2, sx2, ay2, fy2, ry2, BX, BY
+    else:
+        _chunk_tiles(
+            False, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx, bv, cv,
+            bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
+            w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
         )  # fmt: skip
-        z = tl.zeros([SB], dtype=tl.float32)
-        x = _join32(
-            tl.reshape(g, (SB,)), tl.reshape(p, (SB,)), a0, a1, a2, tl.reshape(v, (SB,)), b0, b1_, b2_,
-            tl.reshape(rv, (SB,)), c0, c1, c2,
-            d0, d1, d2, e0, e1, e2, f0, f1, f2, h0, h1, h2, i0, i1, i2, z + 1.0, z, SB,
-        )  # fmt: skip
-
-        # ---- MLP: tensor cores with float32 accumulation (layer 1's bias rides on the constant-1 feature) ----
-        h = _hidden_order(tl.maximum(_mm3(x, w1h, w1l, DOT), 0.0), SB, HID, DOT)
-        h = _hidden_order(tl.maximum(_mm3(h, w2h, w2l, DOT) + b2v[None, :], 0.0), SB, HID, DOT)
-        # layer 3 as a dot with W3 padded to 8 columns (d, a, 0, ...): both outputs land in the first lane pair
-        da = tl.reshape(_mm3(h, w3h, w3l, DOT), (SB, 4, 2))
-        dd, aa = tl.split(da)
-        d = tl.reshape(tl.sum(dd, axis=1), (BX, BY)) + b3d
-        a = tl.reshape(tl.sum(aa, axis=1), (BX, BY)) + b3a
-        step = d * tl.exp(a * exp_mult) * step_mult
-
-        # ---- update and stores ----
-        p_new = p - lr * step
-        p_new = p_new - wd * lr * p_new
-        st = mask & ((off * 0 + ok.to(off.dtype)) != 0)  # (scalar & tensor trips the interpreter)
-        tl.store(pp + off, p_new.to(P_DT), mask=st)
-        tl.store(mp + off, m0.to(S_DT), mask=st)
-        tl.store(mp + n + off, m1.to(S_DT), mask=st)
-        tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
-        tl.store(vp + off, v.to(S_DT), mask=st)
-        if factored:
-            if (yt == 0) & ok:  # the tile row's new accX vectors, by the chunk at the first Y position
-                for k in tl.static_range(3):
-                    tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
-        else:
-            tl.store(ax_p + off, u0.to(S_DT), mask=st)
-            tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
-            tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
 
 
 def lopt_apply(

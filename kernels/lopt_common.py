@@ -35,7 +35,8 @@ NMETA, M_N, M_NX, M_NY, M_NBATCH, M_NB, M_NC = _constexprs("NMETA", "M_N", "M_NX
 M_SA, M_SX, M_SB, M_SY, M_XA, M_XX, M_XB = _constexprs("M_SA", "M_SX", "M_SB", "M_SY", "M_XA", "M_XX", "M_XB")
 M_YA, M_YB, M_YY, M_LX, M_LY, M_FLAGS = _constexprs("M_YA", "M_YB", "M_YY", "M_LX", "M_LY", "M_FLAGS")
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = _constexprs("M_WS_SX", "M_WS_SY", "M_WS_NX", "M_WS_NY", "M_WS_T")
-M_WIDX, M_WNX, M_WNY, M_WN = _constexprs("M_WIDX", "M_WNX", "M_WNY", "M_WN")
+M_WIDX, M_WNX, M_WNY, M_WN, M_C0 = _constexprs("M_WIDX", "M_WNX", "M_WNY", "M_WN", "M_C0")
+R_PLANE, R_NBAD, R_RSUM, R_SCALARS = _constexprs("R_PLANE", "R_NBAD", "R_RSUM", "R_SCALARS")
 WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = _constexprs("WS_FLAG", "WS_T", "WS_SUMSQ", "WS_BATCH")
 FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = _constexprs("FLAG_FACTORED", "FLAG_D0_IS_X", "FLAG_ROW_MEAN_GIVEN")
 
@@ -178,3 +179,14 @@ def tile_elements(xt, BX: tl.constexpr, IDX: tl.constexpr, n, nx, my, ix0, offy,
     p = tl.load(pp + off, mask=mask, other=0.0).to(tl.float32)
     v = bv * tl.load(vp + off, mask=mask, other=0.0).to(tl.float32) + cv * g * g
     return ix0 + xs * xx_stride, mx, off, mask, g, p, v, tl.rsqrt(v + EPS_RMS), g * g + EPS_GRAD_SQ
+
+
+@triton.jit
+def chunk_record(records, meta, t, bidx, xt, yt, nx, ny, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr):
+    """Deterministic mode: the record of chunk (t, batch, x-tile, y-tile) of passes A/B, at its canonical index
+    (lopt_plan's module docstring), whichever program runs it."""
+    c0 = tl.load(meta + t.to(tl.int64) * NMETA + M_C0).to(IDX)
+    nxt = (nx + BX - 1) // BX
+    nyt = (ny + BY - 1) // BY
+    index = c0 + (bidx.to(IDX) * nxt + xt.to(IDX)) * nyt + yt.to(IDX)
+    return records + index * (BX + BY + R_SCALARS + 32)

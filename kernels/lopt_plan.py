@@ -24,6 +24,13 @@ sums of squares, [34 : 34+nb] per-batch sums of s, [34+nb : 34+4nb] per-batch su
 accumulators over their d1 axis (with FLAG_ROW_MEAN_GIVEN: of the new ones); and for factored tensors
 ``sum X`` (LX), ``sum Y`` (LY) — the sums of s that update accX / accY — and the new accumulators
 ``new X`` (3·LX), ``new Y`` (3·LY).
+
+Deterministic mode (``torch.use_deterministic_algorithms(True)``): passes A and B add nothing atomically.
+Each chunk stores its partial sums to its own record (``records``: one row of ``record_width(bx, by)``
+floats per chunk of passes A/B, at the chunk's canonical index ``M_C0 + (batch·nXt + x-tile)·nYt + y-tile``,
+whatever program runs it), and one program per (tensor, batch) of pass A (per tensor of pass B) adds the
+records up in that index order and stores the sums into the workspace: the same bits whatever order the
+programs ran in.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ M_FLAGS = 18  # bit 0: factored; bit 1: d0 is the X axis (row accumulator = accY
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = 19, 20, 21, 22, 23
 M_WIDX = 24  # which meta-weight set the tensor uses (a population member; 0 for a single optimizer)
 M_WNX, M_WNY, M_WN = 25, 26, 27  # the whole tensor's sizes along X and Y and its element count
-NMETA = 28
+M_C0 = 28  # the index of the tensor's first chunk of passes A/B (its records in deterministic mode start there)
+NMETA = 29
 FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = 1, 2, 4
 
 # pointer table columns (int64 addresses per tensor)
@@ -56,6 +64,17 @@ NPTR = 8
 WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = 0, 1, 2, 34
 NCHAN = 28
 NCHAN_PAD = 32
+
+# a deterministic-mode record (float32, per chunk of passes A/B): pass A's Σ_y s of the tile's BX rows, Σ_x s of
+# its BY columns, then its plane sum, non-finite count and Σ of the three old row accumulators; pass B's 32 sums
+R_PLANE, R_NBAD, R_RSUM = 0, 1, 2  # after the BX + BY row/column sums
+R_SCALARS = 8
+R_SUMSQ = NCHAN_PAD
+
+
+def record_width(block_x: int, block_y: int) -> int:
+    """Floats per chunk record in deterministic mode."""
+    return block_x + block_y + R_SCALARS + R_SUMSQ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +121,7 @@ class Plan:
     meta: torch.Tensor  # int64 (T, NMETA)
     chunks_ab: torch.Tensor  # int32 (chunks, 4) for passes A and B: tensor, batch, x-tile, y-tile
     chunks_c: torch.Tensor  # int32 (chunks, 4) for pass C
+    batches: torch.Tensor  # int32 (Σ n_batch, 2): (tensor, batch), one program each when deterministic pass A sums
     ws_size: int
     use_int64: bool
     layouts: tuple[TensorLayout, ...]
@@ -135,10 +155,12 @@ def build_plan(
     layouts = tuple(tensor_layout(s, layout, block_y, w) for s, w in zip(shapes, wholes or (None,) * len(shapes)))
     weight_index = weight_index or (0,) * len(shapes)
     meta = []
-    ws = 0
+    ws = c0 = 0
     for t, (lay, widx) in enumerate(zip(layouts, weight_index, strict=True)):
         nbatch = lay.n_a * lay.n_b * lay.n_c
         row = [0] * NMETA
+        row[M_C0] = c0
+        c0 += nbatch * -(-lay.nx // block_x) * -(-lay.ny // block_y)
         row[M_N], row[M_NX], row[M_NY], row[M_NBATCH], row[M_NB], row[M_NC] = (
             lay.n,
             lay.nx,
@@ -182,11 +204,16 @@ def build_plan(
             row[M_WS_NY] = ws
             ws += 3 * row[M_LY]
         meta.append(row)
-    biggest = max([3 * lay.n for lay in layouts] + [ws, 1])
+    biggest = max([3 * lay.n for lay in layouts] + [ws, c0 * record_width(block_x, block_y), 1])
     return Plan(
         meta=torch.tensor(meta, dtype=torch.int64).to(device),
         chunks_ab=_chunks(layouts, block_x, block_y).to(device),
         chunks_c=_chunks(layouts, block_xc, block_y).to(device),
+        batches=torch.tensor(
+            [[t, b] for t, lay in enumerate(layouts) for b in range(lay.n_a * lay.n_b * lay.n_c)], dtype=torch.int32
+        )
+        .reshape(-1, 2)
+        .to(device),
         ws_size=ws,
         use_int64=biggest >= 2**31 - 1,
         layouts=layouts,

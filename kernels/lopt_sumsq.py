@@ -23,9 +23,18 @@ from mulo.kernels.lopt_common import (
     FLAG_D0_IS_X,
     FLAG_FACTORED,
     FLAG_ROW_MEAN_GIVEN,
+    M_C0,
+    M_NBATCH,
+    M_NX,
+    M_NY,
     M_WS_SX,
     M_WS_SY,
+    M_WS_T,
+    NMETA,
+    R_SCALARS,
+    WS_SUMSQ,
     chunk_coords,
+    chunk_record,
     load_decays,
     row_mean_scales,
     safe_rsqrt,
@@ -116,12 +125,80 @@ def _rowcol_channels(acc, ch, k: tl.constexpr, xr, yr, xsq, xinv, ysq, yinv, pu,
 
 
 @triton.jit
+def _chunk_sums(
+    FACT, xc, yt, d0x, n, nx, ny, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_sx, ws_nx, lx, dst,
+    bv, cv, bm0, bm1, bm2, bf0, bf1, bf2, cx0, cx1, cx2, sx0, sx1, sx2, fy0, fy1, fy2, zs,
+    ysq0, ysq1, ysq2, yinv0, yinv1, yinv2, BX: tl.constexpr, BY: tl.constexpr, SX: tl.constexpr, IDX: tl.constexpr,
+    DET: tl.constexpr,
+):  # fmt: skip
+    """The walk over a chunk's tiles with the running sums per element, then one reduction per channel and one
+    atomic add per program to the tensor's sums at ``dst`` (``DET``: a store to the chunk's record there).
+    ``FACT`` (the tensor is factored) is a literal: the kernel runs one of two copies, so no tile branches on
+    it."""
+    pg = tl.zeros([SX, BY], dtype=tl.float32)
+    pp_ = tl.zeros([SX, BY], dtype=tl.float32)
+    pv = tl.zeros([SX, BY], dtype=tl.float32)
+    prv = tl.zeros([SX, BY], dtype=tl.float32)
+    pm0, pmr0, pgf0, pmf0, pu0, pru0 = _zeros6(SX, BY)
+    pm1, pmr1, pgf1, pmf1, pu1, pru1 = _zeros6(SX, BY)
+    pm2, pmr2, pgf2, pmf2, pu2, pru2 = _zeros6(SX, BY)
+    xsq0 = zs
+    xsq1 = zs
+    xsq2 = zs
+    xinv0 = zs
+    xinv1 = zs
+    xinv2 = zs
+    for sub in range(BX // SX):  # the chunk's tiles along X, the sums running per element
+        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
+            xc * (BX // SX) + sub, SX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
+        )
+        pg += g * g
+        pp_ += p * p
+        pv += v * v
+        prv += tl.where(mask, rv * rv, 0.0)
+        pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0 = _decay_sums(
+            0, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm0, bf0, cx0, sx0,
+            fy0, pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0,
+        )  # fmt: skip
+        pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1 = _decay_sums(
+            1, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm1, bf1, cx1, sx1,
+            fy1, pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1,
+        )  # fmt: skip
+        pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2 = _decay_sums(
+            2, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm2, bf2, cx2, sx2,
+            fy2, pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2,
+        )  # fmt: skip
+
+    # ---- one reduction per channel, one atomic add per program ----
+    ch = tl.arange(0, 32)
+    acc = tl.zeros([32], dtype=tl.float32)
+    acc = _channel(acc, ch, 0, tl.sum(pg))
+    acc = _channel(acc, ch, 1, tl.sum(pp_))
+    acc = _channel(acc, ch, 5, tl.sum(pv))
+    acc = _channel(acc, ch, 9, tl.sum(prv))
+    # the X-side sums feed the row channels unless d0 is X; rank < 2: row = col = u
+    xr = tl.where(d0x, 16, 13)
+    yr = tl.where(d0x, 13, 16)
+    acc = _decay_channels(acc, ch, 0, pm0, pmr0, pgf0, pmf0)
+    acc = _decay_channels(acc, ch, 1, pm1, pmr1, pgf1, pmf1)
+    acc = _decay_channels(acc, ch, 2, pm2, pmr2, pgf2, pmf2)
+    acc = _rowcol_channels(acc, ch, 0, xr, yr, xsq0, xinv0, ysq0, yinv0, pu0, pru0)
+    acc = _rowcol_channels(acc, ch, 1, xr, yr, xsq1, xinv1, ysq1, yinv1, pu1, pru1)
+    acc = _rowcol_channels(acc, ch, 2, xr, yr, xsq2, xinv2, ysq2, yinv2, pu2, pru2)
+    if DET:
+        tl.store(dst + ch, acc)
+    else:
+        tl.atomic_add(dst + ch, acc, mask=ch < 28, sem="relaxed")
+
+
+@triton.jit
 def lopt_sumsq_kernel(
     chunks,
     meta,
     ptrs,
     ws,
     decays,
+    records,
     P_DT: tl.constexpr,
     G_DT: tl.constexpr,
     S_DT: tl.constexpr,
@@ -129,10 +206,11 @@ def lopt_sumsq_kernel(
     BY: tl.constexpr,
     SX: tl.constexpr,
     IDX: tl.constexpr,
+    DET: tl.constexpr,
 ):
     """ws[sumsq][j] += Σ_chunk x_j² for the 28 channels x_j of ALGORITHM.md §2 at the NEW m, v and
     accumulators; ws[new X/Y] = the new Adafactor vectors; ws[t] = the step counter before the step. The
-    chunk's BX rows are walked in tiles of SX."""
+    chunk's BX rows are walked in tiles of SX. ``DET``: the chunk's sums go to its record (``records``)."""
     (t, bidx, xc, yt, mrow, n, nx, ny, nbatch, ix0, flags, wsT, wnx, wny, ys, my, offy, iy, sx_stride, xx_stride,
      ws_nx, lx, ws_ny, ly) = chunk_coords(chunks, meta, ws, BY, IDX)  # fmt: skip
     factored = (flags & FLAG_FACTORED) != 0
@@ -174,65 +252,56 @@ def lopt_sumsq_kernel(
         yinv1 = cnt * tl.sum(tl.where(my, 1.0 / (ay1 + EPS_ACC_FEATURE), 0.0))
         yinv2 = cnt * tl.sum(tl.where(my, 1.0 / (ay2 + EPS_ACC_FEATURE), 0.0))
 
-    pg = tl.zeros([SX, BY], dtype=tl.float32)
-    pp_ = tl.zeros([SX, BY], dtype=tl.float32)
-    pv = tl.zeros([SX, BY], dtype=tl.float32)
-    prv = tl.zeros([SX, BY], dtype=tl.float32)
-    pm0, pmr0, pgf0, pmf0, pu0, pru0 = _zeros6(SX, BY)
-    pm1, pmr1, pgf1, pmf1, pu1, pru1 = _zeros6(SX, BY)
-    pm2, pmr2, pgf2, pmf2, pu2, pru2 = _zeros6(SX, BY)
-    xsq0 = zs
-    xsq1 = zs
-    xsq2 = zs
-    xinv0 = zs
-    xinv1 = zs
-    xinv2 = zs
-    for sub in range(BX // SX):  # the chunk's tiles along X, the sums running per element
-        ix, mx, off, mask, g, p, v, rv, s = tile_elements(
-            xc * (BX // SX) + sub, SX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
-        )
-        pg += g * g
-        pp_ += p * p
-        pv += v * v
-        prv += tl.where(mask, rv * rv, 0.0)
-        pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0 = _decay_sums(
-            0, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm0, bf0, cx0, sx0,
-            fy0, pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0,
+    if DET:
+        dst = chunk_record(records, meta, t, bidx, xc, yt, nx, ny, BX, BY, IDX) + BX + BY + R_SCALARS
+    else:
+        dst = wsT + WS_SUMSQ
+    # the walk in a copy per tensor kind (no branch on it per tile)
+    if factored:
+        _chunk_sums(
+            True, xc, yt, d0x, n, nx, ny, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_sx, ws_nx,
+            lx, dst, bv, cv, bm0, bm1, bm2, bf0, bf1, bf2, cx0, cx1, cx2, sx0, sx1, sx2, fy0, fy1, fy2, zs,
+            ysq0, ysq1, ysq2, yinv0, yinv1, yinv2, BX, BY, SX, IDX, DET,
         )  # fmt: skip
-        pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1 = _decay_sums(
-            1, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm1, bf1, cx1, sx1,
-            fy1, pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1,
-        )  # fmt: skip
-        pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2 = _decay_sums(
-            2, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm2, bf2, cx2, sx2,
-            fy2, pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2,
+    else:
+        _chunk_sums(
+            False, xc, yt, d0x, n, nx, ny, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_sx, ws_nx,
+            lx, dst, bv, cv, bm0, bm1, bm2, bf0, bf1, bf2, cx0, cx1, cx2, sx0, sx1, sx2, fy0, fy1, fy2, zs,
+            ysq0, ysq1, ysq2, yinv0, yinv1, yinv2, BX, BY, SX, IDX, DET,
         )  # fmt: skip
 
-    # ---- one reduction per channel, one atomic add per program ----
+
+@triton.jit
+def lopt_sumsq_finish_kernel(meta, ws, records, BX: tl.constexpr, BY: tl.constexpr, IDX: tl.constexpr):
+    """Deterministic mode, after pass B: one program per tensor adds its chunks' 32 sums up in record order and
+    stores the 28 channels' sums of squares into the workspace."""
+    t = tl.program_id(0)
+    row = meta + t.to(tl.int64) * NMETA
+    nx = tl.load(row + M_NX).to(IDX)
+    ny = tl.load(row + M_NY).to(IDX)
+    nbatch = tl.load(row + M_NBATCH).to(IDX)
+    c0 = tl.load(row + M_C0).to(IDX)
+    wsT = ws + tl.load(row + M_WS_T).to(IDX)
+    RW: tl.constexpr = BX + BY + R_SCALARS + 32
     ch = tl.arange(0, 32)
     acc = tl.zeros([32], dtype=tl.float32)
-    acc = _channel(acc, ch, 0, tl.sum(pg))
-    acc = _channel(acc, ch, 1, tl.sum(pp_))
-    acc = _channel(acc, ch, 5, tl.sum(pv))
-    acc = _channel(acc, ch, 9, tl.sum(prv))
-    # the X-side sums feed the row channels unless d0 is X; rank < 2: row = col = u
-    xr = tl.where(d0x, 16, 13)
-    yr = tl.where(d0x, 13, 16)
-    acc = _decay_channels(acc, ch, 0, pm0, pmr0, pgf0, pmf0)
-    acc = _decay_channels(acc, ch, 1, pm1, pmr1, pgf1, pmf1)
-    acc = _decay_channels(acc, ch, 2, pm2, pmr2, pgf2, pmf2)
-    acc = _rowcol_channels(acc, ch, 0, xr, yr, xsq0, xinv0, ysq0, yinv0, pu0, pru0)
-    acc = _rowcol_channels(acc, ch, 1, xr, yr, xsq1, xinv1, ysq1, yinv1, pu1, pru1)
-    acc = _rowcol_channels(acc, ch, 2, xr, yr, xsq2, xinv2, ysq2, yinv2, pu2, pru2)
-    tl.atomic_add(wsT + 2 + ch, acc, mask=ch < 28, sem="relaxed")
+    for i in range(nbatch * ((nx + BX - 1) // BX) * ((ny + BY - 1) // BY)):
+        acc += tl.load(records + (c0 + i) * RW + BX + BY + R_SCALARS + ch)
+    tl.store(wsT + WS_SUMSQ + ch, acc, mask=ch < 28)
 
 
 def lopt_sumsq(
-    plan, ptrs: torch.Tensor, ws: torch.Tensor, decays: torch.Tensor, p_dt, g_dt, s_dt, block_x: int, block_y: int
-) -> None:
-    """Launch pass B over ``plan.chunks_ab`` (after pass A)."""
+    plan, ptrs: torch.Tensor, ws: torch.Tensor, decays: torch.Tensor, p_dt, g_dt, s_dt, block_x: int, block_y: int,
+    records=None,
+) -> None:  # fmt: skip
+    """Launch pass B over ``plan.chunks_ab`` (after pass A); with ``records`` (deterministic mode) no atomic, then
+    the finishing launch."""
+    idx = tl.int64 if plan.use_int64 else tl.int32
+    det = records is not None
     grid = (plan.chunks_ab.shape[0],)
     lopt_sumsq_kernel[grid](
-        plan.chunks_ab, plan.meta, ptrs, ws, decays, p_dt, g_dt, s_dt, block_x, block_y, min(SUBTILE_X, block_x),
-        tl.int64 if plan.use_int64 else tl.int32, num_warps=NUM_WARPS,
+        plan.chunks_ab, plan.meta, ptrs, ws, decays, records if det else ws, p_dt, g_dt, s_dt, block_x, block_y,
+        min(SUBTILE_X, block_x), idx, det, num_warps=NUM_WARPS,
     )  # fmt: skip
+    if det:
+        lopt_sumsq_finish_kernel[(plan.meta.shape[0],)](plan.meta, ws, records, block_x, block_y, idx, num_warps=1)

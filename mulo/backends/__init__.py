@@ -234,9 +234,11 @@ _NATIVE_FIX = "build the native extension: `make install` (or `pip install --no-
 for _spec in (
     BackendSpec("reference", "mulo.backends.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
                 "(always available)", capabilities=frozenset({"passes", "population"})),
+    # triton is deterministic: under torch.use_deterministic_algorithms(True) its passes A and B add per-chunk
+    # partial sums in a fixed order instead of atomically (kernels/lopt_plan.py)
     BackendSpec("triton", "mulo.backends.triton_backend:TritonBackend", ("cuda", "cpu"), 20,
                 "pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)", auto_device_types=("cuda",),
-                capabilities=frozenset({"passes", "population"}), deterministic=False),
+                capabilities=frozenset({"passes", "population"})),
     BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
                 capabilities=frozenset({"passes", "population"})),
     # "auto" on a GPU prefers Triton: the static model of the sm_90 kernels (bench/gpu_static.py, rows in

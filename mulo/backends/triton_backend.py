@@ -57,6 +57,13 @@ class Workspace:
         self.block_x, self.block_y, self.block_xc = tiles
         self.nsub = nsub
         self.dot = dot
+        # deterministic mode (torch.use_deterministic_algorithms(True) when the step began): passes A and B store
+        # per-chunk partial sums here and add them up in a fixed order instead of adding atomically
+        self.records = (
+            torch.empty(plan.chunks_ab.shape[0] * lopt_plan.record_width(*tiles[:2]), dtype=torch.float32,
+                        device=ws.device)
+            if torch.are_deterministic_algorithms_enabled() else None
+        )  # fmt: skip
 
 
 class TritonBackend:
@@ -298,12 +305,12 @@ class TritonBackend:
     @staticmethod
     def reduce(w: Workspace) -> None:
         """Pass A: row/column sums of s and the finite flags into ``w.ws``."""
-        lopt_reduce(w.plan, w.ptrs, w.ws, w.g_dt, w.s_dt, w.block_x, w.block_y)
+        lopt_reduce(w.plan, w.ptrs, w.ws, w.g_dt, w.s_dt, w.block_x, w.block_y, w.records)
 
     @staticmethod
     def sumsq(w: Workspace) -> None:
         """Pass B: the 28 per-channel sums of squares and the new accumulator vectors into ``w.ws``."""
-        lopt_sumsq(w.plan, w.ptrs, w.ws, w.decays, w.p_dt, w.g_dt, w.s_dt, w.block_x, w.block_y)
+        lopt_sumsq(w.plan, w.ptrs, w.ws, w.decays, w.p_dt, w.g_dt, w.s_dt, w.block_x, w.block_y, w.records)
 
     @staticmethod
     def apply(w: Workspace) -> None:

@@ -145,6 +145,67 @@ def test_inlined_code_counts_under_the_branch_around_its_call(tmp_path):
     assert a.low_mix["total"] == pytest.approx(3 + 2 * 0.25)
 
 
+UNSWITCHED_SOURCE = """\
+def toy(factored, NSUB):
+    if factored:
+        tiles(True, NSUB)
+    else:
+        tiles(False, NSUB)
+
+
+def tiles(FACT, NSUB):
+    for sub in range(NSUB):
+        x = 1
+"""
+
+# nvdisasm -gi style: one loop (lines 9-10) inlined at two call sites (lines 3 and 5), one per arm of `if factored:`
+NVDISASM_UNSWITCHED = """\
+.text.sw_kernel:
+	//## File "{src}", line 1
+        /*0000*/                   S2R R0, SR_TID.X ;
+	//## File "{src}", line 2
+        /*0010*/              @!P0 BRA `(.L_x_2) ;
+.L_x_0:
+	//## File "{src}", line 10 inlined at "{src}", line 3
+	//## File "{src}", line 3
+        /*0020*/                   FFMA R3, R2, R2, R3 ;
+	//## File "{src}", line 9 inlined at "{src}", line 3
+	//## File "{src}", line 3
+        /*0030*/               @P1 BRA `(.L_x_0) ;
+	//## File "{src}", line 3
+        /*0040*/                   BRA `(.L_x_3) ;
+.L_x_2:
+	//## File "{src}", line 10 inlined at "{src}", line 5
+	//## File "{src}", line 5
+        /*0050*/                   FMUL R3, R2, R2 ;
+	//## File "{src}", line 9 inlined at "{src}", line 5
+	//## File "{src}", line 5
+        /*0060*/               @P1 BRA `(.L_x_2) ;
+.L_x_3:
+	//## File "{src}", line 1
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_a_loop_copied_per_branch_arm_counts_under_its_arm(tmp_path):
+    """A kernel that runs one of two copies of its tile loop (``if factored:`` around two calls of the loop's
+    function): each copy's instructions count at its arm's share of the set, in both bounds (which kind of
+    tensor a program steps is a fact of the set, not an unknown branch). Without the guard through the loop
+    header both copies would count in full; as copies of one source loop (compiler unswitching) the smaller
+    would count 0."""
+    src = tmp_path / "sw.py"
+    src.write_text(UNSWITCHED_SOURCE)
+    ins = gs.parse_sass(NVDISASM_UNSWITCHED.format(src=src))["sw_kernel"]
+    assert [i.base for i in ins] == ["S2R", "BRA", "FFMA", "BRA", "BRA", "FMUL", "BRA", "EXIT"]
+    ctx = gs.Context("triton", 4, consts={"NSUB": 4}, frac={"f_fact": 0.9, "f_unf": 0.1})
+    a = gs.analyze(ins, ctx)
+    assert a.unresolved_loops == [] and [lp["trips"] for lp in a.loops] == [4, 4]
+    expected = 2 + 0.9 * (4 * 2 + 1) + 0.1 * 4 * 2 + 1  # entry; the factored copy and its exit branch; the other
+    assert a.low_mix["total"] == pytest.approx(expected)
+    assert a.high_mix["total"] == pytest.approx(expected)
+    assert a.low_mix["ffma"] == pytest.approx(0.9 * 4) and a.low_mix["fmul"] == pytest.approx(0.1 * 4)
+
+
 def test_parser_reads_cuobjdump_and_skips_the_generic_atomic_fallback():
     ins = gs.parse_sass(CUOBJDUMP)["toy2"]
     assert [i.addr for i in ins] == list(range(0, 0xA0, 0x10))

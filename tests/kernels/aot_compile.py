@@ -35,25 +35,44 @@ def variants():
                              (tl.float16, tl.float32, tl.float32), (tl.float32, tl.float32, tl.bfloat16)):  # fmt: skip
         for idx in (tl.int32, tl.int64):
             tag = f"p={p_dt} g={g_dt} s={s_dt} idx={idx}"
-            yield (
-                f"lopt_reduce {tag}",
-                lopt_reduce_kernel,
-                {**TABLES, "G_DT": "constexpr", "S_DT": "constexpr", "BX": "constexpr", "BY": "constexpr",
-                 "IDX": "constexpr"},
-                {"G_DT": g_dt, "S_DT": s_dt, **BLOCKS, "IDX": idx},
-            )  # fmt: skip
-            consts = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": s_dt, "IDX": idx}
-            yield (
-                f"lopt_sumsq {tag}",
-                lopt_sumsq_kernel,
-                {**TABLES, "decays": "*fp32", **{k: "constexpr" for k in (*consts, *BLOCKS, "SX")}},
-                {**consts, **BLOCKS, "SX": lopt_sumsq.SUBTILE_X},
-            )
+            for det in (False, True):  # deterministic mode: partial sums to per-chunk records, no atomics
+                dtag = tag + (" det" if det else "")
+                yield (
+                    f"lopt_reduce {dtag}",
+                    lopt_reduce_kernel,
+                    {**TABLES, "records": "*fp32", "G_DT": "constexpr", "S_DT": "constexpr", "BX": "constexpr",
+                     "BY": "constexpr", "IDX": "constexpr", "DET": "constexpr"},
+                    {"G_DT": g_dt, "S_DT": s_dt, **BLOCKS, "IDX": idx, "DET": det},
+                )  # fmt: skip
+                consts = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": s_dt, "IDX": idx, "DET": det}
+                yield (
+                    f"lopt_sumsq {dtag}",
+                    lopt_sumsq_kernel,
+                    {**TABLES, "decays": "*fp32", "records": "*fp32",
+                     **{k: "constexpr" for k in (*consts, *BLOCKS, "SX")}},
+                    {**consts, **BLOCKS, "SX": lopt_sumsq.SUBTILE_X},
+                )  # fmt: skip
+            if (p_dt, s_dt) == (tl.float32, tl.float32):  # the finishing sums read only float32 records
+                yield (
+                    f"lopt_reduce_finish idx={idx}",
+                    lopt_reduce.lopt_reduce_finish_kernel,
+                    {"batches": "*i32", "meta": "*i64", "ws": "*fp32", "records": "*fp32", "BX": "constexpr",
+                     "BY": "constexpr", "IDX": "constexpr"},
+                    {**BLOCKS, "IDX": idx},
+                )  # fmt: skip
+                yield (
+                    f"lopt_sumsq_finish idx={idx}",
+                    lopt_sumsq.lopt_sumsq_finish_kernel,
+                    {"meta": "*i64", "ws": "*fp32", "records": "*fp32", "BX": "constexpr", "BY": "constexpr",
+                     "IDX": "constexpr"},
+                    {**BLOCKS, "IDX": idx},
+                )  # fmt: skip
             for dot in ("tf32", "tf32x3", "ieee", "bf16"):
                 sig = {**TABLES, "hyper": "*fp32", "decays": "*fp32", "taus": "*fp32", "perm": "*i32"}
                 sig.update({k: "*fp32" for k in ("w1", "b1", "w2", "b2", "w3", "b3")})
                 sig.update({"exp_mult": "fp32", "step_mult": "fp32", "time_clamp": "fp32"})
-                c = {**consts, "BX": 2, "BY": 64, "NSUB": 8, "HID": 32, "DOT": dot}
+                store = {"P_DT": p_dt, "G_DT": g_dt, "S_DT": s_dt, "IDX": idx}
+                c = {**store, "BX": 2, "BY": 64, "NSUB": 8, "HID": 32, "DOT": dot}
                 sig.update({k: "constexpr" for k in c})
                 yield f"lopt_apply {tag} dot={dot}", lopt_apply_kernel, sig, c
             if (p_dt, s_dt) != (tl.float32, tl.bfloat16):  # Celo2's state is float32: that pair is fp32's
@@ -81,7 +100,10 @@ def celo2_variants(p_dt, g_dt, idx, tag):
 
 def options(fn) -> dict:
     """The launch options the kernel's launcher uses (warps, pipeline stages), for ``triton.compile``."""
-    modules = {lopt_reduce_kernel: lopt_reduce, lopt_sumsq_kernel: lopt_sumsq, lopt_apply_kernel: lopt_apply}
+    modules = {lopt_reduce_kernel: lopt_reduce, lopt_sumsq_kernel: lopt_sumsq, lopt_apply_kernel: lopt_apply,
+               lopt_reduce.lopt_reduce_finish_kernel: lopt_reduce}  # fmt: skip
+    if fn is lopt_sumsq.lopt_sumsq_finish_kernel:  # one warp: a program per tensor walks its records
+        return {"num_warps": 1, "num_stages": 3}
     module = modules.get(fn, celo2)
     return {"num_warps": module.NUM_WARPS, "num_stages": getattr(module, "NUM_STAGES", 3)}
 
@@ -91,6 +113,12 @@ REPRESENTATIVE = (
     "lopt_reduce p=bf16 g=bf16 s=bf16 idx=int64",
     "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_sumsq p=bf16 g=bf16 s=bf16 idx=int64",
+    "lopt_reduce p=fp32 g=fp32 s=fp32 idx=int32 det",
+    "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32 det",
+    "lopt_sumsq p=bf16 g=bf16 s=bf16 idx=int64 det",
+    "lopt_reduce_finish idx=int32",
+    "lopt_reduce_finish idx=int64",
+    "lopt_sumsq_finish idx=int32",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32x3",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=ieee",
