@@ -242,7 +242,7 @@ for _spec in (
     BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
                 capabilities=frozenset({"passes", "population"})),
     # "auto" on a GPU prefers Triton: the static model of the sm_90 kernels (bench/gpu_static.py, rows in
-    # bench/results/gpu_static.jsonl) predicts 2.6–2.9× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
+    # bench/results/gpu_static.jsonl) predicts 2.6× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
     BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 30, f"set CUDA_HOME and {_NATIVE_FIX}",
                 capabilities=frozenset({"passes"}), deterministic=False),
     # Celo2 (mulo.Celo2): the oracle, the fused C++ passes (mulo/celo2/cpu.py), the Triton ones (mulo/celo2/triton.py)
