@@ -147,8 +147,21 @@ class StateLists:
         self.one_call = None  # CPU: the state as a population of one member (see CpuBackend.plan)
 
 
+def refuse_graph_capture(tensors) -> None:
+    """The CUDA ops copy their per-step tables (learning rates included) from pinned host memory and read
+    float learning rates on the host: a CUDA graph would replay the captured tables, freezing an lr schedule,
+    and a tensor lr cannot be read while capturing. Raise, with the fix, instead of capturing that."""
+    if tensors and tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "backend 'cuda' cannot be captured in a CUDA graph: its step uploads per-step tables (learning rates "
+            "included) from the host, which a replay would repeat frozen. Fix: use backend='triton' (or "
+            "'auto'), whose step is capturable and reads lr and weight_decay from 0-d device tensors"
+        )
+
+
 def reduce(grads, dims):
     """Pass A: (sums per tensor, finite flags)."""
+    refuse_graph_capture(grads)
     return torch.ops.mulo.lopt_reduce(grads, dims)
 
 
@@ -156,6 +169,7 @@ def sumsq(params, grads, states, sums, finite, dims, weights, whole=(), row_acc_
     """Pass B: (n_tensors, 28) float32 sums of squares of the feature channels over the (local) elements.
     ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`); ``states``
     may be a :class:`StateLists`."""
+    refuse_graph_capture(params)
     s = states if isinstance(states, StateLists) else StateLists(params, states, weights.layout)
     return torch.ops.mulo.lopt_sumsq(
         params, grads, s.momentum, s.second, s.acc_a, s.acc_b, sums, finite, dims, hyper(weights), whole,
@@ -171,6 +185,7 @@ def apply(
     meta-weight set per member); ``weight_index`` then says which set each tensor uses (CPU only).
     ``whole``/``row_acc_sums``: a shard's whole-tensor geometry (see :func:`whole_geometry`); ``states``
     may be a :class:`StateLists`."""
+    refuse_graph_capture(params)
     s = states if isinstance(states, StateLists) else StateLists(params, states, weights.layout)
     torch.ops.mulo.lopt_apply(
         params, grads, s.momentum, s.second, s.acc_a, s.acc_b, s.steps, s.skips, sums, sq, finite, _mlp(weights),

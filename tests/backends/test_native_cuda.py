@@ -173,3 +173,37 @@ def test_cuda_supports_checks_the_device_architecture(monkeypatch):
     assert backend.supports(torch.device("cuda:0"), torch.float32)
     assert not backend.supports(torch.device("cuda:1"), torch.float32)
     assert not backend.supports(torch.device("cuda:0"), torch.float64)
+
+
+class _OnCuda:
+    """Stands in for a CUDA tensor where only its device is asked (this machine may have no GPU)."""
+
+    is_cuda = True
+
+
+def test_cuda_ops_refuse_graph_capture(monkeypatch):
+    """The CUDA ops upload per-step tables from the host: while a CUDA graph is being captured they raise with
+    the fix (backend='triton') instead of recording tables a replay would repeat frozen; outside a capture,
+    and for CPU tensors, nothing is refused."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match=r"cannot be captured in a CUDA graph.*Fix: use backend='triton'"):
+        native.refuse_graph_capture([_OnCuda()])
+    native.refuse_graph_capture([torch.zeros(2)])  # CPU tensors: the CPU ops are not captured
+    native.refuse_graph_capture([])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    native.refuse_graph_capture([_OnCuda()])
+
+
+@pytest.mark.gpu
+def test_cuda_step_under_graph_capture_raises_the_fix():
+    net = random_net()
+    w = net.meta_weights("cuda", torch.float32)
+    p = [torch.randn(8, 16, device="cuda")]
+    st = [{k: v.cuda() for k, v in new_state(p[0], torch.float32).items()}]
+    g = [torch.randn(8, 16, device="cuda")]
+    backend = native.CudaBackend()
+    backend.step(p, g, st, [0.1], [0.0], w)  # warm up outside the capture
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream), pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
+            backend.step(p, g, st, [0.1], [0.0], w)
