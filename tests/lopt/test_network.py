@@ -144,7 +144,7 @@ def test_shipped_placeholder_is_marked_and_matches_its_builder():
         assert torch.equal(net.state_dict()[k], v), k
 
 
-@pytest.mark.parametrize("name", ["mulo_cpu", "mulo_cpu_sp", "mulo_cpu_s2", "mulo_cpu_sp_s2"])
+@pytest.mark.parametrize("name", ["mulo_cpu", "mulo_cpu_sp", "mulo_cpu_s2", "mulo_cpu_sp_s2", "mulo_nm"])
 def test_shipped_meta_trained_weights_carry_their_provenance(name):
     directory = pretrained.weights_dir(name)
     net = LOptNet.from_pretrained(name)
@@ -182,6 +182,25 @@ def test_shipped_meta_trained_weights_carry_their_provenance(name):
     start = LOptNet.from_pretrained(pretrained.PLACEHOLDER)
     moved = sum(float((a - b).abs().sum()) for a, b in zip(net.state_dict().values(), start.state_dict().values()))
     assert moved > 1.0
+
+
+def test_mulo_nm_carries_its_whole_lineage():
+    """mulo_nm is the last of three stages started from mulo_cpu: each stage's provenance is embedded in the
+    next, with the starting weights' digest, and the outer steps are totalled over the lineage."""
+    net = LOptNet.from_pretrained("mulo_nm")
+    assert net.config.time_clamp == 1000.0  # meta-trained with the time features clamped: used the same way
+    prov = json.loads((pretrained.weights_dir("mulo_nm") / "PROVENANCE.json").read_text())
+    chain, p = [], prov
+    while p:
+        chain.append(p)
+        p = p.get("parent")
+    assert [c["name"] for c in chain] == [
+        "mulo_nm", "nm_L4000_t1000_lr3e-4_step_20400", "nm_L4000_t1000_step_1800", "mulo_cpu"
+    ]  # fmt: skip
+    assert prov["lineage_outer_steps"] == sum(c["outer_steps"] for c in chain) == 30000 + 20400 + 1800 + 2500
+    cpu = pretrained.weights_dir("mulo_cpu") / "model.safetensors"
+    assert chain[-1]["model_sha256"] == hashlib.sha256(cpu.read_bytes()).hexdigest()
+    assert [c["outer_steps"] for c in chain[1:3]] == [20400, 1800] and all(c["stopped_early"] for c in chain[1:3])
 
 
 def test_default_weights_are_the_meta_trained_mulo_cpu():
