@@ -250,11 +250,12 @@ def _chunk_tiles(
     bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
     w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
     P_DT: tl.constexpr, S_DT: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr, NSUB: tl.constexpr,
-    HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
+    HID: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr, UNSWITCHED: tl.constexpr,
 ):  # fmt: skip
     """The loop over a chunk's NSUB tiles of BX × BY elements: features, the MLP, the update and the
-    stores. ``FACT`` (the tensor is factored) is a literal where the kernel runs one of two copies of the loop
-    (then no tile branches on it), else the runtime flag."""
+    stores. ``UNSWITCHED``: the kernel runs one of two copies of the loop and ``FACT`` (the tensor is factored)
+    is a literal (no tile branches on it; the factored copy stores the new accX entries of all its rows after
+    the loop); else ``FACT`` is the runtime flag and each tile stores its rows' entries."""
     SB: tl.constexpr = BX * BY
     for sub in range(NSUB):  # NSUB tiles of BX × BY elements share everything the kernel computed before
         # ---- features ----
@@ -297,13 +298,22 @@ def _chunk_tiles(
         tl.store(mp + 2 * n + off, m2.to(S_DT), mask=st)
         tl.store(vp + off, v.to(S_DT), mask=st)
         if FACT:
-            if (yt == 0) & ok:  # the tile row's new accX vectors, by the chunk at the first Y position
-                for k in tl.static_range(3):
-                    tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
+            if not UNSWITCHED:  # (the copy for factored tensors stores them after its loop)
+                if (yt == 0) & ok:  # the tile rows' new accX vectors, by the chunk at the first Y position
+                    for k in tl.static_range(3):
+                        tl.store(ax_p + k * lx + ix, tl.load(ws + ws_nx + k * lx + ix, mask=mx).to(S_DT), mask=mx)
         else:
             tl.store(ax_p + off, u0.to(S_DT), mask=st)
             tl.store(ax_p + n + off, u1.to(S_DT), mask=st)
             tl.store(ax_p + 2 * n + off, u2.to(S_DT), mask=st)
+    if UNSWITCHED:
+        if FACT:
+            if (yt == 0) & ok:  # the chunk rows' new accX vectors, by the chunk at the first Y position
+                xs = xc * (NSUB * BX) + tl.arange(0, NSUB * BX).to(IDX)
+                mxs = xs < nx
+                ixs = ix0 + xs * xx_stride
+                for k in tl.static_range(3):
+                    tl.store(ax_p + k * lx + ixs, tl.load(ws + ws_nx + k * lx + ixs, mask=mxs).to(S_DT), mask=mxs)
 
 
 @triton.jit
@@ -400,21 +410,21 @@ def lopt_apply_kernel(
             factored, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx,
             bv, cv, bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
             w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
-            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX, False,
         )  # fmt: skip
     elif factored:
         _chunk_tiles(
             True, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx, bv, cv,
             bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
             w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
-            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX, True,
         )  # fmt: skip
     else:
         _chunk_tiles(
             False, xc, yt, ok, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, mp, ax_p, ws, ws_nx, lx, bv, cv,
             bm0, bm1, bm2, bf0, bf1, bf2, sx0, sx1, sx2, ay0, ay1, ay2, fy0, fy1, fy2, ry0, ry1, ry2,
             w1h, w1l, w2h, w2l, b2v, w3h, w3l, b3d, b3a, exp_mult, step_mult, lr, wd,
-            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX,
+            P_DT, S_DT, BX, BY, NSUB, HID, DOT, IDX, True,
         )  # fmt: skip
 
 

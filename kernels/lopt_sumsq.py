@@ -48,12 +48,11 @@ SUBTILE_X = 4  # rows per tile of a chunk's walk: 2 elements per thread, so the 
 
 @triton.jit
 def _decay_sums(
-    k: tl.constexpr, g, s, rv, off, mask, mx, ix, n, lx, ny, factored, yt, mp, ax_p, ws, ws_sx, ws_nx, bm, bf, cx,
-    sx, fy, pm, pmr, pgf, pmf, pu, pru, xsq, xinv,
+    k: tl.constexpr, g, s, rv, off, mask, mx, ix, n, lx, factored, mp, ax_p, ws, ws_sx, bm, bf, cx, sx, fy, pm, pmr,
+    pgf, pmf, pu, pru,
 ):  # fmt: skip
     """Decay k's running sums after one tile: m_k², (m_k·rsqrt(v+1e-6))², fac_g², fac_m² per element (and u_k²,
-    rsqrt(u_k+1e-8)² for rank < 2); for factored tensors at the first Y tile, the tile rows' new accX entries
-    (stored to the workspace) and their channel sums Σ accX², Σ 1/(accX+1e-8), each broadcast ny times."""
+    rsqrt(u_k+1e-8)² for rank < 2)."""
     m = bm * tl.load(mp + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bm) * g
     mr = m * rv
     pm += m * m
@@ -66,11 +65,6 @@ def _decay_sums(
         mf = m * fac
         pgf += gf * gf
         pmf += mf * mf
-        if yt == 0:  # accX (reduces Y): this chunk owns entries xs; each is broadcast ny times
-            tl.store(ws + ws_nx + k * lx + ix, ax, mask=mx)
-            cnt = ny.to(tl.float32)
-            xsq += cnt * tl.sum(tl.where(mx, ax * ax, 0.0))
-            xinv += cnt * tl.sum(tl.where(mx, 1.0 / (ax + EPS_ACC_FEATURE), 0.0))
     else:
         u = bf * tl.load(ax_p + k * n + off, mask=mask, other=0.0).to(tl.float32) + (1.0 - bf) * s
         ru = tl.rsqrt(u + EPS_ACC_FEATURE)
@@ -80,7 +74,17 @@ def _decay_sums(
         pmf += mf * mf
         pu += tl.where(mask, u * u, 0.0)
         pru += tl.where(mask, ru * ru, 0.0)
-    return pm, pmr, pgf, pmf, pu, pru, xsq, xinv
+    return pm, pmr, pgf, pmf, pu, pru
+
+
+@triton.jit
+def _x_sums(k: tl.constexpr, bf, cx, ax_p, lx, ws, ws_sx, ws_nx, ixs, mxs, cnt):
+    """Decay k's new accX entries of the chunk's rows (stored to the workspace for pass C) and their channel
+    sums Σ accX², Σ 1/(accX+1e-8), each entry broadcast ``cnt`` (= nY) times."""
+    ax = bf * tl.load(ax_p + k * lx + ixs, mask=mxs, other=0.0).to(tl.float32)
+    ax += tl.load(ws + ws_sx + ixs, mask=mxs, other=0.0) * cx
+    tl.store(ws + ws_nx + k * lx + ixs, ax, mask=mxs)
+    return cnt * tl.sum(tl.where(mxs, ax * ax, 0.0)), cnt * tl.sum(tl.where(mxs, 1.0 / (ax + EPS_ACC_FEATURE), 0.0))
 
 
 @triton.jit
@@ -142,12 +146,6 @@ def _chunk_sums(
     pm0, pmr0, pgf0, pmf0, pu0, pru0 = _zeros6(SX, BY)
     pm1, pmr1, pgf1, pmf1, pu1, pru1 = _zeros6(SX, BY)
     pm2, pmr2, pgf2, pmf2, pu2, pru2 = _zeros6(SX, BY)
-    xsq0 = zs
-    xsq1 = zs
-    xsq2 = zs
-    xinv0 = zs
-    xinv1 = zs
-    xinv2 = zs
     for sub in range(BX // SX):  # the chunk's tiles along X, the sums running per element
         ix, mx, off, mask, g, p, v, rv, s = tile_elements(
             xc * (BX // SX) + sub, SX, IDX, n, nx, my, ix0, offy, sx_stride, xx_stride, gp, pp, vp, bv, cv
@@ -156,18 +154,34 @@ def _chunk_sums(
         pp_ += p * p
         pv += v * v
         prv += tl.where(mask, rv * rv, 0.0)
-        pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0 = _decay_sums(
-            0, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm0, bf0, cx0, sx0,
-            fy0, pm0, pmr0, pgf0, pmf0, pu0, pru0, xsq0, xinv0,
+        pm0, pmr0, pgf0, pmf0, pu0, pru0 = _decay_sums(
+            0, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_sx, bm0, bf0, cx0, sx0, fy0, pm0,
+            pmr0, pgf0, pmf0, pu0, pru0,
         )  # fmt: skip
-        pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1 = _decay_sums(
-            1, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm1, bf1, cx1, sx1,
-            fy1, pm1, pmr1, pgf1, pmf1, pu1, pru1, xsq1, xinv1,
+        pm1, pmr1, pgf1, pmf1, pu1, pru1 = _decay_sums(
+            1, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_sx, bm1, bf1, cx1, sx1, fy1, pm1,
+            pmr1, pgf1, pmf1, pu1, pru1,
         )  # fmt: skip
-        pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2 = _decay_sums(
-            2, g, s, rv, off, mask, mx, ix, n, lx, ny, FACT, yt, mp, ax_p, ws, ws_sx, ws_nx, bm2, bf2, cx2, sx2,
-            fy2, pm2, pmr2, pgf2, pmf2, pu2, pru2, xsq2, xinv2,
+        pm2, pmr2, pgf2, pmf2, pu2, pru2 = _decay_sums(
+            2, g, s, rv, off, mask, mx, ix, n, lx, FACT, mp, ax_p, ws, ws_sx, bm2, bf2, cx2, sx2, fy2, pm2,
+            pmr2, pgf2, pmf2, pu2, pru2,
         )  # fmt: skip
+
+    xsq0 = zs
+    xsq1 = zs
+    xsq2 = zs
+    xinv0 = zs
+    xinv1 = zs
+    xinv2 = zs
+    if FACT:
+        if yt == 0:  # accX (reduces Y): this chunk owns the entries of its BX rows, each broadcast nY times
+            xs = xc * BX + tl.arange(0, BX).to(IDX)
+            mxs = xs < nx
+            ixs = ix0 + xs * xx_stride
+            cnt = ny.to(tl.float32)
+            xsq0, xinv0 = _x_sums(0, bf0, cx0, ax_p, lx, ws, ws_sx, ws_nx, ixs, mxs, cnt)
+            xsq1, xinv1 = _x_sums(1, bf1, cx1, ax_p, lx, ws, ws_sx, ws_nx, ixs, mxs, cnt)
+            xsq2, xinv2 = _x_sums(2, bf2, cx2, ax_p, lx, ws, ws_sx, ws_nx, ixs, mxs, cnt)
 
     # ---- one reduction per channel, one atomic add per program ----
     ch = tl.arange(0, 32)

@@ -159,6 +159,24 @@ def refuse_graph_capture(tensors) -> None:
         )
 
 
+def host_floats(values) -> list[float]:
+    """``values`` (floats or 0-d tensors: learning rates, weight decays) as host floats, the tensors read with
+    one device-to-host copy per device rather than one per tensor (a tensor lr on a GPU syncs once per step)."""
+    out = list(values)
+    others = [i for i, v in enumerate(out) if type(v) is not float]
+    if not others:  # the common case: plain floats, returned as they are
+        return out
+    by_device: dict[torch.device, list[int]] = {}
+    for i in others:
+        if isinstance(out[i], torch.Tensor):
+            by_device.setdefault(out[i].device, []).append(i)
+    for idx in by_device.values():
+        read = torch.stack([out[i].detach().reshape(()).to(torch.float64) for i in idx]).tolist()
+        for i, x in zip(idx, read):
+            out[i] = x
+    return [float(x) for x in out]
+
+
 def reduce(grads, dims):
     """Pass A: (sums per tensor, finite flags)."""
     refuse_graph_capture(grads)
@@ -189,7 +207,7 @@ def apply(
     s = states if isinstance(states, StateLists) else StateLists(params, states, weights.layout)
     torch.ops.mulo.lopt_apply(
         params, grads, s.momentum, s.second, s.acc_a, s.acc_b, s.steps, s.skips, sums, sq, finite, _mlp(weights),
-        [float(x) for x in lrs], [float(x) for x in weight_decays], dims, hyper(weights), list(weight_index),
+        host_floats(lrs), host_floats(weight_decays), dims, hyper(weights), list(weight_index),
         list(whole), list(row_acc_sums),
     )  # fmt: skip
 
@@ -439,8 +457,8 @@ class CpuBackend(_NativeBackend):
         momentum, second, acc_a, acc_b, steps, skips = lists.one_call
         torch.ops.mulo.lopt_population_step(
             views, _grads_of_one(params, grads), momentum, second, acc_a, acc_b, steps,
-            skips, [t.unsqueeze(0) for t in _mlp(weights)], [float(x) for x in lrs],
-            [float(x) for x in weight_decays], lists.dims, hyper(weights),
+            skips, [t.unsqueeze(0) for t in _mlp(weights)], host_floats(lrs),
+            host_floats(weight_decays), lists.dims, hyper(weights),
         )  # fmt: skip
 
     def _population_native(self, params, states, weights) -> bool:

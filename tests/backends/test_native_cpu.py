@@ -371,3 +371,18 @@ def test_missing_extension_names_the_build_command(monkeypatch):
     monkeypatch.delattr(mulo, "_C", raising=False)
     with pytest.raises(ImportError, match=r"make install.*pip install --no-build-isolation -e \."):
         native.CpuBackend()
+
+
+def test_host_floats_reads_tensor_learning_rates_in_one_copy(monkeypatch):
+    """The native ops take host floats: 0-d tensor learning rates are read with one device-to-host copy per
+    device (one sync per step on a GPU), never one per tensor (``float(t)`` would be)."""
+    values = [torch.tensor(0.1), 0.2, torch.tensor(3e-4, dtype=torch.float64), 1, torch.tensor(0.7)]
+    expected = [float(v) for v in values]
+
+    def per_tensor_read(self):
+        raise AssertionError("read one tensor at a time")
+
+    monkeypatch.setattr(torch.Tensor, "__float__", per_tensor_read)
+    assert native.host_floats(values) == expected
+    plain = [0.1, 0.2]
+    assert native.host_floats(plain) == plain

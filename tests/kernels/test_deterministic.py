@@ -62,6 +62,7 @@ def test_deterministic_bits_do_not_depend_on_program_order(deterministic, monkey
     assert same_bits(steps(monkeypatch, reverse=False), steps(monkeypatch, reverse=True))
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter runs programs in grid order; a GPU in any order")
 def test_atomic_bits_do_depend_on_program_order(monkeypatch):
     """What the deterministic test would catch: without deterministic mode the atomics add the partial sums
     in program order, and the reversed run differs in some bits."""
@@ -71,7 +72,8 @@ def test_atomic_bits_do_depend_on_program_order(monkeypatch):
 
 def test_deterministic_mode_matches_the_reference(deterministic):
     backend = triton_backend.TritonBackend()
-    tri, ref = run_pair(SHAPES, 3, backend=backend)
+    lrs = [0.7 / max(1, s[-1]) if len(s) >= 2 else 0.7 for s in SHAPES]  # μP: hidden weights get lr/fan_in
+    tri, ref = run_pair(SHAPES, 3, backend=backend, lrs=lrs)
     compare(tri, ref, kernel_key(backend), SHAPES)
 
 
