@@ -104,12 +104,15 @@ inline void check_state(const at::Tensor& t, const at::Tensor& p, int64_t numel,
   TORCH_CHECK(t.numel() == numel, op, ": ", what, "[", i, "] has ", t.numel(), " elements, expected ", numel);
 }
 
-inline void check_param_grad(const at::Tensor& p, const at::Tensor& g, const char* op, size_t i) {
+// ``member_axis_optional``: a population of one member may pass each gradient without the leading member axis
+// of its (1, ...) parameter stack (no view per tensor and step on the host; the kernels read the same elements)
+inline void check_param_grad(const at::Tensor& p, const at::Tensor& g, const char* op, size_t i,
+                             bool member_axis_optional = false) {
   TORCH_CHECK(p.is_contiguous(), op, ": params[", i, "] must be contiguous (the Python backend passes a ",
               "contiguous copy of non-contiguous parameters)");
   TORCH_CHECK(g.is_contiguous(), op, ": grads[", i, "] must be contiguous (call .contiguous() on it)");
-  TORCH_CHECK(g.sizes() == p.sizes(), op, ": grads[", i, "] has shape ", g.sizes(), " but params[", i,
-              "] has shape ", p.sizes());
+  TORCH_CHECK(g.sizes() == p.sizes() || (member_axis_optional && p.dim() >= 1 && g.sizes() == p.sizes().slice(1)),
+              op, ": grads[", i, "] has shape ", g.sizes(), " but params[", i, "] has shape ", p.sizes());
   TORCH_CHECK(g.device() == p.device(), op, ": grads[", i, "] is on ", g.device(), ", params[", i, "] on ",
               p.device());
   const auto pt = p.scalar_type();
@@ -321,7 +324,7 @@ std::vector<Desc> describe_population(const char* op, at::TensorList params, at:
     TORCH_CHECK(p.device() == dev, op, ": params[", i, "] is on ", p.device(), "; this is the CPU kernel");
     TORCH_CHECK(p.dim() >= 1 && p.size(0) == members, op, ": params[", i, "] must be a stack (M, ...) of the M = ",
                 members, " members of the meta-weights, got shape ", p.sizes());
-    check_param_grad(p, g, op, i);
+    check_param_grad(p, g, op, i, members == 1);
     Layout L = make_layout(p.sizes().slice(1), dims[2 * i], dims[2 * i + 1], op, i);
     check_state(momentum[i], p, members * 3 * L.n, op, "momentum", i);
     check_state(second_moment[i], p, members * L.n, op, "second_moment", i);

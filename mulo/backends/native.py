@@ -513,13 +513,14 @@ def _member_of_one(params, lists: StateLists) -> list[torch.Tensor] | None:
 
 
 def _grads_of_one(params, grads) -> list[torch.Tensor]:
-    """:func:`_kernel_grads` as (1, *S) views, in one pass over the list."""
+    """:func:`_kernel_grads` in one pass over the list, in their own shapes: the population op takes a
+    gradient without the member axis when there is one member (no (1, *S) view per tensor and step)."""
     out = []
     f32 = torch.float32
     for p, g in zip(params, grads):
         if g.dtype is not p.dtype and g.dtype is not f32:
             g = g.float()
-        out.append((g if g.is_contiguous() else g.contiguous()).unsqueeze(0))
+        out.append(g if g.is_contiguous() else g.contiguous())
     return out
 
 

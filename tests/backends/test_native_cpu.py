@@ -350,6 +350,26 @@ def test_cpu_population_rejects_bad_stacks_clearly():
         native.CpuBackend().population_step([params[0].transpose(1, 2), params[1]], grads, states, lrs, wds, weights)
 
 
+def test_population_of_one_takes_gradients_without_the_member_axis():
+    """With M = 1 the population op takes each gradient in its parameter's own shape (the planned step's path:
+    no (1, *S) view per tensor and step), bit for bit the same step; with M > 1 the stack is required."""
+    from mulo.backends.population import PopulationMetaWeights, init_population_state
+
+    shapes = [(5, 7), (3,), (2, 3, 4), ()]
+    weights = PopulationMetaWeights.stack([random_net().meta_weights("cpu", torch.float32)])
+    params = [torch.randn(1, *s) for s in shapes]
+    grads = [hetero_grad(s, dtype=torch.float32) for s in shapes]
+    states = [init_population_state(p) for p in params]
+    p2, s2 = [p.clone() for p in params], [{k: v.clone() for k, v in st.items()} for st in states]
+    native.population(params, [g.unsqueeze(0) for g in grads], states, [0.1] * 4, [0.0] * 4, weights)
+    native.population(p2, grads, s2, [0.1] * 4, [0.0] * 4, weights)
+    for a, b in zip(params + [v for st in states for v in st.values()], p2 + [v for st in s2 for v in st.values()]):
+        assert torch.equal(a, b)
+    pop, pst, pw, _, pwd = _population([(4, 5)])
+    with pytest.raises(RuntimeError, match=r"grads\[0\] has shape \[4, 5\] but params\[0\] has shape \[3, 4, 5\]"):
+        native.population(pop, [torch.randn(4, 5)], pst, [0.1] * POP_MEMBERS, pwd, pw)
+
+
 def test_opcheck_population_step():
     params, states, weights, lrs, wds = _population([(5, 7), (3,), (2, 3, 4)])
     acc_a, acc_b = native._accumulators(states)
