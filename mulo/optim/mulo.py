@@ -102,7 +102,8 @@ class MuLO(Optimizer):
         weight_decay: decoupled weight decay (applied after the step, scaled by ``lr_p``).
         meta_weights: an :class:`~mulo.LOptNet`, a directory in the μLO checkpoint layout, a Hugging Face Hub
             id, the name of weights shipped with mulo (``mulo.lopt.pretrained.names()``), or ``None`` for
-            the default ``mulo_cpu`` (μLO meta-trained by mulo; see its ``PROVENANCE.json``).
+            the default ``mulo_nm`` (μLO meta-trained by mulo on tasks that cannot be memorized, with inner runs
+            up to 10,000 steps; best with a warmup-cosine schedule on ``lr``; see its ``PROVENANCE.json``).
         backend: ``"auto"`` (best available per device, announced once), ``"reference"``, or another
             registered backend (:func:`mulo.backends.known_backends`).
         nonfinite: what a non-finite gradient does. ``"skip"`` (default): that tensor's update is skipped
@@ -150,7 +151,7 @@ class MuLO(Optimizer):
         self.options = MuLOOptions(backend=backend, nonfinite=nonfinite, state_dtype=STATE_DTYPES[state_dtype])
         self.net = resolve_meta_weights(meta_weights, layout)
         warn_if_placeholder(
-            self.net, "MuLO", "or meta_weights=None (the shipped meta-trained mulo_cpu) for learned μLO weights."
+            self.net, "MuLO", "or meta_weights=None (the shipped meta-trained mulo_nm) for learned μLO weights."
         )
         self._weights_cache: dict[tuple[torch.device, torch.dtype], tuple[int, MetaWeights]] = {}
         self._backends: dict[tuple[torch.device, torch.dtype, bool], Backend] = {}

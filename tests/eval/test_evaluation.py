@@ -56,7 +56,7 @@ def test_sp_optimizers_train_the_sp_twin_and_mup_ones_the_mup_network():
     assert sp_row["meta_weights"] == "mulo_cpu_sp" and not sp_row["diverged"]
     assert len(sp_row["meta_weights_sha256"]) == 16
     mu_row = ev.train(task, ev.OptSpec("mulo"), 0)
-    assert mu_row["meta_weights"] == "mulo_cpu" and not mu_row["diverged"]
+    assert mu_row["meta_weights"] == "mulo_nm" and not mu_row["diverged"]
     sp, _ = ev._build(task, 0, "sp")
     mu, _ = ev._build(task, 0, "mup")
     assert isinstance(sp, SPMLP) and isinstance(mu, MuMLP)
@@ -91,7 +91,7 @@ def test_eval_help_has_a_description_defaults_and_choices(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "What the learned optimizer buys" in text and "docs/ALGORITHM.md §8" in text
     assert "{cpu,models,models_quick,nm,nm_quick,quick}" in text and "(default: cpu)" in text
-    assert "(default: mulo_cpu)" in text and "a comma list runs each set as its own column" in text
+    assert "(default: mulo_nm)" in text and "a comma list runs each set as its own column" in text
     assert "{width,depth,horizon,ood_lm}" in text and "(default: mulo_cpu_sp)" in text
     assert "{constant,cosine}" in text and "first 5% of the run" in text and "(default: both)" in text
     assert "{mnist1d,digits_aug,teacher}" in text and "nm mnist1d,digits_aug,teacher" in text

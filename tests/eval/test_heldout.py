@@ -43,7 +43,7 @@ def test_quick_preset_rows_have_provenance_columns_and_transferred_lrs(quick_row
     assert {r["optimizer"] for r in runs if r["kind"] == "lm"} == {"mulo", "muadam"}  # no SP twin for AdamW
     for r in runs:
         if r["optimizer"] == "mulo":
-            assert r["lr"] == 1.0 and r["meta_weights"] == "mulo_cpu" and len(r["meta_weights_sha256"]) == 16
+            assert r["lr"] == 1.0 and r["meta_weights"] == "mulo_nm" and len(r["meta_weights_sha256"]) == 16
         else:
             assert r["meta_weights_sha256"] is None
     # per base task, optimizer and schedule: the tuned lr is the grid point with the lowest mean held-out

@@ -203,8 +203,8 @@ def test_mulo_nm_carries_its_whole_lineage():
     assert [c["outer_steps"] for c in chain[1:3]] == [20400, 1800] and all(c["stopped_early"] for c in chain[1:3])
 
 
-def test_default_weights_are_the_meta_trained_mulo_cpu():
-    assert default_weights_dir() == pretrained.weights_dir("mulo_cpu")
+def test_default_weights_are_the_meta_trained_mulo_nm():
+    assert default_weights_dir() == pretrained.weights_dir("mulo_nm")
     assert set(pretrained.names()) >= {"mulo_cpu", "mulo_cpu_sp", pretrained.PLACEHOLDER}
 
 

@@ -231,7 +231,7 @@ def test_placeholder_weights_warn_and_still_train():
         warnings.simplefilter("error", mulo.PlaceholderMetaWeightsWarning)
         mulo.MuLO([torch.nn.Parameter(torch.randn(3))], meta_weights=random_net())
         default = mulo.MuLO([torch.nn.Parameter(torch.randn(3))])  # the shipped meta-trained μLO: no warning
-    assert default.net.config.info["name"] == "mulo_cpu"
+    assert default.net.config.info["name"] == "mulo_nm" and default.net.config.time_clamp == 1000.0
 
 
 def test_meta_weights_from_directory(tmp_path):

@@ -1,7 +1,12 @@
 """Meta-weights shipped with mulo, each a ``LOptNet`` directory (``config.json``, ``model.safetensors``)
 with a ``PROVENANCE.json`` and its meta-loss curve (``meta_loss.png``) where it was meta-trained:
 
-* ``mulo_cpu`` — **the default** (``MuLO(meta_weights=None)``): μLO meta-trained by mulo's own PES trainer
+* ``mulo_nm`` — **the default** (``MuLO(meta_weights=None)``): ``mulo_cpu`` meta-trained further on tasks
+  that cannot be memorized (mnist1d, augmented digits, a teacher MLP; held-out loss) with inner runs up to
+  10,000 steps and its time features clamped at t = 1,000 (``time_clamp`` in its config), in three stages
+  whose provenance is embedded in its ``PROVENANCE.json``; meant to be used with a warmup-cosine schedule
+  on ``lr``;
+* ``mulo_cpu`` — the default before ``mulo_nm``: μLO meta-trained by mulo's own PES trainer
   (``mulo meta-train --preset mulo_cpu``) on μP MLPs of widths 16, 32 and 64 on the offline digits;
 * ``mulo_cpu_sp`` — its SP twin (the SP-LO baseline): same recipe and budget on standard-parameterized MLPs;
 * ``mulo_cpu_s2`` — ``mulo_cpu`` after a second stage (log meta-loss, 20% label noise, snapshot chosen by
@@ -24,7 +29,7 @@ import torch
 from mulo.lopt.network import LOptConfig, LOptNet
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = "mulo_cpu"
+DEFAULT = "mulo_nm"
 PLACEHOLDER = "placeholder_handset_adam"
 # Feature channel 7 is m_2 · rsqrt(v + 1e-6) with the middle momentum decay (docs/ALGORITHM.md §2).
 HANDSET_CHANNEL = 7
