@@ -6,7 +6,8 @@ what the hardware allows?
     python bench/step_time.py --sets gpt2-124m,vit-b16 --sizes 1048576,16777216 --backends reference
 
 Every available mulo backend (``mulo.backends.available_backends(device, auto=True)``, or ``--backends``)
-runs against torch AdamW (for-loop, foreach, fused) on the same parameters in the same run, and so does every
+runs against torch AdamW (for-loop, foreach, fused) on the same parameters in the same run (``triton`` also in
+its deterministic mode, rows ``mulo_deterministic``: ``torch.use_deterministic_algorithms(True)``), and so does every
 Celo2 backend (``--celo2-backends``; rows ``celo2`` and ``celo2_base`` = orthogonalize off), with the batched
 Newton–Schulz of the set's matrices timed alone (row ``celo2_newton_schulz``: part of each ``celo2`` row). Timing:
 CUDA events with an L2 flush on a GPU, ``perf_counter`` on CPU; warm-up steps (the first allocates the
@@ -80,6 +81,22 @@ def synthetic_sizes(device: torch.device, spec: str) -> list[int]:
     return sizes
 
 
+class Deterministic:
+    """An optimizer whose steps run with ``torch.use_deterministic_algorithms(True)`` (the flag restored after
+    each step): the ``mulo_deterministic`` rows time the triton backend's deterministic mode."""
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt, self.state = opt, opt.state
+
+    def step(self) -> None:
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True)
+        try:
+            self.opt.step()
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 class NewtonSchulzOnly:
     """A stand-in optimizer whose step is Celo2's Newton–Schulz alone: the directions of the set's ≥ 2-d
     tensors (random, float32) stacked per slice shape as the cpu backend stacks them, one batched chain each."""
@@ -117,6 +134,9 @@ def optimizers(
         out.append((name, "torch", lambda kw=kw: torch.optim.AdamW(setup.groups(1e-3, scale_lr=True), **kw)))
     for b in backends:
         out.append(("mulo", b, lambda b=b: mulo.MuLO(setup.groups(1.0), backend=b, state_dtype=state_dtype)))
+        if b == "triton":  # its deterministic mode: per-chunk records and fixed-order sums instead of atomics
+            out.append(("mulo_deterministic", b, lambda b=b: Deterministic(
+                mulo.MuLO(setup.groups(1.0), backend=b, state_dtype=state_dtype))))  # fmt: skip
     for b in celo2_backends:  # Celo2's lr is the step's RMS: one group, the paper's 1e-3
         for name, orth in (("celo2", True), ("celo2_base", False)):
             out.append((name, b, lambda b=b, o=orth: mulo.Celo2(setup.params, lr=1e-3, backend=b, orthogonalize=o)))

@@ -280,3 +280,22 @@ def test_plot_loads_only_step_time_rows(tmp_path):
     with pytest.raises(SystemExit, match="r.jsonl:1"):
         plot.load_rows([f])
     assert math.isclose(72 / 28, 2.571, abs_tol=1e-3)
+
+
+def test_triton_gets_a_deterministic_mode_row(monkeypatch):
+    """With triton among the backends, step_time also times its deterministic mode (the flag on during each
+    step and restored after), as ``mulo_deterministic``."""
+    setup = common.make_setup(common.param_set("synthetic-4096"), torch.device("cpu"), n_grad_sets=1)
+    names = [(o, b) for o, b, _ in step_time.optimizers(setup, torch.device("cpu"), torch.float32, ["triton"], None)]
+    assert ("mulo", "triton") in names and ("mulo_deterministic", "triton") in names
+    seen = []
+
+    class Probe:
+        state: dict = {}
+
+        def step(self):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    step_time.Deterministic(Probe()).step()
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
