@@ -29,3 +29,14 @@ def _seed_per_test(request):
     torch.manual_seed(seed)
     request.node.user_properties.append(("seed", seed))
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report names its seed: ``MULO_TEST_SEED=<seed>`` reruns it on the same inputs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for key, value in item.user_properties:
+            if key == "seed":
+                report.sections.append(("seed", f"rerun on the same inputs with MULO_TEST_SEED={value}"))
