@@ -36,7 +36,7 @@ M_SA, M_SX, M_SB, M_SY, M_XA, M_XX, M_XB = _constexprs("M_SA", "M_SX", "M_SB", "
 M_YA, M_YB, M_YY, M_LX, M_LY, M_FLAGS = _constexprs("M_YA", "M_YB", "M_YY", "M_LX", "M_LY", "M_FLAGS")
 M_WS_SX, M_WS_SY, M_WS_NX, M_WS_NY, M_WS_T = _constexprs("M_WS_SX", "M_WS_SY", "M_WS_NX", "M_WS_NY", "M_WS_T")
 M_WIDX, M_WNX, M_WNY, M_WN, M_C0 = _constexprs("M_WIDX", "M_WNX", "M_WNY", "M_WN", "M_C0")
-R_PLANE, R_NBAD, R_RSUM, R_SCALARS = _constexprs("R_PLANE", "R_NBAD", "R_RSUM", "R_SCALARS")
+R_PLANE, R_NBAD, R_RSUM, R_SCALARS, R_SUMSQ = _constexprs("R_PLANE", "R_NBAD", "R_RSUM", "R_SCALARS", "R_SUMSQ")
 WS_FLAG, WS_T, WS_SUMSQ, WS_BATCH = _constexprs("WS_FLAG", "WS_T", "WS_SUMSQ", "WS_BATCH")
 FLAG_FACTORED, FLAG_D0_IS_X, FLAG_ROW_MEAN_GIVEN = _constexprs("FLAG_FACTORED", "FLAG_D0_IS_X", "FLAG_ROW_MEAN_GIVEN")
 
@@ -189,4 +189,4 @@ def chunk_record(records, meta, t, bidx, xt, yt, nx, ny, BX: tl.constexpr, BY: t
     nxt = (nx + BX - 1) // BX
     nyt = (ny + BY - 1) // BY
     index = c0 + (bidx.to(IDX) * nxt + xt.to(IDX)) * nyt + yt.to(IDX)
-    return records + index * (BX + BY + R_SCALARS + 32)
+    return records + index * (BX + BY + R_SCALARS + R_SUMSQ)  # lopt_plan.record_width

@@ -31,6 +31,7 @@ from mulo.kernels.lopt_common import (
     R_PLANE,
     R_RSUM,
     R_SCALARS,
+    R_SUMSQ,
     WS_BATCH,
     batch_coords,
     chunk_record,
@@ -117,7 +118,7 @@ def lopt_reduce_finish_kernel(batches, meta, ws, records, BX: tl.constexpr, BY: 
     c0 = tl.load(row + M_C0).to(IDX)
     nxt = (nx + BX - 1) // BX
     nyt = (ny + BY - 1) // BY
-    RW: tl.constexpr = BX + BY + R_SCALARS + 32
+    RW: tl.constexpr = BX + BY + R_SCALARS + R_SUMSQ  # lopt_plan.record_width
     zs = tl.sum(tl.zeros([BY], dtype=tl.float32))  # a float32 scalar 0
     if bidx == 0:  # the tensor's non-finite count, over every batch
         nbad = zs

@@ -32,6 +32,7 @@ from mulo.kernels.lopt_common import (
     M_WS_T,
     NMETA,
     R_SCALARS,
+    R_SUMSQ,
     WS_SUMSQ,
     chunk_coords,
     chunk_record,
@@ -296,7 +297,7 @@ def lopt_sumsq_finish_kernel(meta, ws, records, BX: tl.constexpr, BY: tl.constex
     nbatch = tl.load(row + M_NBATCH).to(IDX)
     c0 = tl.load(row + M_C0).to(IDX)
     wsT = ws + tl.load(row + M_WS_T).to(IDX)
-    RW: tl.constexpr = BX + BY + R_SCALARS + 32
+    RW: tl.constexpr = BX + BY + R_SCALARS + R_SUMSQ  # lopt_plan.record_width
     ch = tl.arange(0, 32)
     acc = tl.zeros([32], dtype=tl.float32)
     for i in range(nbatch * ((nx + BX - 1) // BX) * ((ny + BY - 1) // BY)):
