@@ -182,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inner-backend", default="reference", help="backend of the optimizer steps (reference, cpu, ...)")
     p.add_argument("--quick", action="store_true", help="fewer timed steps (CPU smoke run)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "meta_throughput.jsonl"))
+    p.add_argument(
+        "--compare",
+        metavar="SHA",
+        help="time nothing: print the population inner step of the rows of commit SHA against this checkout's "
+        "(the rows of --out measured on this device since --since; bench/meta_throughput_against.sh writes them)",
+    )
+    p.add_argument("--since", default=None, help="with --compare: rows dated on or after this ISO date (default today)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(Path(args.out), args.compare, args.since)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -205,6 +214,37 @@ def main(argv: list[str] | None = None) -> int:
                 f"loop {row['loop_ms']['median_ms']:8.2f} ms ({row['speedup']:.1f}x)"
             )
     print(f"appended to {out}")
+    return 0
+
+
+def compare(path: Path, base_sha: str, since: str | None) -> int:
+    """Per task, the median over rows of the population inner step (ms) of commit ``base_sha`` and of this
+    checkout's commit, on this machine's device since ``since``, and their ratio (how many times faster)."""
+    import datetime
+    import statistics
+
+    from bench.common import device_name, git_sha
+
+    since = since or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    here, device = git_sha(), device_name(torch.device("cpu"))
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("device") == device and r.get("date", "") >= since and r.get("git_sha")]
+    by = {}
+    for r in rows:
+        side = "base" if r["git_sha"].startswith(base_sha) else "here" if r["git_sha"] == here else None
+        if side and r.get("inner_backend") == "cpu":
+            by.setdefault((r["task"], r["members"]), {}).setdefault(side, []).append(r["population_ms"]["median_ms"])
+    if not by:
+        print(f"no rows of {base_sha} and {here[:8]} on {device} since {since} in {path}")
+        return 1
+    print(f"population inner step, median over rounds (ms): {base_sha[:8]} vs this checkout {here[:8]} on {device}")
+    for (task, members), sides in sorted(by.items()):
+        if "base" in sides and "here" in sides:
+            b, h = statistics.median(sides["base"]), statistics.median(sides["here"])
+            print(
+                f"{task:32s} M={members:3d}  {b:8.2f} ms ({len(sides['base'])} rounds)  {h:8.2f} ms "
+                f"({len(sides['here'])} rounds)  {b / h:.2f}x faster"
+            )
     return 0
 
 
