@@ -145,6 +145,8 @@ class StateLists:
             p.dtype in NATIVE_DTYPES for p in params
         )
         self.one_call = None  # CPU: the state as a population of one member (see CpuBackend.plan)
+        # CPU: the meta-weights these were made for, their tensors as a population of one, their hyper vector
+        self.weights_of, self.mlp_one, self.hyper = None, None, None
 
 
 def refuse_graph_capture(tensors) -> None:
@@ -163,9 +165,9 @@ def host_floats(values) -> list[float]:
     """``values`` (floats or 0-d tensors: learning rates, weight decays) as host floats, the tensors read with
     one device-to-host copy per device rather than one per tensor (a tensor lr on a GPU syncs once per step)."""
     out = list(values)
-    others = [i for i, v in enumerate(out) if type(v) is not float]
-    if not others:  # the common case: plain floats, returned as they are
+    if set(map(type, out)) <= {float}:  # the common case: plain floats, returned as they are
         return out
+    others = [i for i, v in enumerate(out) if type(v) is not float]
     by_device: dict[torch.device, list[int]] = {}
     for i in others:
         if isinstance(out[i], torch.Tensor):
@@ -455,10 +457,12 @@ class CpuBackend(_NativeBackend):
             super()._run(params, grads, lists, lrs, weight_decays, weights)
             return
         momentum, second, acc_a, acc_b, steps, skips = lists.one_call
+        if lists.weights_of is not weights:  # MuLO makes a new MetaWeights whenever its network changes
+            lists.weights_of, lists.mlp_one = weights, [t.unsqueeze(0) for t in _mlp(weights)]
+            lists.hyper = hyper(weights)
         torch.ops.mulo.lopt_population_step(
             views, _grads_of_one(params, grads), momentum, second, acc_a, acc_b, steps,
-            skips, [t.unsqueeze(0) for t in _mlp(weights)], host_floats(lrs),
-            host_floats(weight_decays), lists.dims, hyper(weights),
+            skips, lists.mlp_one, host_floats(lrs), host_floats(weight_decays), lists.dims, lists.hyper,
         )  # fmt: skip
 
     def _population_native(self, params, states, weights) -> bool:
@@ -504,7 +508,7 @@ def _member_of_one(params, lists: StateLists) -> list[torch.Tensor] | None:
     """The parameters as (1, *S) views — ``None`` if one is not contiguous — kept with the plan's state lists
     while every parameter's storage is the one they view (a ``p.data = ...`` elsewhere rebuilds them; the plan
     already assumes fixed shapes): a view costs more host time than the check."""
-    ptrs = [p.data_ptr() for p in params]
+    ptrs = list(map(torch.Tensor.data_ptr, params))
     if getattr(lists, "param_ptrs", None) != ptrs:
         contiguous = all(p.is_contiguous() for p in params)
         lists.param_views = [p.unsqueeze(0) for p in params] if contiguous else None

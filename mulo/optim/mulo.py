@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -407,8 +408,12 @@ class _StepPlan:
     that reads every ``p.grad`` once; anything else (a gradient appearing or vanishing, a new param group,
     ``load_state_dict``, a replaced state) falls back to the full walk, which rebuilds the plan."""
 
-    def __init__(self, key: tuple, buckets: dict, others: list, n_state: int):
-        self.key, self.buckets, self.others, self.n_state = key, buckets, others, n_state
+    def __init__(self, key: tuple, buckets: dict, others: list, state: dict):
+        self.key, self.buckets, self.others = key, buckets, others
+        # the optimizer's state entries when the plan was built, compared in order by identity: a dict's i-th
+        # key maps to its i-th value, so equal sequences mean the same parameter → state-dict mapping, read
+        # without hashing a tensor (Tensor.__hash__ is Python code: ~0.5 µs per parameter per step)
+        self.state_keys, self.state_values = tuple(state), tuple(state.values())
 
     @staticmethod
     def _key(opt: MuLO) -> tuple:
@@ -422,20 +427,26 @@ class _StepPlan:
             plan_buckets[key] = _Bucket(params, states, [next(at)[:2] for _ in params])
         with_grad = {id(p) for b in plan_buckets.values() for p in b.params}
         others = [p for g in opt.param_groups for p in g["params"] if id(p) not in with_grad]
-        return cls(cls._key(opt), plan_buckets, others, len(opt.state))
+        return cls(cls._key(opt), plan_buckets, others, opt.state)
 
     def matches(self, opt: MuLO) -> bool:
-        if self._key(opt) != self.key or len(opt.state) != self.n_state:
-            return False
-        if any(p.grad is not None for p in self.others):
+        if self._key(opt) != self.key:
             return False
         state = opt.state
+        if (
+            len(state) != len(self.state_keys)
+            or not all(map(operator.is_, state, self.state_keys))
+            or not all(map(operator.is_, state.values(), self.state_values))
+        ):
+            return False
+        for p in self.others:
+            if p.grad is not None:
+                return False
         for b in self.buckets.values():
             grads = [p.grad for p in b.params]
-            if any(g is None or g.is_sparse for g in grads):
-                return False
-            if any(state.get(p) is not st for p, st in zip(b.params, b.states)):
-                return False
+            for g in grads:
+                if g is None or g.is_sparse:
+                    return False
             b.grads = grads
         return True
 

@@ -72,7 +72,8 @@ def test_new_parameter_storage_is_stepped(backend):
 
 
 def _run_with_changes(backend, replan_every_step):
-    """add_param_group (t = 2), load_state_dict (t = 4) and a cleared state (t = 5) between steps."""
+    """add_param_group (t = 2), one parameter's state dict replaced by an empty one (t = 3: the same number of
+    entries, so only their identity tells), load_state_dict (t = 4) and a cleared state (t = 5) between steps."""
     params, extra = _params(), torch.nn.Parameter(torch.ones(4, 4))
     opt = mulo.MuLO(params, backend=backend)
     for t in range(7):
@@ -81,6 +82,8 @@ def _run_with_changes(backend, replan_every_step):
             opt.add_param_group({"params": [extra], "lr": 0.3})
         if t >= 2:
             extra.grad = torch.full((4, 4), 0.5) * (t + 1)
+        if t == 3:
+            opt.state[params[1]] = {}  # that tensor starts afresh
         if t == 4:
             opt.load_state_dict(opt.state_dict())
         if t == 5:
@@ -99,6 +102,7 @@ def test_a_changed_optimizer_is_seen(backend):
         assert torch.equal(p, q)
         assert all(torch.equal(v, opt_b.state[q][k]) for k, v in opt_a.state[p].items())
     assert float(opt_a.state[a[-1]]["step"]) == 2.0  # cleared at t = 5, then stepped at t = 5 and 6
+    assert float(opt_a.state[a[1]]["step"]) == 2.0
     assert not torch.equal(a[-1], torch.ones(4, 4))
 
 
