@@ -1402,7 +1402,8 @@ def celo2_rows(pset, machine: dict, check: bool = False) -> list[dict]:
 def triton_configs(kernels: list[Kernel], pset) -> dict[str, dict[str, list[Kernel]]]:
     """``triton dot=<mode>`` → pass → kernels, for fp32 storage at the index width the set needs; and
     ``triton dot=tf32 state=bf16``: fp32 parameters and gradients with bfloat16 optimizer state
-    (``MuLO(state_dtype=torch.bfloat16)``)."""
+    (``MuLO(state_dtype=torch.bfloat16)``). Under tf32, pass C is two launches as ``lopt_apply.apply_launches``
+    makes them: tf32 over the rank ≥ 2 tensors, tf32x3 over the rank < 2 ones (``(kernel, {"tensors": kind})``)."""
     idx = "int64" if max(3 * s.numel for s in pset.specs) >= 2**31 - 1 else "int32"
     by_name = {k.variant: k for k in kernels}
     out = {}
@@ -1410,11 +1411,25 @@ def triton_configs(kernels: list[Kernel], pset) -> dict[str, dict[str, list[Kern
         store = f"p=fp32 g=fp32 s={state} idx={idx}"
         for dot in dots:
             names = {"A": f"lopt_reduce {store}", "B": f"lopt_sumsq {store}", "C": f"lopt_apply {store} dot={dot}"}
-            if all(n in by_name for n in names.values()):
-                out[f"triton dot={dot}" + ("" if state == "fp32" else f" state={state}")] = {
-                    p: [by_name[n]] for p, n in names.items()
-                }
+            split = f"lopt_apply {store} dot=tf32x3"  # tf32's launch over the rank < 2 tensors (apply_launches)
+            if all(n in by_name for n in names.values()) and (dot != "tf32" or split in by_name):
+                passes = {p: [by_name[n]] for p, n in names.items()}
+                if dot == "tf32":
+                    passes["C"] = [
+                        (by_name[names["C"]], {"tensors": "rank>=2"}),
+                        (by_name[split], {"tensors": "rank<2"}),
+                    ]
+                out[f"triton dot={dot}" + ("" if state == "fp32" else f" state={state}")] = passes
     return out
+
+
+def tensor_subset(pset, which: str | None):
+    """The set's tensors of rank ≥ 2 (``"rank>=2"``) or rank < 2 (``"rank<2"``), or the set itself (``None``):
+    the tensors a launch over one kind of chunk covers."""
+    if which is None:
+        return pset
+    keep = {"rank>=2": lambda s: len(s.shape) >= 2, "rank<2": lambda s: len(s.shape) < 2}[which]
+    return dataclasses.replace(pset, specs=tuple(s for s in pset.specs if keep(s)))
 
 
 def config_bytes(config: str, pset) -> dict[str, int]:
@@ -1540,9 +1555,18 @@ def launches(passes: dict, pset, nbytes: dict[str, int]) -> dict[str, list[Launc
         out[p] = []
         for step in steps:
             k, fl = step if isinstance(step, tuple) else (step, None)
-            L = triton_launch(k, pset) if k.backend == "triton" else cuda_launch(k, pset, fl)
-            if k.backend == "triton" or cuda_chunk(k.kernel):
-                L.dram_bytes = nbytes[p]
+            if k.backend == "triton":  # fl: {"tensors": kind} for a launch over one kind of tensor's chunks
+                sub = tensor_subset(pset, (fl or {}).get("tensors"))
+                if not sub.specs:
+                    continue
+                L = triton_launch(k, sub)
+                L.dram_bytes = nbytes[p] * sub.numel / pset.numel  # the pass's bytes by element share
+                if sub is not pset:
+                    L.context["tensors"] = fl["tensors"]
+            else:
+                L = cuda_launch(k, pset, fl)
+                if cuda_chunk(k.kernel):
+                    L.dram_bytes = nbytes[p]
             out[p].append(L)
     return out
 
@@ -1565,7 +1589,8 @@ def predict(
         for L in launches:
             k = L.kernel
             kr = kernel_row(L, pset)
-            if kr["variant"] not in {r["variant"] for r in kernel_rows if r["kind"] == "kernel"}:
+            whole_set = "tensors" not in L.context  # a kernel's row describes its launch over the whole set
+            if whole_set and kr["variant"] not in {r["variant"] for r in kernel_rows if r["kind"] == "kernel"}:
                 kernel_rows.append(kr)
             flags["spills"] |= bool(kr.get("spill_store_bytes") or kr.get("local_instrs"))
             flags["unresolved_loops"] += [f"{k.kernel}: {u}" for u in L.analysis.unresolved_loops]
@@ -1804,9 +1829,11 @@ CHECK_VARIANTS = {  # --check: one representative variant per kernel (the defaul
     "lopt_reduce p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_sumsq p=fp32 g=fp32 s=fp32 idx=int32",
     "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32",
+    "lopt_apply p=fp32 g=fp32 s=fp32 idx=int32 dot=tf32x3",  # the default's launch over the rank < 2 tensors
     "lopt_reduce p=fp32 g=fp32 s=bf16 idx=int32",
     "lopt_sumsq p=fp32 g=fp32 s=bf16 idx=int32",
     "lopt_apply p=fp32 g=fp32 s=bf16 idx=int32 dot=tf32",
+    "lopt_apply p=fp32 g=fp32 s=bf16 idx=int32 dot=tf32x3",
 }
 
 

@@ -125,6 +125,21 @@ def test_variants(variant):
     compare(tri, ref, key, SMALL)
 
 
+def test_default_dot_steps_rank_below_2_tensors_in_tf32x3():
+    """Under the default dot="tf32" the rank < 2 tensors take a launch of their own in "tf32x3" (float32
+    accuracy: all 28 of their channels enter the first layer per element): their parameters come out bitwise as
+    under dot="tf32x3", while the matrices keep the one tf32 product and differ from it."""
+    shapes = [(), (7,), (5, 3), (2, 3, 4)]
+    seed = int(torch.randint(0, 2**31, ()))
+    params = {}
+    for dot in ("tf32", "tf32x3"):
+        torch.manual_seed(seed)
+        (params[dot], _), _ = run_pair(shapes, 2, backend=triton_backend.TritonBackend(dot=dot))
+    for i, s in enumerate(shapes):
+        same = torch.equal(params["tf32"][i], params["tf32x3"][i])
+        assert same == (len(s) < 2), f"{shape_id(s)}: tf32 and tf32x3 runs {'equal' if same else 'differ'}"
+
+
 def test_nonfinite_gradient_skips_only_that_tensor():
     shapes = [(4, 5), (6,), (3, 2, 2)]
 
