@@ -35,6 +35,7 @@ def steps(monkeypatch, reverse: bool, n: int = 2):
             plan = build(*args, **kwargs)
             plan.chunks_ab = plan.chunks_ab.flip(0).contiguous()
             plan.chunks_c = plan.chunks_c.flip(0).contiguous()
+            plan.chunks_c_by_kind = tuple(c.flip(0).contiguous() for c in plan.chunks_c_by_kind)
             plan.batches = plan.batches.flip(0).contiguous()
             return plan
 
