@@ -318,6 +318,7 @@ def run(
     datasets: tuple[str, ...] | None = None,
     models: tuple[str, ...] | None = None,
     celo2_weights: str | None = None,
+    mulo_lr: float = 1.0,
 ) -> Path:
     """Run ``preset``'s evaluation and append JSON lines to ``out`` (one row per run, provenance in every
     row; ``None``: the preset kind's :data:`DEFAULT_OUT`). ``None`` for a subset option means all of it
@@ -328,7 +329,8 @@ def run(
     ``sweeps`` and ``optimizers`` pick subsets of :data:`SWEEPS` and :data:`OPTIMIZERS` (held-out presets:
     :data:`mulo.eval.heldout.SWEEPS`, :data:`mulo.eval.heldout.OPTIMIZERS`; models: ``mulo``, ``adamw``), so
     that parts can run in parallel processes; ``schedules`` (held-out and models presets) picks ``constant``
-    and/or ``cosine``; ``datasets`` the held-out families; ``models`` the models of the models presets."""
+    and/or ``cosine``; ``datasets`` the held-out families; ``models`` the models of the models presets;
+    ``mulo_lr`` the μLO columns' lr in the held-out presets (default 1: the learned optimizer's own step)."""
     kind = preset_kind(preset)
     out = out if out is not None else DEFAULT_OUT[kind]
     if kind == "heldout":
@@ -337,8 +339,10 @@ def run(
         return heldout.run(
             out, preset, meta_weights, sp_weights, log, sweeps=sweeps or heldout.SWEEPS, datasets=datasets,
             optimizers=optimizers or heldout.DEFAULT_OPTIMIZERS, schedules=schedules or ("constant", "cosine"),
-            celo2_weights=celo2_weights,
+            celo2_weights=celo2_weights, mulo_lr=mulo_lr,
         )  # fmt: skip
+    if mulo_lr != 1.0:
+        raise ValueError(f"preset {preset!r} runs μLO at lr 1; mulo_lr is for the held-out presets (nm, nm_quick)")
     if kind == "models":
         from mulo.eval import models as model_eval
 
@@ -545,11 +549,18 @@ def add_parser(sub) -> None:
         help="Celo2 weights of the celo2 column (nm and models presets, --optimizers ...,celo2): a shipped "
         "name, a directory or a Hub id; a comma list runs each set as its own column (default: Celo2's default)",
     )
+    ev.add_argument(
+        "--mulo-lr",
+        type=float,
+        default=1.0,
+        help="nm presets: the lr of the μLO columns (default 1: the learned optimizer's own step size; each row "
+        "records its lr — write rows of another lr to their own --out, the tables group by column, not lr)",
+    )
 
 
 def main(args) -> int:
     """Run ``mulo eval`` with the parsed ``args`` of :func:`add_parser`."""
     subsets = ("sweeps", "optimizers", "schedules", "datasets", "models")
     run(args.out, args.preset, args.meta_weights, args.sp_weights, **{name: getattr(args, name) for name in subsets},
-        celo2_weights=args.celo2_weights)  # fmt: skip
+        celo2_weights=args.celo2_weights, mulo_lr=args.mulo_lr)  # fmt: skip
     return 0

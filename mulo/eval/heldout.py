@@ -26,6 +26,7 @@ size); one column per set of ``celo2_weights``. A non-finite loss is a divergenc
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from pathlib import Path
 
@@ -224,9 +225,11 @@ def run(
     schedules=common.SCHEDULES,
     datasets=None,
     celo2_weights=None,
+    mulo_lr: float = 1.0,
 ) -> Path:
     """Run the held-out sweeps of ``preset`` and append one JSON line per run to ``out`` (tuning rows have
-    sweep ``tune``; every row carries provenance)."""
+    sweep ``tune``; every row carries provenance). ``mulo_lr``: the lr of the μLO columns (default 1, the
+    learned optimizer's own step size; a row records its lr)."""
     from mulo import evaluation
     from mulo.lopt import pretrained
 
@@ -240,6 +243,8 @@ def run(
     common.check_subset("optimizers", optimizers, OPTIMIZERS)
     common.check_subset("schedules", schedules, common.SCHEDULES)
     common.check_subset(f"datasets of preset {preset!r}", datasets, family_names)
+    if not (mulo_lr > 0 and math.isfinite(mulo_lr)):
+        raise ValueError(f"mulo_lr must be a positive finite number (the μLO columns' lr), got {mulo_lr}")
     weights = common.split_names(meta_weights) or (pretrained.DEFAULT,)
     rows = Rows(out, evaluation.provenance() | {"preset": preset}, log)
     env = Env(cfg)
@@ -259,7 +264,7 @@ def run(
             lrs[(base, col)] = common.tune(rows, key, cfg.grid, tune_seeds, train_at, f"{col.label} on {base.name}")
     for sweep, task, base in tasks:
         for col in _columns_for(task, cols):
-            lr = lrs.get((base, col), 1.0)
+            lr = lrs.get((base, col), mulo_lr if col.optimizer == "mulo" else 1.0)
             for seed in range(cfg.seeds):
                 rows.emit({**train(task, col, seed, env, lr=lr, base_width=base.width), "sweep": sweep})
     return Path(out)

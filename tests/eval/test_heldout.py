@@ -218,3 +218,22 @@ def test_celo2_column_trains_the_sp_twin_with_a_tuned_lr_and_records_its_weights
     model = heldout.build(heldout.HTask("mlp", 8, 2, 10, 8, dataset="teacher"), "celo2", 0, _Fixed(None))
     assert type(model).__name__ == "SPMLP"
     assert isinstance(evaluation._optimizer(evaluation.OptSpec("celo2", 0.01), model, None), evaluation.mulo.Celo2)
+
+
+def test_mulo_lr_sets_the_learned_columns_lr_and_rows_record_it(tmp_path):
+    """--mulo-lr: the μLO columns run at that lr (no tuning rows), the other columns are untouched, and a bad
+    value or a preset without it is refused with the fix."""
+    from mulo import evaluation
+
+    out = tmp_path / "m.jsonl"
+    kwargs = {"optimizers": "mulo,muadam", "schedules": "constant", "datasets": "teacher", "sweeps": "width"}
+    heldout.run(out, "nm_quick", log=lambda *_: None, mulo_lr=0.5, **kwargs)
+    rows = [r for r in _rows(out) if r["sweep"] != "tune"]
+    assert {r["lr"] for r in rows if r["optimizer"] == "mulo"} == {0.5}
+    assert 0.5 not in {r["lr"] for r in rows if r["optimizer"] == "muadam"}
+    assert not [r for r in _rows(out) if r["sweep"] == "tune" and r["optimizer"] == "mulo"]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="mulo_lr must be a positive finite number"):
+            heldout.run(tmp_path / "x.jsonl", "nm_quick", mulo_lr=bad, **kwargs)
+    with pytest.raises(ValueError, match="held-out presets"):
+        evaluation.run(tmp_path / "y.jsonl", "quick", mulo_lr=0.5)
