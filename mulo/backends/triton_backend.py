@@ -155,8 +155,9 @@ class TritonBackend:
         self._step_contiguous(ps, gs, sts, member_lrs, list(weight_decays) * m, weights, index)
 
     def _step_contiguous(self, params, grads, states, lrs, weight_decays, weights, weight_index=None) -> None:
-        """One custom-op call (three launches) per (gradient dtype, state dtype) group; ``weight_index[i]``:
-        the meta-weight set of tensor i when ``weights`` stacks several (a population)."""
+        """One custom-op call per (gradient dtype, state dtype) group: three launches, or four when pass C
+        splits by tensor rank (``lopt_apply.apply_launches``); ``weight_index[i]``: the meta-weight set of
+        tensor i when ``weights`` stacks several (a population)."""
         groups, empty = _groups(params, grads, states)
         for i in empty:
             states[i]["step"].add_(1.0)  # nothing to update; the reference counts the step
