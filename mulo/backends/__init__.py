@@ -95,6 +95,8 @@ _RULE_REGISTRY: dict[str, dict[str, BackendSpec]] = {"mulo": _REGISTRY, "celo2":
 _LOADED: dict[str, Backend] = {}  # by _key(rule, name), as _FAILED
 _FAILED: dict[str, str] = {}
 _ANNOUNCED: set[tuple[str, ...]] = set()
+_MEASURED: dict[tuple, dict[str, float]] = {}  # auto's one-time step measurements (mulo.backends.measure)
+_MEASURE_FAILED: dict[str, str] = {}
 
 
 def _registry(rule: str) -> dict[str, BackendSpec]:
@@ -209,6 +211,9 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
     if deterministic:
         candidates = [c for c in candidates if registry[c].deterministic]
     chosen = candidates[0]  # "reference" runs everywhere, deterministically
+    measured = _measured(rule, device, dtype, [c for c in candidates if c != "reference"])
+    if measured:  # on a GPU with more than one fast candidate: the faster one in a one-time measurement
+        chosen = min(measured, key=measured.get)
     key = (device.type, chosen) if rule == "mulo" else (rule, device.type, chosen)  # announce once per choice
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
@@ -221,6 +226,12 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
         if deterministic:
             passed = [s.name for s in registry.values() if not s.deterministic and s.auto_on(device.type)]
             note += f"; passed over while deterministic algorithms are on: {', '.join(sorted(passed))}"
+        if measured:
+            times = ", ".join(f"{n} {t:.3g} ms" for n, t in sorted(measured.items(), key=lambda kv: kv[1]))
+            note += f"; measured once per step of a {_measure().numel_text()} set: {times} (MULO_AUTO_MEASURE=0: off)"
+        failed = [f"{n} ({_MEASURE_FAILED[_key(rule, n)]})" for n in candidates if _key(rule, n) in _MEASURE_FAILED]
+        if failed:
+            note += f"; failed in auto's measurement: {', '.join(failed)}"
         who = "mulo" if rule == "mulo" else f"mulo.{rule.capitalize()}"
         warnings.warn(
             f"{who}: backend='auto' uses {chosen!r} on {device.type}{note}",
@@ -228,6 +239,32 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             stacklevel=_caller_stacklevel(),
         )
     return load_backend(chosen, rule)
+
+
+def _measure():
+    from mulo.backends import measure
+
+    return measure
+
+
+def _measured(rule: str, device: torch.device, dtype: torch.dtype, candidates: list[str]) -> dict[str, float]:
+    """Step times (ms) of ``candidates`` measured once per (rule, device, dtype, candidates) in this process
+    when :func:`mulo.backends.measure.wanted` says so, else ``{}``; a candidate whose measurement raises is left
+    out (its error kept in ``_MEASURE_FAILED`` for the notice), and with fewer than two left the priority
+    order decides."""
+    measure = _measure()
+    if not measure.wanted(device, rule, candidates):
+        return {}
+    key = (rule, str(device), dtype, tuple(candidates))
+    if key not in _MEASURED:
+        times = {}
+        for name in candidates:
+            try:
+                times[name] = measure.step_ms(load_backend(name, rule), device, dtype)
+            except Exception as e:  # noqa: BLE001 — any failure rules the candidate out of the choice
+                _MEASURE_FAILED[_key(rule, name)] = f"{type(e).__name__}: {e}"
+        _MEASURED[key] = times if len(times) >= 2 else {}
+    return _MEASURED[key]
 
 
 _NATIVE_FIX = "build the native extension: `make install` (or `pip install --no-build-isolation -e .`)"

@@ -34,7 +34,8 @@ def test_auto_notice_names_the_users_line(monkeypatch):
 
 
 def test_auto_on_a_gpu_prefers_triton_then_cuda_then_the_reference():
-    """The order "auto" tries on CUDA follows the static model (Triton predicted faster than CUDA)."""
+    """The order "auto" tries on CUDA when it does not measure (one fast candidate, a failed measurement,
+    MULO_AUTO_MEASURE=0) follows the static model (Triton predicted faster than CUDA)."""
     from mulo.backends import _registry
 
     order = [s.name for s in sorted(_registry("mulo").values(), key=lambda s: s.priority) if s.auto_on("cuda")]
@@ -101,3 +102,94 @@ def test_the_optimizer_resolves_again_when_determinism_is_toggled(deterministic_
     deterministic_algorithms()
     with pytest.raises(RuntimeError, match="torch.use_deterministic_algorithms"):
         opt.step()
+
+
+class _SlowReference:
+    """A second fast-backend candidate for auto's measurement on the CPU: the reference step under a name."""
+
+    name = "slow_reference"
+
+    def __init__(self):
+        from mulo.backends.reference import ReferenceBackend
+
+        self._ref = ReferenceBackend()
+
+    def supports(self, device, dtype):
+        return self._ref.supports(device, dtype)
+
+    def step(self, *args):
+        self._ref.step(*args)
+
+
+class _Broken(_SlowReference):
+    name = "broken"
+
+    def step(self, *args):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+
+def _with_candidates(monkeypatch, *extra):
+    """A fresh μLO registry with ``extra`` (name, priority, factory) added as CPU backends "auto" may pick."""
+    registry = dict(backends._REGISTRY)
+    for name, priority, factory in extra:
+        registry[name] = backends.BackendSpec(name, f"{__name__}:{factory}", ("cpu",), priority, "n/a")
+    monkeypatch.setattr(backends, "_RULE_REGISTRY", {**backends._RULE_REGISTRY, "mulo": registry})
+    for attr in ("_LOADED", "_FAILED", "_MEASURED", "_MEASURE_FAILED"):
+        monkeypatch.setattr(backends, attr, {})
+    monkeypatch.setattr(backends, "_ANNOUNCED", set())
+
+
+def test_auto_measures_the_fast_candidates_once_and_picks_the_faster(monkeypatch):
+    """On a GPU (here: MULO_AUTO_MEASURE=1 on the CPU) auto times each fast candidate's step on a fixed set, once
+    per (device, dtype), and takes the faster even against the priority order; the notice gives the times."""
+    from mulo.backends import measure
+
+    if "cpu" not in backends.available_backends("cpu"):
+        pytest.skip("needs the native cpu backend (make install)")
+    _with_candidates(monkeypatch, ("slow_reference", 5, "_SlowReference"))  # ahead of cpu by priority
+    calls = []
+    real = measure.step_ms
+
+    def small_step_ms(backend, device, dtype):
+        calls.append(backend.name)
+        return real(backend, device, dtype, shapes=((64, 48), (48,), (8, 4, 3, 3)), steps=3)
+
+    monkeypatch.setattr(measure, "step_ms", small_step_ms)
+    monkeypatch.setenv("MULO_AUTO_MEASURE", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = backends.resolve_backend("auto", torch.device("cpu"))
+        again = backends.resolve_backend("auto", torch.device("cpu"))
+    assert first.name == again.name == "cpu", "the native step beats the reference's on the same set"
+    assert sorted(calls) == ["cpu", "slow_reference"], "measured once, each candidate"
+    note = str([w for w in caught if issubclass(w.category, MuLOBackendNotice)][0].message)
+    assert "measured once per step" in note and "slow_reference" in note
+    monkeypatch.setenv("MULO_AUTO_MEASURE", "0")  # off: the priority order
+    assert backends.resolve_backend("auto", torch.device("cpu")).name == "slow_reference"
+    monkeypatch.setenv("MULO_AUTO_MEASURE", "yes")
+    with pytest.raises(ValueError, match="MULO_AUTO_MEASURE must be 0"):
+        backends.resolve_backend("auto", torch.device("cpu"))
+
+
+def test_auto_leaves_out_a_candidate_whose_measurement_fails(monkeypatch):
+    from mulo.backends import measure
+
+    _with_candidates(monkeypatch, ("broken", 5, "_Broken"), ("slow_reference", 6, "_SlowReference"))
+    monkeypatch.setattr(measure, "SHAPES", ((16, 8), (8,)))
+    monkeypatch.setenv("MULO_AUTO_MEASURE", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = backends.resolve_backend("auto", torch.device("cpu"))
+    assert chosen.name != "broken"
+    note = str([w for w in caught if issubclass(w.category, MuLOBackendNotice)][0].message)
+    assert "failed in auto's measurement: broken (RuntimeError: no kernel image" in note
+
+
+def test_auto_measures_only_on_a_gpu_by_default(monkeypatch):
+    from mulo.backends import measure
+
+    monkeypatch.delenv("MULO_AUTO_MEASURE", raising=False)
+    assert not measure.wanted(torch.device("cpu"), "mulo", ["cpu", "other"])
+    assert measure.wanted(torch.device("cuda"), "mulo", ["triton", "cuda"])
+    assert not measure.wanted(torch.device("cuda"), "mulo", ["triton"]), "one candidate: nothing to choose"
+    assert not measure.wanted(torch.device("cuda"), "celo2", ["triton", "x"]), "Celo2 has one GPU backend"
