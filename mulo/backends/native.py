@@ -156,8 +156,9 @@ def refuse_graph_capture(tensors) -> None:
     if tensors and tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             "backend 'cuda' cannot be captured in a CUDA graph: its step uploads per-step tables (learning rates "
-            "included) from the host, which a replay would repeat frozen. Fix: use backend='triton' (or "
-            "'auto'), whose step is capturable and reads lr and weight_decay from 0-d device tensors"
+            "included) from the host, which a replay would repeat frozen. Fix: use backend='triton' (for a "
+            "captured step name it: 'auto' may measure 'cuda' faster), whose step is capturable and reads lr and "
+            "weight_decay from 0-d device tensors"
         )
 
 
