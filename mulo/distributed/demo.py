@@ -11,6 +11,7 @@ them exactly as it would the whole tensors (two bucketed all_reduces of statisti
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import warnings
 
@@ -35,10 +36,23 @@ def main(argv: list[str] | None = None) -> list[float]:
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
+    losses = _train(args, device)
+    # the model, its device mesh and the optimizer are gone with _train's frame: nothing that holds the process
+    # group (or a pending collective) outlives it into interpreter shutdown, where gloo's worker threads could
+    # be torn down mid-flight (seen once in CI: rank 1 aborted after training, "terminate called without an
+    # active exception")
+    gc.collect()
+    dist.barrier()  # no rank tears the process group down while another still uses it
+    dist.destroy_process_group()
+    return losses
+
+
+def _train(args, device: torch.device) -> list[float]:
+    """The training loop of :func:`main` on an initialized process group; returns the mean loss per step."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     x, y = digits()
     x, y = x.to(device), y.to(device)
     model = MuMLP(x.shape[1], args.width, 3, 10, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -70,8 +84,6 @@ def main(argv: list[str] | None = None) -> list[float]:
         losses.append(float(total) / world)
         if rank == 0 and (step % max(1, args.steps // 10) == 0 or step == args.steps - 1):
             print(f"{args.wrap} world {world} step {step:5d} loss {losses[-1]:.4f}", flush=True)
-    dist.barrier()  # no rank tears the process group down while another still uses it
-    dist.destroy_process_group()
     return losses
 
 
