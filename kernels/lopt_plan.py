@@ -120,8 +120,8 @@ class Plan:
 
     meta: torch.Tensor  # int64 (T, NMETA)
     chunks_ab: torch.Tensor  # int32 (chunks, 4) for passes A and B: tensor, batch, x-tile, y-tile
-    chunks_c: torch.Tensor  # int32 (chunks, 4) for pass C
-    chunks_c_by_kind: tuple[torch.Tensor, torch.Tensor]  # chunks_c's rows of rank ≥ 2 tensors, of rank < 2 ones
+    chunks_c: torch.Tensor  # int32 (chunks, 4) for pass C: the rank ≥ 2 tensors' chunks first
+    chunks_c_by_kind: tuple[torch.Tensor, torch.Tensor]  # chunks_c's two runs (rank ≥ 2, rank < 2) as views
     batches: torch.Tensor  # int32 (Σ n_batch, 2): (tensor, batch), one program each when deterministic pass A sums
     ws_size: int
     use_int64: bool
@@ -206,13 +206,17 @@ def build_plan(
             ws += 3 * row[M_LY]
         meta.append(row)
     biggest = max([3 * lay.n for lay in layouts] + [ws, c0 * record_width(block_x, block_y), 1])
+    # pass C's chunks grouped by tensor kind (a program's result does not depend on the order), so that a
+    # launch over one kind (lopt_apply.apply_launches) is a slice of the one table
     chunks_c = _chunks(layouts, block_xc, block_y)
-    factored = torch.tensor([lay.factored for lay in layouts], dtype=torch.bool)[chunks_c[:, 0].long()]
+    vector = torch.tensor([not lay.factored for lay in layouts], dtype=torch.bool)[chunks_c[:, 0].long()]
+    chunks_c = chunks_c[torch.argsort(vector.to(torch.uint8), stable=True)].to(device)
+    n_matrix = int((~vector).sum())
     return Plan(
         meta=torch.tensor(meta, dtype=torch.int64).to(device),
         chunks_ab=_chunks(layouts, block_x, block_y).to(device),
-        chunks_c=chunks_c.to(device),
-        chunks_c_by_kind=(chunks_c[factored].contiguous().to(device), chunks_c[~factored].contiguous().to(device)),
+        chunks_c=chunks_c,
+        chunks_c_by_kind=(chunks_c[:n_matrix], chunks_c[n_matrix:]),
         batches=torch.tensor(
             [[t, b] for t, lay in enumerate(layouts) for b in range(lay.n_a * lay.n_b * lay.n_c)], dtype=torch.int32
         )

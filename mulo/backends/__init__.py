@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from mulo.backends import measure
 from mulo.backends.passes import States, Tensors
 from mulo.lopt.network import MetaWeights
 
@@ -228,7 +229,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             note += f"; passed over while deterministic algorithms are on: {', '.join(sorted(passed))}"
         if measured:
             times = ", ".join(f"{n} {t:.3g} ms" for n, t in sorted(measured.items(), key=lambda kv: kv[1]))
-            note += f"; measured once per step of a {_measure().numel_text()} set: {times} (MULO_AUTO_MEASURE=0: off)"
+            note += f"; measured once per step of a {measure.numel_text()} set: {times} (MULO_AUTO_MEASURE=0: off)"
         failed = [f"{n} ({_MEASURE_FAILED[_key(rule, n)]})" for n in candidates if _key(rule, n) in _MEASURE_FAILED]
         if failed:
             note += f"; failed in auto's measurement: {', '.join(failed)}"
@@ -241,18 +242,11 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
     return load_backend(chosen, rule)
 
 
-def _measure():
-    from mulo.backends import measure
-
-    return measure
-
-
 def _measured(rule: str, device: torch.device, dtype: torch.dtype, candidates: list[str]) -> dict[str, float]:
     """Step times (ms) of ``candidates`` measured once per (rule, device, dtype, candidates) in this process
     when :func:`mulo.backends.measure.wanted` says so, else ``{}``; a candidate whose measurement raises is left
     out (its error kept in ``_MEASURE_FAILED`` for the notice), and with fewer than two left the priority
     order decides."""
-    measure = _measure()
     if not measure.wanted(device, rule, candidates):
         return {}
     key = (rule, str(device), dtype, tuple(candidates))
