@@ -138,7 +138,7 @@ inline int dtype_code(at::ScalarType t) {
 // The op's hyper vector (mulo.lopt.spec.HYPER_ORDER) as the kernels take it.
 inline math::Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
   TORCH_CHECK(h.size() == kNumHyper, op, ": hyper needs ", kNumHyper,
-              " values (β_m ×3, β_v, β_f ×3, exp_mult, step_mult, time_clamp), got ", h.size());
+              " values (β_m ×3, β_v, β_f ×3, exp_mult, step_mult, time_clamp, nominal), got ", h.size());
   math::Hyper H;
   for (int k = 0; k < 3; ++k) {
     // the reference forms (1 - β) from a float32 tensor of decays: same rounding here
@@ -152,6 +152,7 @@ inline math::Hyper make_hyper(at::ArrayRef<double> h, const char* op) {
   H.exp_mult = static_cast<float>(h[spec::kHyperExpMult]);
   H.step_mult = static_cast<float>(h[spec::kHyperStepMult]);
   H.time_clamp = static_cast<float>(h[spec::kHyperTimeClamp]);
+  H.nominal = static_cast<float>(h[spec::kHyperNominal]);
   return H;
 }
 
@@ -239,17 +240,22 @@ std::vector<Desc> describe(const char* op, at::DeviceType device, at::TensorList
 }
 
 // The meta-network argument of pass C: (W1, b1, W2, b2, W3, b3), each holding K sets back to back; returns K.
+// The output layer has 2 outputs, or 3 with the nominal term's head (the kernels check that against the hyper
+// vector's nominal).
 inline int64_t check_mlp(const char* op, at::TensorList mlp, at::Device dev) {
   TORCH_CHECK(mlp.size() == 6, op, ": mlp must be (W1, b1, W2, b2, W3, b3), got ", mlp.size(), " tensors");
+  const int64_t in_sets = mlp[0].numel() / (kHidden * (kFeatures + kTimescales));
+  const int64_t outs = in_sets >= 1 && mlp[5].numel() == in_sets * spec::kOutputNominal ? spec::kOutputNominal
+                                                                                         : spec::kOutput;
   const int64_t shapes[6][2] = {{kHidden, kFeatures + kTimescales}, {kHidden, 1}, {kHidden, kHidden}, {kHidden, 1},
-                                {2, kHidden},                       {2, 1}};
+                                {outs, kHidden},                    {outs, 1}};
   const int64_t sets = mlp[0].numel() / (shapes[0][0] * shapes[0][1]);
   for (int k = 0; k < 6; ++k) {
     const auto& w = mlp[k];
     TORCH_CHECK(w.scalar_type() == at::kFloat && w.is_contiguous() && w.device() == dev && sets >= 1 &&
                     w.numel() == sets * shapes[k][0] * shapes[k][1],
                 op, ": mlp[", k, "] must be a contiguous float32 tensor on ", dev, " of K·",
-                shapes[k][0] * shapes[k][1], " elements (K sets of the 39→32→32→2 meta-network, K = ", sets,
+                shapes[k][0] * shapes[k][1], " elements (K sets of the 39→32→32→2 meta-network, →3 with the nominal head, K = ", sets,
                 "); got ", w.sizes(), " ", w.scalar_type(), " on ", w.device());
   }
   return sets;

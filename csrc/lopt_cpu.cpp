@@ -414,13 +414,17 @@ void sumsq_pass(std::vector<mulo_cpu::TensorJob>& jobs, const std::vector<Block>
 void apply_pass(std::vector<mulo_cpu::TensorJob>& jobs, const std::vector<Block>& blocks, const float* fin,
                 const float* sq, at::TensorList mlp, const std::vector<int64_t>& set_of, const math::Hyper& H,
                 bool prepare) {
-  const int64_t nW1 = kHidden * (kFeatures + kTimescales), nW2 = kHidden * kHidden, nW3 = 2 * kHidden;
+  const int64_t outs = H.nominal != 0.f ? spec::kOutputNominal : spec::kOutput;  // the nominal term's third head
+  const int64_t nW1 = kHidden * (kFeatures + kTimescales), nW2 = kHidden * kHidden, nW3 = outs * kHidden;
   const int64_t sets = mlp[0].numel() / nW1;
+  TORCH_CHECK(mlp[4].numel() == sets * nW3 && mlp[5].numel() == sets * outs, "mulo: the meta-network's output layer has ",
+              mlp[5].numel() / (sets ? sets : 1), " outputs per set; the hyper vector's nominal = ", H.nominal,
+              " needs ", outs, " (3 with the nominal term, else 2)");
   const float *W1 = mlp[0].data_ptr<float>(), *B1 = mlp[1].data_ptr<float>();
   std::vector<mulo_cpu::Net> nets;
   for (int64_t k = 0; k < sets; ++k)
     nets.push_back({mlp[2].data_ptr<float>() + k * nW2, mlp[3].data_ptr<float>() + k * kHidden,
-                    mlp[4].data_ptr<float>() + k * nW3, mlp[5].data_ptr<float>() + k * 2});
+                    mlp[4].data_ptr<float>() + k * nW3, mlp[5].data_ptr<float>() + k * outs});
   const int64_t nt = static_cast<int64_t>(jobs.size());
   const Kernels K = current_kernels();
   at::parallel_for(0, nt, 1, [&](int64_t b, int64_t e) {

@@ -49,7 +49,7 @@ struct TensorJob : mulo::TensorDesc {
 struct Net {  // layers 2 and 3 of the meta-network (PyTorch (out, in) row-major)
   const float* w2;  // [kHidden][kHidden]
   const float* b2;  // [kHidden]
-  const float* w3;  // [2][kHidden]
+  const float* w3;  // [2][kHidden], [3][kHidden] with the nominal head (Hyper::nominal ≠ 0)
   const float* b3;  // [2]
 };
 

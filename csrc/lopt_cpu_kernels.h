@@ -211,14 +211,15 @@ inline void dense(const float* __restrict W, const float* __restrict b, const fl
   dense<K, O, BLOCK, RELU, LDW, false>(W, b, vec, vstride, nullptr, in, out);
 }
 
-// Layers 2 and 3 fused: each block of layer-2 outputs goes through ReLU and into the two outputs while
-// still in registers (out[2][T] = W3 relu(W2 in + b2) + b3).
-template <int BLOCK>
+// Layers 2 and 3 fused: each block of layer-2 outputs goes through ReLU and into the NOUT outputs while
+// still in registers (out[NOUT][T] = W3 relu(W2 in + b2) + b3; NOUT = 3 with the nominal term's head).
+template <int BLOCK, int NOUT>
 inline void dense_out(const float* __restrict W2, const float* __restrict b2, const float* __restrict W3,
                       const float* __restrict b3, const float* __restrict in, float* __restrict out) {
-  vf d[NV], a[NV];
+  static_assert(NOUT == 2 || NOUT == 3, "the network has two outputs, three with the nominal head");
+  vf d[NV], a[NV], nm[NV];
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) d[v] = vbcast(b3[0]), a[v] = vbcast(b3[1]);
+  for (int v = 0; v < NV; ++v) d[v] = vbcast(b3[0]), a[v] = vbcast(b3[1]), nm[v] = vbcast(NOUT == 3 ? b3[2] : 0.f);
   const vf zero = {};
   for (int o0 = 0; o0 < H; o0 += BLOCK) {
     vf acc[BLOCK][NV];
@@ -241,12 +242,13 @@ inline void dense_out(const float* __restrict W2, const float* __restrict b2, co
     }
 #pragma GCC unroll 16
     for (int ob = 0; ob < BLOCK; ++ob) {
-      const float wd = W3[o0 + ob], wa = W3[H + o0 + ob];
+      const float wd = W3[o0 + ob], wa = W3[H + o0 + ob], wn = NOUT == 3 ? W3[2 * H + o0 + ob] : 0.f;
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         const vf h = acc[ob][v] > zero ? acc[ob][v] : zero;
         d[v] += h * wd;
         a[v] += h * wa;
+        if (NOUT == 3) nm[v] += h * wn;
       }
     }
   }
@@ -254,6 +256,7 @@ inline void dense_out(const float* __restrict W2, const float* __restrict b2, co
   for (int v = 0; v < NV; ++v) {
     vstore(out + v * VW, d[v]);
     vstore(out + T + v * VW, a[v]);
+    if (NOUT == 3) vstore(out + 2 * T + v * VW, nm[v]);
   }
 }
 
@@ -488,7 +491,8 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
   Tile t;
   VecPos tp;
   alignas(64) float H1[H][T];
-  alignas(64) float out[2][T];
+  alignas(64) float out[3][T];
+  const bool nominal = Hp.nominal != 0.f;  // the third output head and the nominal term
   PT* P = static_cast<PT*>(J.p);
   ST* M = static_cast<ST*>(J.m);
   ST* V = static_cast<ST*>(J.v);
@@ -524,11 +528,17 @@ void apply_range(const mulo_cpu::TensorJob& J, const mulo_cpu::Hyper& Hp, const 
     } else {
       dense<F, H, OB, true, F, false>(J.w1, J.b1, nullptr, 0, nullptr, &t.X[0][0], &H1[0][0]);
     }
-    dense_out<OB>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
+    if (nominal)
+      dense_out<OB, 3>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
+    else
+      dense_out<OB, 2>(N.w2, N.b2, N.w3, N.b3, &H1[0][0], &out[0][0]);
     alignas(64) float pn[T];
     for (int w = 0; w < NV; ++w) {
       const int o = w * VW;
-      const Vec step = mulo::math::step_of(Hp, ld(out[0] + o), ld(out[1] + o));
+      Vec step = mulo::math::step_of(Hp, ld(out[0] + o), ld(out[1] + o));
+      if (nominal)
+        step = step + mulo::math::nominal_of(Hp, ld(out[2] + o), ld(t.m[0] + o), ld(t.m[1] + o), ld(t.m[2] + o),
+                                             ld(t.v + o));
       st(pn + o, mulo::math::updated_param(ld(t.p + o), step, lr, wdlr));
     }
     if (cnt == T) {

@@ -871,6 +871,8 @@ Call collect(const char* op, at::TensorList params, at::TensorList grads, at::Te
   TORCH_CHECK(nt > 0, op, ": no tensors");
   Call c;
   c.H = make_hyper(hyper, op);
+  TORCH_CHECK(c.H.nominal == 0.f, op, ": the CUDA kernels have no nominal term (meta-weights with "
+              "LOptConfig.nominal set); run them with backend='cpu' or backend='reference'");
   c.metas = describe<Meta>(op, at::kCUDA, params, grads, momentum, second_moment, acc_a, acc_b, sums, finite, dims,
                            whole, row_acc_sums);
   c.pdt = c.metas[0].pdt;
@@ -983,6 +985,8 @@ void lopt_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const int64_t sets =
       describe_apply(op, c.metas, steps, skips, sumsq, mlp, lrs, wds, weight_index, params[0].device(), set_of);
   TORCH_CHECK(sets == 1, op, ": mlp holds ", sets, " meta-weight sets; the CUDA kernels take one per call");
+  TORCH_CHECK(mlp[5].numel() == spec::kOutput, op, ": the CUDA kernels run the two-output network; this one has ",
+              mlp[5].numel(), " outputs (the nominal term's head: use backend='cpu' or backend='reference')");
   int64_t tiles = 0;
   auto T = mt::upload(c.metas, work_items(c.metas, kRowsC, tiles), params[0].device());
   const float* fin = finite.data_ptr<float>();

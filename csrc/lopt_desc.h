@@ -93,6 +93,7 @@ struct Hyper {
   float bf[3], of[3];  // Adafactor decays β_f,k and 1 − β_f,k
   float exp_mult, step_mult;
   float time_clamp;  // the time features read min(t, time_clamp); +inf: no clamp
+  float nominal;     // α of the nominal term (third output head); 0: none, μLO's update
 };
 
 // The values of one Adafactor accumulator entry that the element-wise passes read (both devices' scratch

@@ -143,6 +143,15 @@ MULO_HD MULO_INLINE V step_of(const Hyper& H, V d, V a) {
   return d * vexp(a * H.exp_mult) * H.step_mult;
 }
 
+// The optional nominal term (H.nominal = α ≠ 0, LOptConfig.nominal), added to the step: an Adam-like descent
+// direction, the mean over the three momenta of m_k · rsqrt(v + EPS_RMS) (new m and v), scaled by
+// α · exp(n · exp_mult) with n the network's third output.
+template <class V>
+MULO_HD MULO_INLINE V nominal_of(const Hyper& H, V n, V m0, V m1, V m2, V v) {
+  const V rv = rsqrt(v + spec::kEpsRms);
+  return (m0 * rv + m1 * rv + m2 * rv) * (1.0f / 3.0f) * (vexp(n * H.exp_mult) * H.nominal);
+}
+
 // p − lr·step, then decoupled weight decay on the updated value: p' −= wd·lr·p'.
 template <class V>
 MULO_HD MULO_INLINE V updated_param(V p, V step, float lr, float wdlr) {

@@ -36,6 +36,7 @@ constexpr int kTimescales = 11;
 constexpr int kInput = 39;
 constexpr int kHidden = 32;
 constexpr int kOutput = 2;
+constexpr int kOutputNominal = 3;  // with the nominal term's magnitude head
 
 // τ_q of the time features tanh(t/τ_q − 1); constexpr, so host and device code (nvcc
 // --expt-relaxed-constexpr) both call it
@@ -54,8 +55,8 @@ MULO_HD constexpr float timescale(int q) {
   return 0.0f;
 }
 
-// the hyper-parameter vector: beta_m0, beta_m1, beta_m2, beta_v, beta_f0, beta_f1, beta_f2, exp_mult, step_mult, time_clamp
-constexpr int kNumHyper = 10;
+// the hyper-parameter vector: beta_m0, beta_m1, beta_m2, beta_v, beta_f0, beta_f1, beta_f2, exp_mult, step_mult, time_clamp, nominal
+constexpr int kNumHyper = 11;
 constexpr int kHyperBetaM0 = 0;
 constexpr int kHyperBetaM1 = 1;
 constexpr int kHyperBetaM2 = 2;
@@ -66,6 +67,7 @@ constexpr int kHyperBetaF2 = 6;
 constexpr int kHyperExpMult = 7;
 constexpr int kHyperStepMult = 8;
 constexpr int kHyperTimeClamp = 9;
+constexpr int kHyperNominal = 10;
 
 }  // namespace spec
 }  // namespace mulo

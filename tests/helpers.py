@@ -19,11 +19,17 @@ def hetero_grad(shape, dtype=torch.float64, generator=None, scale: float = 1.0) 
     return g * scale
 
 
-def random_net(generator=None, dtype=torch.float64):
+def random_net(generator=None, dtype=torch.float64, config=None):
+    """A fresh LOptNet with non-zero biases. With the nominal term (``config.nominal``) the third output row is
+    scaled so that exp(n·exp_mult) moves visibly away from 1 (n of a few hundred, as meta-training can reach)."""
     from mulo import LOptNet
 
-    net = LOptNet(generator=generator)
+    net = LOptNet(config, generator=generator)
     with torch.no_grad():  # non-zero biases so every term of the MLP is exercised
         for layer in net.network.values():
             layer.bias.normal_(0.0, 0.3, generator=generator)
+        if net.config.nominal is not None:
+            out = net.network["output"]
+            out.weight[2].mul_(300.0)
+            out.bias[2] = 200.0
     return net

@@ -47,8 +47,9 @@ def drop(idx, axis):
     return tuple(i for a, i in enumerate(idx) if a != axis)
 
 
-def step(p, g, st, layers, lr=1.0, wd=0.0, exp_mult=0.001, step_mult=0.01):
-    """Returns (new p, new state, raw features (n, 28), normalized features, update)."""
+def step(p, g, st, layers, lr=1.0, wd=0.0, exp_mult=0.001, step_mult=0.01, nominal=None):
+    """Returns (new p, new state, raw features (n, 28), normalized features, update). ``nominal`` = α adds
+    the nominal term α·exp(n·exp_mult)·(Σ_k m_k/√(v + 1e-6))/3 with n the network's third output."""
     shape = p.shape
     s = g * g + 1e-30
     m = np.stack([BM[k] * st["m"][k] + (1 - BM[k]) * g for k in range(3)])
@@ -101,6 +102,9 @@ def step(p, g, st, layers, lr=1.0, wd=0.0, exp_mult=0.001, step_mult=0.01):
             if i < len(layers) - 1:
                 x = np.maximum(x, 0)
         upd[e] = x[0] * math.exp(x[1] * exp_mult) * step_mult
+        if nominal is not None:
+            adam_like = sum(m[k].reshape(-1)[e] for k in range(3)) / 3 / math.sqrt(v.reshape(-1)[e] + 1e-6)
+            upd[e] += nominal * math.exp(x[2] * exp_mult) * adam_like
     upd = upd.reshape(shape)
     p_new = p - lr * upd
     if wd:

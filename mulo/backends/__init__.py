@@ -61,7 +61,8 @@ class BackendSpec:
     # What the backend object implements beyond ``step`` (declared, never probed): "passes" — the pass
     # contract of :mod:`mulo.backends.passes` (pass_a/pass_b/pass_c on shards; FSDP2/DTensor parameters run
     # through it); "population" — ``population_step`` with per-member meta-weights in one call per pass
-    # (:mod:`mulo.backends.population`; Celo2's: :mod:`mulo.celo2.population`).
+    # (:mod:`mulo.backends.population`; Celo2's: :mod:`mulo.celo2.population`); "nominal" — meta-weights with
+    # the nominal term (LOptConfig.nominal: a third output head), which the GPU kernels do not implement.
     capabilities: frozenset[str] = frozenset()
     # The update rule whose step the backend runs: "mulo" (μLO) or "celo2"; each rule has its own names.
     rule: str = "mulo"
@@ -121,7 +122,7 @@ def known_backends(rule: str = "mulo") -> list[str]:
     return sorted(_registry(rule))
 
 
-CAPABILITIES = ("passes", "population")
+CAPABILITIES = ("passes", "population", "nominal")
 
 
 def has_capability(name: str, capability: str, rule: str = "mulo") -> bool:
@@ -157,13 +158,17 @@ def available_backends(
     *,
     auto: bool = False,
     rule: str = "mulo",
+    requires: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Names of ``rule``'s backends that load here (and run on ``device`` with parameters of ``dtype`` if a
-    device is given; with ``auto``, only those "auto" may pick there), best first."""
+    device is given; with ``auto``, only those "auto" may pick there; only those declaring every capability in
+    ``requires``), best first."""
     dev = torch.device(device) if device is not None else None
     out = []
     for spec in sorted(_registry(rule).values(), key=lambda s: s.priority):
         if dev is not None and dev.type not in spec.device_types:
+            continue
+        if not requires <= spec.capabilities:
             continue
         if dev is not None and auto and not spec.auto_on(dev.type):
             continue
@@ -193,11 +198,26 @@ def _check_determinism(spec: BackendSpec, device: torch.device) -> None:
         raise RuntimeError(msg)
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32, rule: str = "mulo") -> Backend:
+def resolve_backend(
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    rule: str = "mulo",
+    requires: frozenset[str] = frozenset(),
+) -> Backend:
     """``rule``'s backend to run for parameters of ``dtype`` on ``device``: ``name`` itself, or for ``"auto"``
-    the best available one (a deterministic one while ``torch.use_deterministic_algorithms(True)`` is set)."""
+    the best available one (a deterministic one while ``torch.use_deterministic_algorithms(True)`` is set)
+    among those declaring every capability in ``requires`` (e.g. ``{"nominal"}`` for meta-weights with the
+    nominal term)."""
     registry = _registry(rule)
     if name != "auto":
+        if name in registry and not requires <= registry[name].capabilities:
+            missing = ", ".join(sorted(requires - registry[name].capabilities))
+            able = available_backends(device, dtype, rule=rule, requires=requires)
+            raise BackendUnavailable(
+                f"backend {name!r} does not implement {missing} (the nominal term: meta-weights whose "
+                f"LOptConfig.nominal is set); use backend='auto' or one of {able} on {device.type}"
+            )
         backend = load_backend(name, rule)
         if device.type not in registry[name].device_types or not backend.supports(device, dtype):
             runs_on = ", ".join(registry[name].device_types)
@@ -207,7 +227,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             )
         _check_determinism(registry[name], device)
         return backend
-    candidates = available_backends(device, dtype, auto=True, rule=rule)
+    candidates = available_backends(device, dtype, auto=True, rule=rule, requires=requires)
     deterministic = torch.are_deterministic_algorithms_enabled()
     if deterministic:
         candidates = [c for c in candidates if registry[c].deterministic]
@@ -264,14 +284,14 @@ def _measured(rule: str, device: torch.device, dtype: torch.dtype, candidates: l
 _NATIVE_FIX = "build the native extension: `make install` (or `pip install --no-build-isolation -e .`)"
 for _spec in (
     BackendSpec("reference", "mulo.backends.reference:ReferenceBackend", ("cpu", "cuda", "mps", "xpu", "meta"), 100,
-                "(always available)", capabilities=frozenset({"passes", "population"})),
+                "(always available)", capabilities=frozenset({"passes", "population", "nominal"})),
     # triton is deterministic: under torch.use_deterministic_algorithms(True) its passes A and B add per-chunk
     # partial sums in a fixed order instead of atomically (kernels/lopt_plan.py)
     BackendSpec("triton", "mulo.backends.triton_backend:TritonBackend", ("cuda", "cpu"), 20,
                 "pip install triton (and a CUDA GPU; on CPU set TRITON_INTERPRET=1)", auto_device_types=("cuda",),
                 capabilities=frozenset({"passes", "population"})),
     BackendSpec("cpu", "mulo.backends.native:CpuBackend", ("cpu",), 10, _NATIVE_FIX,
-                capabilities=frozenset({"passes", "population"})),
+                capabilities=frozenset({"passes", "population", "nominal"})),
     # "auto" on a GPU prefers Triton: the static model of the sm_90 kernels (bench/gpu_static.py, rows in
     # bench/results/gpu_static.jsonl) predicts 2.6× fused AdamW on the 1.3B set for Triton, 3.7× for CUDA
     BackendSpec("cuda", "mulo.backends.native:CudaBackend", ("cuda",), 30, f"set CUDA_HOME and {_NATIVE_FIX}",

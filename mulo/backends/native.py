@@ -97,11 +97,14 @@ def _dims_of_shapes(shapes: tuple[tuple[int, ...], ...], layout: str) -> tuple[i
 
 
 NETWORK_SHAPES = [(C.HIDDEN_SIZE, C.INPUT_SIZE), (C.HIDDEN_SIZE, C.HIDDEN_SIZE), (2, C.HIDDEN_SIZE)]
+NOMINAL_NETWORK_SHAPES = NETWORK_SHAPES[:-1] + [(spec.OUTPUT_SIZE_NOMINAL, C.HIDDEN_SIZE)]
 
 
 def network_supported(weights: MetaWeights, population: bool = False) -> bool:
-    """The kernels hard-code the published 39→32→32→2 shape (``population``: layers with a leading axis M)."""
-    return [tuple(w.shape[population:]) for w, _ in weights.layers] == NETWORK_SHAPES
+    """The kernels hard-code the published 39→32→32→2 shape (``population``: layers with a leading axis M);
+    the CPU kernels also run the nominal term's 39→32→32→3 (the CUDA backend refuses that one at resolution)."""
+    want = NETWORK_SHAPES if weights.nominal is None else NOMINAL_NETWORK_SHAPES
+    return [tuple(w.shape[population:]) for w, _ in weights.layers] == want
 
 
 _EMPTY: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}

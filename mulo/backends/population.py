@@ -37,6 +37,7 @@ from mulo.backends import reference
 from mulo.backends.passes import States, Tensors
 from mulo.backends.reference import safe_rsqrt
 from mulo.lopt import constants as C
+from mulo.lopt import spec
 from mulo.lopt.network import META_SCALARS, MetaWeights, meta_scalars
 from mulo.lopt.shapes import accumulator_shapes, factored_dims, math_shape, physical_shape
 
@@ -195,10 +196,14 @@ def time_features(step: torch.Tensor, dtype: torch.dtype, time_clamp: float | No
     return reference.time_features(step.unsqueeze(1), dtype, time_clamp)
 
 
-def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeights) -> torch.Tensor:
-    """(M, 28, *S) normalized features and (M, 11) time features → each member's step, (M, *S)."""
+def lopt_step(
+    feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeights, nominal_dir: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(M, 28, *S) normalized features and (M, 11) time features → each member's step, (M, *S); with the
+    nominal term (``w.nominal``) ``nominal_dir`` (M, *S) is its direction, mean_k m_k / √(v + 1e-6)."""
     n_members, shape = feats.shape[0], feats.shape[2:]
     flat = feats.reshape(n_members, feats.shape[1], -1).transpose(1, 2)  # (M, n, 28)
+    nom = None if w.nominal is None else nominal_dir.reshape(n_members, -1)
     n = flat.shape[1]
     out = torch.empty(n_members, n, dtype=feats.dtype, device=feats.device)
     chunk = max(1, POPULATION_MLP_CHUNK // n_members)
@@ -213,8 +218,10 @@ def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: PopulationMetaWeigh
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             if i < len(w.layers) - 1:
                 x = x.relu_()
-        d, a = x.unbind(dim=2)
-        out[:, start : start + chunk] = d * torch.exp(a * w.exp_mult) * w.step_mult
+        step = x[:, :, 0] * torch.exp(x[:, :, 1] * w.exp_mult) * w.step_mult
+        if nom is not None:
+            step = step + w.nominal * torch.exp(x[:, :, 2] * w.exp_mult) * nom[:, start : start + chunk]
+        out[:, start : start + chunk] = step
     return out.view(n_members, *shape)
 
 
@@ -243,7 +250,8 @@ def step_tensor(
     views["second_moment"] = _math_view(state["second_moment"], layout)
 
     feats, new = features_and_state(g, p, views, w)
-    update = lopt_step(normalize(feats), time_features(state["step"], cd, w.time_clamp), w)
+    nominal_dir = feats[:, spec.CHANNEL["m_rsqrt_v"] : spec.CHANNEL["m_rsqrt_v"] + 3].mean(dim=1)
+    update = lopt_step(normalize(feats), time_features(state["step"], cd, w.time_clamp), w, nominal_dir)
     if not isinstance(lr, numbers.Real):  # one per member, broadcast over each member's elements
         lrs = [member_lr(lr, j, w.size) for j in range(w.size)]
         lr = torch.tensor(lrs, dtype=cd, device=p.device).view(-1, *([1] * (p.dim() - 1)))
@@ -271,8 +279,11 @@ def population_step(
         step_tensor(p, g, st, lr, wd, weights)
 
 
-def backend_population_step(backend: str = "reference", device: torch.device | str = "cpu"):
+def backend_population_step(
+    backend: str = "reference", device: torch.device | str = "cpu", requires: frozenset[str] = frozenset()
+):
     """The population entry point of ``backend``: one call steps every member (per-member lrs accepted).
+    ``requires``: capabilities the meta-weights need (``{"nominal"}`` for the nominal term's network).
 
     ``"reference"`` is :func:`population_step` (vectorized over the members); ``"auto"`` picks the best
     backend available on ``device``. A backend declaring the ``"population"`` capability (``"cpu"``,
@@ -284,7 +295,8 @@ def backend_population_step(backend: str = "reference", device: torch.device | s
     """
     from mulo.backends import has_capability, resolve_backend
 
-    impl = resolve_backend(backend, torch.device(device))  # "auto": the best one there; errors name the fix
+    # "auto": the best one there (among those implementing ``requires``); errors name the fix
+    impl = resolve_backend(backend, torch.device(device), requires=requires)
     if impl.name == "reference":
         return population_step
     if has_capability(impl.name, "population"):  # one call per pass for all members (meta-weight index per tensor)

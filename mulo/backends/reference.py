@@ -210,16 +210,31 @@ def mlp(x: torch.Tensor, w: MetaWeights) -> torch.Tensor:
     return x
 
 
-def lopt_step(feats: torch.Tensor, t_feats: torch.Tensor, w: MetaWeights) -> torch.Tensor:
-    """``feats`` (28, *S) normalized, ``t_feats`` (11,) → the step d·exp(a·exp_mult)·step_mult, shape S."""
+def nominal_direction(feats: torch.Tensor) -> torch.Tensor:
+    """The nominal term's direction from the un-normalized channels (28, *S): mean_k m_k / √(v + 1e-6)."""
+    at = spec.CHANNEL["m_rsqrt_v"]
+    return feats[at : at + 3].mean(dim=0)
+
+
+def lopt_step(
+    feats: torch.Tensor, t_feats: torch.Tensor, w: MetaWeights, nominal_dir: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``feats`` (28, *S) normalized, ``t_feats`` (11,) → the step d·exp(a·exp_mult)·step_mult, shape S.
+
+    With the nominal term (``w.nominal`` = α) the step also gains α·exp(n·exp_mult)·``nominal_dir`` (shape S,
+    :func:`nominal_direction`), n being the network's third output."""
     shape = feats.shape[1:]
     flat = feats.reshape(feats.shape[0], -1).t()  # (n, 28)
+    nom = None if w.nominal is None else nominal_dir.reshape(-1)
     out = torch.empty(flat.shape[0], dtype=feats.dtype, device=feats.device)
     for start in range(0, flat.shape[0], MLP_CHUNK):
         chunk = flat[start : start + MLP_CHUNK]
         inp = torch.cat([chunk, t_feats.expand(chunk.shape[0], -1)], dim=1)  # (chunk, 39)
-        d, a = mlp(inp, w).unbind(dim=1)
-        out[start : start + MLP_CHUNK] = d * torch.exp(a * w.exp_mult) * w.step_mult
+        o = mlp(inp, w)
+        step = o[:, 0] * torch.exp(o[:, 1] * w.exp_mult) * w.step_mult
+        if nom is not None:
+            step = step + w.nominal * torch.exp(o[:, 2] * w.exp_mult) * nom[start : start + MLP_CHUNK]
+        out[start : start + MLP_CHUNK] = step
     return out.view(shape)
 
 
@@ -240,7 +255,8 @@ def apply_update(
     """Pass C: p ← p − lr·step, p ← p − wd·lr·p, state ← new — or, where ``finite`` is False, nothing but
     ``nonfinite_skips += 1`` (a device-side ``where``, no host sync). ``param`` is the math view that
     writes go through, ``p`` its value in the compute dtype, ``views`` the state's math views."""
-    update = lopt_step(normalize(feats, sumsq, numel), time_features(state["step"], p.dtype, w.time_clamp), w)
+    t_feats = time_features(state["step"], p.dtype, w.time_clamp)
+    update = lopt_step(normalize(feats, sumsq, numel), t_feats, w, nominal_direction(feats))
     p_new = p - lr * update
     if weight_decay != 0.0:
         p_new = p_new - weight_decay * lr * p_new

@@ -472,6 +472,11 @@ def _check_weights(layers, members: int | None = None) -> None:
     """The 39→H→H→2 network in float32; with ``members``, every layer stacks that many sets on a leading axis."""
     lead = () if members is None else (members,)
     shapes = [tuple(t.shape) for layer in layers for t in layer]
+    if len(shapes) == 6 and shapes[-1] == lead + (3,):
+        raise ValueError(
+            "the triton backend has no nominal term (meta-weights whose LOptConfig.nominal is set, with a third "
+            "output head); run them with backend='cpu' or backend='reference' (backend='auto' picks one)"
+        )
     hid = shapes[0][len(lead)] if shapes and len(shapes[0]) > len(lead) else 0
     want = [(hid, C.INPUT_SIZE), (hid,), (hid, hid), (hid,), (2, hid), (2,)]
     ok = len(layers) == 3 and shapes == [lead + s for s in want] and hid >= 16 and hid & (hid - 1) == 0

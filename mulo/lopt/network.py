@@ -2,7 +2,8 @@
 
 The network maps 39 features per parameter element (28 normalized channels + 11 time features) through
 ``input`` (39→32) → ReLU → ``linear_0`` (32→32) → ReLU → ``output`` (32→2) to a direction ``d`` and a
-magnitude ``a``; the step is ``d · exp(a · exp_mult) · step_mult``.
+magnitude ``a``; the step is ``d · exp(a · exp_mult) · step_mult``. With the optional nominal term
+(:attr:`LOptConfig.nominal`) the output layer has a third row, the nominal term's magnitude.
 
 Weight files use the published μLO_M checkpoint layout: ``model.safetensors`` with keys
 ``network.{input,linear_0,output}.{weight,bias}`` and ``config.json`` with ``input_size``, ``hidden_size``,
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from mulo.lopt import constants as C
+from mulo.lopt import spec
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -52,6 +54,10 @@ class LOptConfig:
     # run longer than the meta-training horizon keeps seeing time features from the range meta-training saw.
     # None (the default, and μLO's) is no clamp: the exact μLO update.
     time_clamp: float | None = None
+    # α of the nominal term (STAR, Harrison et al. 2022): a third output head n and the step gains
+    # α · exp(n · exp_mult) · mean_k m_k / √(v + 1e-6), an Adam-like descent direction whose size the network
+    # modulates. None (the default, and μLO's) is no such term and the two-output network: the exact μLO update.
+    nominal: float | None = None
     # Free-form provenance ("name", "placeholder", training recipe...). Not used by the math.
     info: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -77,6 +83,16 @@ class LOptConfig:
                 f"LOptConfig.time_clamp must be None (no clamp) or a finite step count ≥ 1 (e.g. the meta-training "
                 f"horizon, 1000), got {self.time_clamp!r}"
             )
+        if self.nominal is not None and not (math.isfinite(self.nominal) and self.nominal > 0):
+            raise ValueError(
+                f"LOptConfig.nominal must be None (no nominal term, μLO's update) or the term's size α > 0 "
+                f"(e.g. 1e-3), got {self.nominal!r}"
+            )
+
+    @property
+    def output_size(self) -> int:
+        """Outputs of the network: direction and magnitude, plus the nominal term's magnitude when it is on."""
+        return spec.OUTPUT_SIZE if self.nominal is None else spec.OUTPUT_SIZE_NOMINAL
 
     @property
     def momentum_decays(self) -> tuple[float, float, float]:
@@ -127,11 +143,12 @@ class MetaWeights:
     step_mult: float
     layout: str
     time_clamp: float | None = None
+    nominal: float | None = None  # α of the nominal term (LOptConfig.nominal); the output layer then has 3 rows
 
 
 # the scalar fields of MetaWeights, which a population's members share and an LOptConfig also carries
 META_SCALARS = (
-    "momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout", "time_clamp"
+    "momentum_decays", "rms_decay", "adafactor_decays", "exp_mult", "step_mult", "layout", "time_clamp", "nominal"
 )  # fmt: skip
 
 
@@ -155,7 +172,7 @@ class LOptNet(nn.Module):
         layers: dict[str, nn.Linear] = {"input": nn.Linear(cfg.input_size, cfg.hidden_size)}
         for i in range(cfg.hidden_layers):
             layers[f"linear_{i}"] = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        layers["output"] = nn.Linear(cfg.hidden_size, 2)
+        layers["output"] = nn.Linear(cfg.hidden_size, cfg.output_size)
         self.network = nn.ModuleDict(layers)
         self.reset_parameters(generator)
 
@@ -174,7 +191,7 @@ class LOptNet(nn.Module):
             layer.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``features`` (..., 39) → (..., 2): direction and magnitude."""
+        """``features`` (..., 39) → (..., 2): direction and magnitude (…, 3 with the nominal term's head)."""
         layers = list(self.network.values())
         x = features
         for layer in layers[:-1]:
@@ -260,7 +277,8 @@ class LOptNet(nn.Module):
             if tuple(t.shape) != tuple(ref.shape):
                 raise ValueError(
                     f"{path}: '{key}' has shape {tuple(t.shape)}, expected {tuple(ref.shape)} for "
-                    f"input_size={self.config.input_size}, hidden_size={self.config.hidden_size}"
+                    f"input_size={self.config.input_size}, hidden_size={self.config.hidden_size}, "
+                    f"nominal={self.config.nominal} ({self.config.output_size} outputs; a nominal term needs 3)"
                 )
             if not torch.isfinite(t).all():
                 raise ValueError(f"{path}: '{key}' holds non-finite values")

@@ -55,6 +55,9 @@ NUM_TIMESCALES = len(TIMESCALES)  # 11
 INPUT_SIZE = NUM_FEATURES + NUM_TIMESCALES  # 39
 HIDDEN_SIZE = 32
 OUTPUT_SIZE = 2  # direction d and magnitude a: step = d · exp(a · exp_mult) · step_mult
+# With the optional nominal term (LOptConfig.nominal = α, off by default) a third output n scales an Adam-like
+# descent direction: step += α · exp(n · exp_mult) · mean_k m_k · rsqrt(v + EPS_RMS) (docs/ALGORITHM.md §3).
+OUTPUT_SIZE_NOMINAL = 3
 
 # ---- the hyper-parameter vector the native kernels take, in order ----------------------------------------------
 HYPER_ORDER = (
@@ -68,6 +71,7 @@ HYPER_ORDER = (
     "exp_mult",
     "step_mult",
     "time_clamp",
+    "nominal",
 )
 
 
@@ -80,12 +84,18 @@ def hyper_vector(weights) -> list[float]:
         float(weights.exp_mult),
         float(weights.step_mult),
         time_clamp_value(weights.time_clamp),
+        nominal_value(weights.nominal),
     ]
 
 
 def time_clamp_value(time_clamp: float | None) -> float:
     """The t the time features stop growing at, as the kernels take it: ``None`` (no clamp) is +inf."""
     return math.inf if time_clamp is None else float(time_clamp)
+
+
+def nominal_value(nominal: float | None) -> float:
+    """α of the nominal term as the kernels take it: ``None`` (no nominal term, μLO's update) is 0."""
+    return 0.0 if nominal is None else float(nominal)
 
 
 def _camel(name: str) -> str:
@@ -121,6 +131,7 @@ def c_header() -> str:
         f"constexpr int kInput = {INPUT_SIZE};",
         f"constexpr int kHidden = {HIDDEN_SIZE};",
         f"constexpr int kOutput = {OUTPUT_SIZE};",
+        f"constexpr int kOutputNominal = {OUTPUT_SIZE_NOMINAL};  // with the nominal term's magnitude head",
         "",
         "// τ_q of the time features tanh(t/τ_q − 1); constexpr, so host and device code (nvcc",
         "// --expt-relaxed-constexpr) both call it",

@@ -121,6 +121,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "the range meta-training saw. Give the longest inner horizon, e.g. 1000 (default: the preset's, none)",
     )
     p.add_argument(
+        "--nominal",
+        type=float,
+        default=None,
+        help="add the nominal term of size α (STAR, Harrison et al. 2022) to the μLO rule: a third output head n "
+        "and step += α·exp(n·exp_mult)·mean_k m_k/√(v + 1e-6), an Adam-like descent direction; stored in the "
+        "weights' config.json, so MuLO runs it on the cpu and reference backends. Starting from weights without "
+        "it (--init-weights) adds a zero head (default: none, μLO's update)",
+    )
+    p.add_argument(
+        "--meta-weight-decay",
+        dest="weight_decay",
+        type=float,
+        default=None,
+        help="decoupled weight decay of the outer AdamW on the meta-weights (default: the preset's, 1e-4)",
+    )
+    p.add_argument(
         "--init-weights",
         default=None,
         help="meta-weights to start from: an LOptNet directory or a shipped name (default: fresh init)",
@@ -150,7 +166,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = ("outer_steps", "dataset", "parameterization", "estimator", "num_pairs", "checkpoint_every",
         "seed", "lr_peak", "lr_final", "meta_loss", "label_noise", "max_length", "warmup_steps", "decay_end",
         "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global",
-        "time_clamp", "rule", "inner_lr", "orthogonalize")  # fmt: skip
+        "time_clamp", "rule", "inner_lr", "orthogonalize", "nominal", "weight_decay")  # fmt: skip
     return preset(args.preset, **{name: getattr(args, name) for name in overrides})
 
 

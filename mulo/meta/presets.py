@@ -80,6 +80,9 @@ class MetaTrainConfig:
     inner_lr: float = 1e-3
     #: Celo2 only: Newton–Schulz on the direction (Celo2); False meta-trains Celo2-base
     orthogonalize: bool = True
+    #: μLO only: α of the nominal term (LOptConfig.nominal: a third output head scales an Adam-like descent
+    #: direction, α·exp(n·exp_mult)·mean_k m_k/√(v + 1e-6), added to the learned step); None: μLO's update
+    nominal: float | None = None
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -114,6 +117,14 @@ class MetaTrainConfig:
             raise ValueError(
                 f"time_clamp (--time-clamp) must be a step count ≥ 1, e.g. the longest inner horizon "
                 f"{self.max_length}, got {self.time_clamp!r}"
+            )
+        if self.nominal is not None and not (math.isfinite(self.nominal) and self.nominal > 0):
+            raise ValueError(f"nominal (--nominal) must be a number > 0 (e.g. 1e-3), got {self.nominal!r}")
+        if self.nominal is not None and self.rule != "mulo":
+            raise ValueError("nominal (--nominal) is an option of the μLO rule; Celo2 (--rule celo2) has none")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
+            raise ValueError(
+                f"weight_decay (--meta-weight-decay) must be a finite number ≥ 0, got {self.weight_decay!r}"
             )
 
     def inner_schedule_spec(self) -> InnerSchedule:
@@ -158,7 +169,7 @@ class MetaTrainConfig:
 #: fields added after checkpoints were written; to_json omits them while they hold their defaults
 OMITTED_AT_DEFAULT = (
     "inner_schedule", "inner_warmup", "inner_lr_final", "inner_weight_decay", "reparam_global", "time_clamp",
-    "rule", "inner_lr", "orthogonalize",
+    "rule", "inner_lr", "orthogonalize", "nominal",
 )  # fmt: skip
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
 

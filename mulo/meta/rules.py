@@ -45,15 +45,21 @@ class MuLORule:
     def step_fn(self, backend: str = "reference", device: torch.device | str = "cpu"):
         from mulo.backends.population import backend_population_step
 
-        return backend_population_step(backend, device)
+        requires = frozenset({"nominal"}) if self.config.nominal is not None else frozenset()
+        return backend_population_step(backend, device, requires)
 
     def fresh_net(self, generator: torch.Generator) -> LOptNet:
         return LOptNet(self.config, generator=generator)
 
     def load_net(self, source: str | os.PathLike) -> LOptNet:
+        """The meta-weights to start from. Weights without the nominal term start a run that has one
+        (``--nominal``) with a zero third head: the nominal term at exactly α at first, the rest unchanged."""
         net = LOptNet.from_pretrained(source)
+        if self.config.nominal is not None and net.config.nominal is None:
+            net = mulo_theta.with_nominal_head(net, self.config.nominal)
         if mulo_theta.theta_size(net.config) != self.theta_size():
-            raise ValueError(f"init weights {source} do not have the 39→32→32→2 layout")
+            shape = f"39→32→32→{self.config.output_size}"
+            raise ValueError(f"init weights {source} do not have the {shape} layout this run meta-trains")
         return net
 
     def flatten(self, net: LOptNet) -> torch.Tensor:
@@ -131,7 +137,7 @@ class Celo2Rule:
 
 def lopt_config_for(config) -> LOptConfig:
     """μLO's non-θ settings of a :class:`~mulo.meta.presets.MetaTrainConfig`."""
-    return LOptConfig(step_mult=config.step_mult, time_clamp=config.time_clamp)
+    return LOptConfig(step_mult=config.step_mult, time_clamp=config.time_clamp, nominal=config.nominal)
 
 
 def rule_for(config) -> MuLORule | Celo2Rule:

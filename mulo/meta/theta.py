@@ -17,7 +17,7 @@ from mulo.lopt.network import LOptConfig, LOptNet, meta_scalars
 
 def layer_shapes(config: LOptConfig) -> list[tuple[tuple[int, int], tuple[int]]]:
     """((out, in), (out,)) of each Linear of the meta-network, in order."""
-    sizes = [config.input_size] + [config.hidden_size] * (config.hidden_layers + 1) + [2]
+    sizes = [config.input_size] + [config.hidden_size] * (config.hidden_layers + 1) + [config.output_size]
     return [((o, i), (o,)) for i, o in zip(sizes[:-1], sizes[1:])]
 
 
@@ -63,3 +63,17 @@ def population_weights(thetas: torch.Tensor, config: LOptConfig) -> PopulationMe
 
 def with_step_mult(config: LOptConfig, step_mult: float, **info) -> LOptConfig:
     return dataclasses.replace(config, step_mult=step_mult, info={**config.info, **info})
+
+
+@torch.no_grad()
+def with_nominal_head(net: LOptNet, nominal: float) -> LOptNet:
+    """``net`` (two outputs) with the nominal term of size ``nominal`` added: a third output row and bias of
+    zeros, so its magnitude starts at exp(0) = 1 and every other output is unchanged."""
+    config = dataclasses.replace(net.config, nominal=nominal)
+    out = LOptNet.blank(config)
+    state = dict(net.state_dict())
+    w, b = state["network.output.weight"], state["network.output.bias"]
+    state["network.output.weight"] = torch.cat([w, torch.zeros_like(w[:1])])
+    state["network.output.bias"] = torch.cat([b, torch.zeros_like(b[:1])])
+    out.load_state_dict(state)
+    return out

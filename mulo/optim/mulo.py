@@ -283,7 +283,8 @@ class MuLO(Optimizer):
         # resolved again when torch.use_deterministic_algorithms is toggled (it can rule a backend out)
         key = (torch.device(device), dtype, torch.are_deterministic_algorithms_enabled())
         if key not in self._backends:
-            self._backends[key] = resolve_backend(self.options.backend, *key[:2])
+            requires = frozenset({"nominal"}) if self.net.config.nominal is not None else frozenset()
+            self._backends[key] = resolve_backend(self.options.backend, *key[:2], requires=requires)
         return self._backends[key]
 
     @staticmethod

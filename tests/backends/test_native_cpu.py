@@ -1,5 +1,6 @@
 """The ``cpu`` backend (csrc/, mulo._C) against the reference backend, on every SIMD path this CPU runs."""
 
+import dataclasses
 import sys
 
 import pytest
@@ -348,6 +349,10 @@ def test_cpu_population_rejects_bad_stacks_clearly():
         native.population(params, grads, bad, member_lrs, wds, weights)
     with pytest.raises(TypeError, match="non-contiguous"):
         native.CpuBackend().population_step([params[0].transpose(1, 2), params[1]], grads, states, lrs, wds, weights)
+    # the hyper vector's nominal and the output layer's rows must agree (3 rows with the nominal term, else 2)
+    nominal = dataclasses.replace(weights, nominal=0.01)
+    with pytest.raises(RuntimeError, match=r"output layer has 2 outputs per set; the hyper vector's nominal = 0.01"):
+        native.population(params, grads, states, member_lrs, wds, nominal)
 
 
 def test_population_of_one_takes_gradients_without_the_member_axis():

@@ -9,6 +9,7 @@ import torch
 from mulo.backends import reference as ref
 from mulo.lopt import constants as C
 from mulo.lopt.shapes import accumulator_shapes, factored_dims
+from mulo.lopt.state import init_state
 from tests import oracle
 from tests.helpers import SHAPES, hetero_grad, random_net, shape_id
 from tests.tolerances import assert_close
@@ -278,3 +279,82 @@ def test_oracle_constants_agree_with_package():
     np.testing.assert_allclose(cfg.momentum_decays, (0.54203, 0.95844, 0.99802), atol=6e-6)
     np.testing.assert_allclose(cfg.rms_decay, 0.99889, atol=6e-6)
     np.testing.assert_allclose(cfg.adafactor_decays, (0.35622, 0.99663, 0.99946), atol=6e-6)
+
+
+# ---- the nominal term (LOptConfig.nominal, off by default) -------------------------------------------------------
+@pytest.mark.parametrize("shape", [(), (7,), (6, 5), (2, 3, 4, 5)], ids=shape_id)
+def test_nominal_term_matches_oracle_over_steps(shape):
+    """With a third output head the update gains α·exp(n·exp_mult)·mean_k m_k/√(v + 1e-6): the reference
+    against the numpy oracle (which writes the term per element from m and v) over 4 steps, lr and weight decay."""
+    from mulo.lopt.network import LOptConfig
+
+    net = random_net(config=LOptConfig(nominal=0.02))
+    w = net.meta_weights("cpu", torch.float64)
+    layers = numpy_layers(net)
+    p = torch.randn(shape, dtype=torch.float64)
+    st = init_state(shape, torch.float64)  # a 0-d tensor's state is that of shape (1,), as the optimizer keeps it
+    p_np, st_np = p.numpy().reshape(shape or (1,)).copy(), oracle.new_state(shape or (1,))
+    for t in range(4):
+        g = hetero_grad(shape)
+        p_np, st_np, *_ = oracle.step(p_np, g.numpy().reshape(p_np.shape), st_np, layers, lr=0.7, wd=0.05, nominal=0.02)
+        ref.step_one(p, g, st, 0.7, 0.05, w)
+        assert_close(p, torch.from_numpy(p_np).reshape(p.shape), KEY, f"param step {t}")
+
+
+def test_nominal_term_alone_is_the_mean_of_the_momenta_over_root_v():
+    """Direction output and nominal head zero: the first step is exactly lr·α·mean_k (1 − β_m,k)·g / √((1 − β_v)·g²
+    + 1e-6) (decays written from the published offsets, not read from the code); a head bias c scales it by
+    exp(c·exp_mult)."""
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    alpha, lr, shape = 0.05, 0.3, (5, 4)
+    net = LOptNet(LOptConfig(nominal=alpha))
+    assert net.network["output"].weight.shape == (3, 32)
+    g, p = hetero_grad(shape), torch.randn(shape, dtype=torch.float64)
+    # docs/ALGORITHM.md §1: β = 1 − exp(10·(ln(1 − β0)/10 + o)) from μLO_M's starting decays and offsets
+    bm = [
+        1 - math.exp(10 * (math.log(1 - b0) / 10 + o))
+        for b0, o in zip((0.9, 0.99, 0.999), (0.15216392, 0.14245212, 0.06812963))
+    ]
+    bv = 1 - math.exp(10 * (math.log(1 - 0.999) / 10 + 0.01079706))
+    adam_like = sum((1 - b) * g for b in bm) / 3 / torch.sqrt((1 - bv) * g * g + 1e-6)
+    for c in (0.0, 400.0):
+        with torch.no_grad():
+            net.network["output"].weight.zero_()
+            net.network["output"].bias.copy_(torch.tensor([0.0, 0.0, c]))
+        q, st = p.clone(), torch_state(shape)
+        ref.step_one(q, g, st, lr, 0.0, net.meta_weights("cpu", torch.float64))
+        expected = lr * alpha * math.exp(c * 0.001) * adam_like
+        torch.testing.assert_close(p - q, expected, rtol=1e-9, atol=0.0)
+
+
+def test_default_config_keeps_the_two_output_network_and_the_exact_update():
+    """Without ``nominal`` (μLO_M's weights, every shipped file) the network has two outputs and the hyper vector's
+    nominal is 0, which the kernels read as "no term"."""
+    from mulo.lopt import spec
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    net = LOptNet()
+    assert net.config.nominal is None and net.network["output"].weight.shape == (2, 32)
+    assert spec.hyper_vector(net.meta_weights("cpu", torch.float32))[spec.HYPER_ORDER.index("nominal")] == 0.0
+    assert spec.hyper_vector(LOptNet(LOptConfig(nominal=0.01)).meta_weights("cpu", torch.float32))[-1] == 0.01
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, math.inf, math.nan])
+def test_nominal_must_be_a_positive_size(bad):
+    from mulo.lopt.network import LOptConfig
+
+    with pytest.raises(ValueError, match=r"LOptConfig.nominal must be None .* α > 0"):
+        LOptConfig(nominal=bad)
+
+
+def test_nominal_survives_save_and_load_and_a_mismatched_head_is_named(tmp_path):
+    from mulo.lopt.network import LOptConfig, LOptNet
+
+    net = random_net(config=LOptConfig(nominal=0.01))
+    net.save_pretrained(tmp_path)
+    back = LOptNet.from_pretrained(tmp_path)
+    assert back.config.nominal == 0.01
+    assert torch.equal(back.network["output"].weight, net.network["output"].weight.float())
+    with pytest.raises(ValueError, match=r"output.weight' has shape \(3, 32\), expected \(2, 32\).*nominal=None"):
+        LOptNet.from_pretrained(tmp_path, nominal=None)

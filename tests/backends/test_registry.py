@@ -13,6 +13,8 @@ from mulo.backends import MuLOBackendNotice, has_capability, known_backends
 def test_capabilities_are_declared_not_probed():
     assert has_capability("reference", "passes") and has_capability("reference", "population")
     assert has_capability("cpu", "passes") and has_capability("cuda", "passes")
+    # the nominal term's third head: in the reference and the CPU kernels, not in the GPU kernels
+    assert [n for n in ("reference", "cpu", "triton", "cuda") if has_capability(n, "nominal")] == ["reference", "cpu"]
     with pytest.raises(ValueError, match="unknown capability"):
         has_capability("cpu", "fly")
     for name in known_backends():

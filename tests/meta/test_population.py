@@ -7,6 +7,7 @@ import torch
 
 from mulo.backends import reference as ref
 from mulo.backends.population import PopulationMetaWeights, init_population_state, member_lr, population_step
+from mulo.lopt.network import LOptConfig
 from tests.helpers import SHAPES, hetero_grad, random_net
 from tests.tolerances import assert_close
 
@@ -18,17 +19,21 @@ def zoo_lrs(shapes) -> list:
     return [1.0 / (1 + i) if i % 2 else [(0.5 + j) / (1 + i) for j in range(MEMBERS)] for i in range(len(shapes))]
 
 
-def member_weights(dtype, layout):
-    return [dataclasses.replace(random_net().meta_weights("cpu", dtype), layout=layout) for _ in range(MEMBERS)]
+def member_weights(dtype, layout, nominal=None):
+    config = LOptConfig(nominal=nominal)
+    return [
+        dataclasses.replace(random_net(config=config).meta_weights("cpu", dtype), layout=layout) for _ in range(MEMBERS)
+    ]
 
 
+@pytest.mark.parametrize("nominal", [None, 0.01], ids=["mulo", "nominal"])
 @pytest.mark.parametrize("layout", ["torch", "jax"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_population_step_equals_each_member_alone(dtype, layout):
+def test_population_step_equals_each_member_alone(dtype, layout, nominal):
     """All shapes of the zoo in ONE call, 4 steps, per-tensor lr (μP scales; per-member lrs on every other
     tensor) and weight decay, one member with a non-finite gradient at step 1: parameters and every state
-    tensor of every member match."""
-    weights = member_weights(dtype, layout)
+    tensor of every member match (also with the nominal term's third head)."""
+    weights = member_weights(dtype, layout, nominal)
     pop_w = PopulationMetaWeights.stack(weights)
     params = [torch.randn(MEMBERS, *s, dtype=dtype) for s in SHAPES]
     states = [init_population_state(p, layout) for p in params]
@@ -122,8 +127,10 @@ def _record_pass_calls(backend: str, monkeypatch) -> list[tuple[str, int]]:
     return calls
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_population_through_fused_kernels_equals_the_reference_population(backend, monkeypatch):
+@pytest.mark.parametrize(
+    ("backend", "nominal"), [("cpu", None), ("cpu", 0.01), ("triton", None)], ids=["cpu", "cpu-nominal", "triton"]
+)
+def test_population_through_fused_kernels_equals_the_reference_population(backend, nominal, monkeypatch):
     """backend_population_step(backend): all members in ONE call per pass (cpu: one call of all three passes
     on the stacks; triton: each tensor carrying its member's meta-weight index, on views of the stacked
     tensors, no copies), per-member lrs on every other tensor —
@@ -132,9 +139,11 @@ def test_population_through_fused_kernels_equals_the_reference_population(backen
     from mulo.backends.population import backend_population_step
 
     calls = _record_pass_calls(backend, monkeypatch)
-    step = backend_population_step(backend, "cpu")  # the cpu build is part of `make install`: a failure if missing
+    requires = frozenset({"nominal"}) if nominal else frozenset()
+    # the cpu build is part of `make install`: a failure if missing
+    step = backend_population_step(backend, "cpu", requires)
     assert step.backend == backend and backend_population_step("reference") is population_step
-    weights = member_weights(torch.float32, "torch")
+    weights = member_weights(torch.float32, "torch", nominal)
     pop_w = PopulationMetaWeights.stack(weights)
     params = [torch.randn(MEMBERS, *s) for s in SHAPES]
     states = [init_population_state(p) for p in params]
@@ -162,6 +171,17 @@ def test_population_through_fused_kernels_equals_the_reference_population(backen
     n = MEMBERS * len(SHAPES)
     assert [c for _, c in calls] == [n] * 9, calls  # one call per pass and step for every member's tensors
     assert [name for name, _ in calls[:3]] == [name for name, _ in calls[3:6]] and len({c[0] for c in calls}) == 3
+
+
+def test_triton_population_refuses_the_nominal_term_by_name():
+    """The Triton kernels have no nominal head: asking for them with such meta-weights names the backends that
+    run it; "auto" on the CPU picks one of those."""
+    from mulo.backends import BackendUnavailable
+    from mulo.backends.population import backend_population_step
+
+    with pytest.raises(BackendUnavailable, match=r"'triton' does not implement nominal.*\['cpu', 'reference'\]"):
+        backend_population_step("triton", "cpu", frozenset({"nominal"}))
+    assert backend_population_step("auto", "cpu", frozenset({"nominal"})).backend == "cpu"
 
 
 def test_cpu_kernels_reject_a_bad_meta_weight_index():

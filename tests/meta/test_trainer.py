@@ -10,6 +10,7 @@ from mulo import cli
 from mulo.meta import theta as theta_mod
 from mulo.meta.presets import preset
 from mulo.meta.trainer import CHECKPOINT, LOG, WEIGHTS_DIR, CheckpointError, MetaTrainer, evaluate
+from tests.helpers import random_net
 
 SHORT = dict(num_pairs=2, unroll_length=4, outer_steps=4, checkpoint_every=2)
 
@@ -187,3 +188,34 @@ def test_time_clamp_reaches_the_inner_runs_and_the_shipped_weights(tmp_path, cap
     assert json.loads((out / WEIGHTS_DIR / "config.json").read_text())["time_clamp"] == 60.0
     assert cli.main(args + ["--time-clamp", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "time_clamp (--time-clamp) must be a step count ≥ 1" in capsys.readouterr().err
+
+
+def test_nominal_reaches_the_inner_runs_the_shipped_weights_and_starts_from_a_zero_head(tmp_path, capsys):
+    """--nominal: the population's meta-weights carry α and a third output row, the weights written keep it in
+    config.json; starting from two-output weights adds a zero third head and leaves every other weight as it
+    was; --meta-weight-decay reaches the outer AdamW; bad values are refused by name."""
+    from mulo.lopt.network import LOptNet
+    from mulo.meta.trainer import lopt_config_for
+
+    cfg = preset("tiny", **SHORT, nominal=0.01, weight_decay=0.3)
+    assert lopt_config_for(cfg).nominal == 0.01
+    start = random_net()
+    start.save_pretrained(tmp_path / "start")
+    trainer = MetaTrainer(cfg.replace(outer_steps=1), tmp_path / "run", progress=False, init_weights=tmp_path / "start")
+    assert trainer.outer_opt.param_groups[0]["weight_decay"] == 0.3
+    unroll = trainer.estimators[0].truncated_step
+    pw = theta_mod.population_weights(trainer.theta.detach()[None], unroll.config)
+    assert pw.nominal == 0.01 and pw.layers[-1][0].shape == (1, 3, 32)
+    assert torch.equal(pw.layers[-1][0][0, :2], start.network["output"].weight.detach())
+    assert not pw.layers[-1][0][0, 2].any() and pw.layers[-1][1][0, 2] == 0
+    assert torch.equal(pw.layers[0][0][0], start.network["input"].weight.detach())
+    out = tmp_path / "cli"
+    args = ["meta-train", "--out", str(out), "--outer-steps", "1", "--num-pairs", "1", "--no-progress"]
+    assert cli.main(args + ["--nominal", "0.01", "--meta-weight-decay", "0.2", "--inner-backend", "cpu"]) == 0
+    assert json.loads((out / WEIGHTS_DIR / "config.json").read_text())["nominal"] == 0.01
+    assert LOptNet.from_pretrained(out / WEIGHTS_DIR).network["output"].weight.shape == (3, 32)
+    assert torch.load(out / CHECKPOINT, weights_only=False)["config"]["weight_decay"] == 0.2
+    assert cli.main(args + ["--nominal", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "nominal (--nominal) must be a number > 0" in capsys.readouterr().err
+    assert cli.main(args + ["--meta-weight-decay", "-1", "--out", str(tmp_path / "bad2")]) == 2
+    assert "weight_decay (--meta-weight-decay) must be a finite number ≥ 0" in capsys.readouterr().err

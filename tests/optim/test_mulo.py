@@ -339,3 +339,39 @@ def test_jax_layout_option_transposes_2d_math():
     st = oj.state[p_jax]
     assert st["momentum"].shape == (3, 4, 6) and st["row"].shape == (3, 4) and st["col"].shape == (3, 6)
     assert_close(st["momentum"].transpose(1, 2), ot.state[p_t]["momentum"], ("oracle", torch.float64), "m")
+
+
+def test_nominal_meta_weights_run_on_the_backends_that_implement_them():
+    """Meta-weights with the nominal term: float64 MuLO follows the oracle's trajectory (40 steps); "auto" on the
+    CPU resolves to a backend declaring the "nominal" capability and follows the reference; backend='triton'
+    (no nominal head) is refused at resolution, naming the backends that run it."""
+    from mulo.backends import has_capability
+    from mulo.lopt.network import LOptConfig
+
+    net = random_net(config=LOptConfig(nominal=0.01))
+    params, opt, _ = make(TRAJ_SHAPES, lr=0.8, weight_decay=0.01, net=net)
+    start = [p.detach().clone() for p in params]
+    layers = [(l.weight.detach().double().numpy(), l.bias.detach().double().numpy()) for l in net.network.values()]
+    ps = [p.detach().numpy().reshape(s if s else (1,)).copy() for p, s in zip(params, TRAJ_SHAPES)]
+    sts = [oracle.new_state(s if s else (1,)) for s in TRAJ_SHAPES]
+    fast = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MuLOBackendNotice)
+        auto = mulo.MuLO(fast, meta_weights=net, lr=0.8, weight_decay=0.01)
+        assert has_capability(auto.backend_for("cpu").name, "nominal")
+    for t in range(40):
+        grads = [hetero_grad(s) * (1 + 0.1 * t) for s in TRAJ_SHAPES]
+        run(params, opt, [grads])
+        run(fast, auto, [grads])
+        for i, g in enumerate(grads):
+            ps[i], sts[i], *_ = oracle.step(
+                ps[i], g.numpy().reshape(ps[i].shape), sts[i], layers, lr=0.8, wd=0.01, nominal=0.01
+            )
+    for p, q, p_np, s0 in zip(params, fast, ps, start):
+        err = movement_error(p.detach().reshape(-1), torch.from_numpy(p_np).reshape(-1), s0.reshape(-1))
+        assert err < TRAJECTORY[torch.float64], f"shape {tuple(p.shape)}: movement-relative error {err:.3g}"
+        assert movement_error(q.detach().double(), p.detach(), s0) < TRAJECTORY[torch.float32], tuple(p.shape)
+    refused = mulo.MuLO([torch.nn.Parameter(torch.randn(3, 2))], meta_weights=net, backend="triton")
+    refused.param_groups[0]["params"][0].grad = torch.randn(3, 2)
+    with pytest.raises(BackendUnavailable, match=r"'triton' does not implement nominal.*'cpu'"):
+        refused.step()

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from mulo.backends import available_backends, has_capability, load_backend
+from mulo.backends import BackendUnavailable, available_backends, has_capability, load_backend, resolve_backend
 from mulo.backends.passes import ShardGeometry, summed_stats
 from mulo.backends.reference import ReferenceBackend
 from mulo.lopt.shapes import physical_factored_dims, physical_shape
@@ -35,6 +35,7 @@ class Case:
     noncontiguous: bool = False  # parameters and gradients are transposed views
     time_clamp: float | None = None  # the meta-weights' clamp of the time features' t
     start_step: float = 0.0  # every tensor's step counter before the first step
+    nominal: float | None = None  # α of the meta-weights' nominal term (a third output head)
 
 
 CASES = [
@@ -45,6 +46,8 @@ CASES = [
     # past the clamp (t = 2,500 read as 1,000) and below it (t = 400): both sides of min(t, time_clamp)
     Case("time-clamp", ((6, 5), (7,), (2, 3, 4)), start_step=2500.0, time_clamp=1000.0),
     Case("time-clamp-below", ((6, 5), (7,)), start_step=400.0, time_clamp=1000.0),
+    # the nominal term on 0-d, 1-d, 2-d and 4-d tensors, odd shapes, μP lrs and weight decay
+    Case("nominal", ((), (7,), (33, 70), (5, 3), (2, 3, 4, 5)), steps=3, weight_decay=0.05, mup=True, nominal=0.01),
 ]
 
 # (whole shape, split physical axis): split along d0, d1, neither; uneven and empty shards; zero-size
@@ -75,11 +78,10 @@ def _fast_backend(name: str):
 FAST = [b for b in available_backends("cpu", torch.float32) if b != "reference"]
 
 
-def _weights(layout: str, time_clamp: float | None = None):
-    from mulo.lopt.network import LOptConfig, LOptNet
+def _weights(layout: str, time_clamp: float | None = None, nominal: float | None = None):
+    from mulo.lopt.network import LOptConfig
 
-    net = LOptNet(LOptConfig(layout=layout, time_clamp=time_clamp))
-    net.load_state_dict(random_net().state_dict())
+    net = random_net(config=LOptConfig(layout=layout, time_clamp=time_clamp, nominal=nominal))
     return net.meta_weights("cpu", torch.float32), net.meta_weights("cpu", torch.float64)
 
 
@@ -97,7 +99,16 @@ def _param(shape, noncontiguous: bool) -> torch.Tensor:
 @pytest.mark.parametrize("backend", FAST)
 def test_step_matches_reference(backend, case):
     fast = _fast_backend(backend)
-    w32, w64 = _weights(case.layout, case.time_clamp)
+    w32, w64 = _weights(case.layout, case.time_clamp, case.nominal)
+    if case.nominal is not None and not has_capability(backend, "nominal"):
+        # a backend without the nominal head refuses such meta-weights by name, at resolution and in step()
+        with pytest.raises(BackendUnavailable, match=f"{backend!r} does not implement nominal"):
+            resolve_backend(backend, torch.device("cpu"), requires=frozenset({"nominal"}))
+        params = [torch.randn(s) for s in case.shapes]
+        states = [init_state(s, torch.float32) for s in case.shapes]
+        with pytest.raises(ValueError, match="nominal term"):
+            fast.step(params, [torch.randn(s) for s in case.shapes], states, [0.1] * 5, [0.0] * 5, w32)
+        return
     params = [_param(s, case.noncontiguous) for s in case.shapes]
     ref_params = [p.double().clone() for p in params]
     states = [init_state(s, torch.float32, layout=case.layout) for s in case.shapes]
