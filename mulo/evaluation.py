@@ -218,13 +218,14 @@ def _weights_digest(source: str | None, rule: str = "mulo") -> str | None:
     return digest[:16] if digest else None
 
 
-def _weights_time_clamp(source: str | None, rule: str = "mulo") -> float | None:
-    """The time clamp the meta-weights' config.json sets (None: none), which changes the update without
-    changing the weights file, so rows record it beside the digest."""
+def _weights_config(source: str | None, key: str, rule: str = "mulo") -> float | None:
+    """A setting of the meta-weights' config.json that changes the update (None: absent), recorded in rows
+    beside the digest: ``time_clamp`` changes it without changing the weights file, ``nominal`` says how
+    large the nominal term the third output head scales is."""
     if source is None:
         return None
     file = _weights_path(source, rule) / "config.json"
-    return json.loads(file.read_text()).get("time_clamp") if file.is_file() else None
+    return json.loads(file.read_text()).get(key) if file.is_file() else None
 
 
 def tune_lr(task: Task, spec: OptSpec, grid=ADAM_GRID, seeds=(0, 1)) -> tuple[float, list[dict]]:

@@ -250,7 +250,8 @@ def step_tensor(
     views["second_moment"] = _math_view(state["second_moment"], layout)
 
     feats, new = features_and_state(g, p, views, w)
-    nominal_dir = feats[:, spec.CHANNEL["m_rsqrt_v"] : spec.CHANNEL["m_rsqrt_v"] + 3].mean(dim=1)
+    at = spec.CHANNEL["m_rsqrt_v"]
+    nominal_dir = None if w.nominal is None else feats[:, at : at + 3].mean(dim=1)
     update = lopt_step(normalize(feats), time_features(state["step"], cd, w.time_clamp), w, nominal_dir)
     if not isinstance(lr, numbers.Real):  # one per member, broadcast over each member's elements
         lrs = [member_lr(lr, j, w.size) for j in range(w.size)]

@@ -256,7 +256,8 @@ def apply_update(
     ``nonfinite_skips += 1`` (a device-side ``where``, no host sync). ``param`` is the math view that
     writes go through, ``p`` its value in the compute dtype, ``views`` the state's math views."""
     t_feats = time_features(state["step"], p.dtype, w.time_clamp)
-    update = lopt_step(normalize(feats, sumsq, numel), t_feats, w, nominal_direction(feats))
+    nominal_dir = None if w.nominal is None else nominal_direction(feats)
+    update = lopt_step(normalize(feats, sumsq, numel), t_feats, w, nominal_dir)
     p_new = p - lr * update
     if weight_decay != 0.0:
         p_new = p_new - weight_decay * lr * p_new

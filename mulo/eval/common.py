@@ -244,7 +244,8 @@ def run_row(
         "lr": lr,
         "meta_weights": weights,
         "meta_weights_sha256": evaluation._weights_digest(weights, rule) if weights else None,
-        "meta_weights_time_clamp": evaluation._weights_time_clamp(weights, rule),
+        "meta_weights_time_clamp": evaluation._weights_config(weights, "time_clamp", rule),
+        "meta_weights_nominal": evaluation._weights_config(weights, "nominal", rule),
         "seed": seed,
         **result,
     }

@@ -44,6 +44,8 @@ def test_quick_preset_rows_have_provenance_columns_and_transferred_lrs(quick_row
     for r in runs:
         if r["optimizer"] == "mulo":
             assert r["lr"] == 1.0 and r["meta_weights"] == "mulo_nm" and len(r["meta_weights_sha256"]) == 16
+            # the config settings that change the update: mulo_nm clamps its time features, has no nominal term
+            assert r["meta_weights_time_clamp"] == 1000.0 and r["meta_weights_nominal"] is None
         else:
             assert r["meta_weights_sha256"] is None
     # per base task, optimizer and schedule: the tuned lr is the grid point with the lowest mean held-out
