@@ -198,6 +198,30 @@ def _check_determinism(spec: BackendSpec, device: torch.device) -> None:
         raise RuntimeError(msg)
 
 
+def check_capabilities(
+    name: str,
+    requires: frozenset[str],
+    rule: str = "mulo",
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Raise :class:`BackendUnavailable` when ``rule``'s backend ``name`` lacks a capability in ``requires``
+    (e.g. ``{"nominal"}``: meta-weights with the nominal term), naming the backends that have them (those
+    running on ``device`` when one is given)."""
+    registry = _registry(rule)
+    if name not in registry or requires <= registry[name].capabilities:
+        return
+    missing = ", ".join(sorted(requires - registry[name].capabilities))
+    if device is not None:
+        able, where = available_backends(device, dtype, rule=rule, requires=requires), f" on {device.type}"
+    else:
+        able, where = sorted(n for n, s in registry.items() if requires <= s.capabilities), ""
+    raise BackendUnavailable(
+        f"backend {name!r} does not implement {missing} (the nominal term: meta-weights whose "
+        f"LOptConfig.nominal is set); use backend='auto' or one of {able}{where}"
+    )
+
+
 def resolve_backend(
     name: str,
     device: torch.device,
@@ -211,13 +235,7 @@ def resolve_backend(
     nominal term)."""
     registry = _registry(rule)
     if name != "auto":
-        if name in registry and not requires <= registry[name].capabilities:
-            missing = ", ".join(sorted(requires - registry[name].capabilities))
-            able = available_backends(device, dtype, rule=rule, requires=requires)
-            raise BackendUnavailable(
-                f"backend {name!r} does not implement {missing} (the nominal term: meta-weights whose "
-                f"LOptConfig.nominal is set); use backend='auto' or one of {able} on {device.type}"
-            )
+        check_capabilities(name, requires, rule, device, dtype)
         backend = load_backend(name, rule)
         if device.type not in registry[name].device_types or not backend.supports(device, dtype):
             runs_on = ", ".join(registry[name].device_types)
@@ -315,6 +333,7 @@ __all__ = [
     "CAPABILITIES",
     "RULES",
     "available_backends",
+    "check_capabilities",
     "has_capability",
     "known_backends",
     "load_backend",

@@ -95,6 +95,11 @@ class LOptConfig:
         return spec.OUTPUT_SIZE if self.nominal is None else spec.OUTPUT_SIZE_NOMINAL
 
     @property
+    def capabilities(self) -> frozenset[str]:
+        """What a backend must implement to run these weights (:data:`mulo.backends.CAPABILITIES`)."""
+        return frozenset() if self.nominal is None else frozenset({"nominal"})
+
+    @property
     def momentum_decays(self) -> tuple[float, float, float]:
         # JAX reference: momentum decays are not clipped (docs/ALGORITHM.md §6).
         return tuple(  # type: ignore[return-value]

@@ -45,8 +45,7 @@ class MuLORule:
     def step_fn(self, backend: str = "reference", device: torch.device | str = "cpu"):
         from mulo.backends.population import backend_population_step
 
-        requires = frozenset({"nominal"}) if self.config.nominal is not None else frozenset()
-        return backend_population_step(backend, device, requires)
+        return backend_population_step(backend, device, self.config.capabilities)
 
     def fresh_net(self, generator: torch.Generator) -> LOptNet:
         return LOptNet(self.config, generator=generator)

@@ -151,6 +151,10 @@ class MuLO(Optimizer):
             raise ValueError(f"layout must be 'torch', 'jax' or None, got {layout!r}")
         self.options = MuLOOptions(backend=backend, nonfinite=nonfinite, state_dtype=STATE_DTYPES[state_dtype])
         self.net = resolve_meta_weights(meta_weights, layout)
+        if backend != "auto":  # e.g. the nominal term's weights on a backend without its third head
+            from mulo.backends import check_capabilities
+
+            check_capabilities(backend, self.net.config.capabilities)
         warn_if_placeholder(
             self.net, "MuLO", "or meta_weights=None (the shipped meta-trained mulo_nm) for learned μLO weights."
         )
@@ -283,7 +287,7 @@ class MuLO(Optimizer):
         # resolved again when torch.use_deterministic_algorithms is toggled (it can rule a backend out)
         key = (torch.device(device), dtype, torch.are_deterministic_algorithms_enabled())
         if key not in self._backends:
-            requires = frozenset({"nominal"}) if self.net.config.nominal is not None else frozenset()
+            requires = self.net.config.capabilities
             self._backends[key] = resolve_backend(self.options.backend, *key[:2], requires=requires)
         return self._backends[key]
 
