@@ -218,10 +218,8 @@ def lopt_step(
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             if i < len(w.layers) - 1:
                 x = x.relu_()
-        step = x[:, :, 0] * torch.exp(x[:, :, 1] * w.exp_mult) * w.step_mult
-        if nom is not None:
-            step = step + w.nominal * torch.exp(x[:, :, 2] * w.exp_mult) * nom[:, start : start + chunk]
-        out[:, start : start + chunk] = step
+        part = None if nom is None else nom[:, start : start + chunk]
+        out[:, start : start + chunk] = reference.step_of(x, w, part)
     return out.view(n_members, *shape)
 
 

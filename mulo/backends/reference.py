@@ -216,6 +216,15 @@ def nominal_direction(feats: torch.Tensor) -> torch.Tensor:
     return feats[at : at + 3].mean(dim=0)
 
 
+def step_of(out: torch.Tensor, w: MetaWeights, nominal_dir: torch.Tensor | None = None) -> torch.Tensor:
+    """The step from the network's outputs ``out`` (..., 2 or 3): d·exp(a·exp_mult)·step_mult, plus with the
+    nominal term α·exp(n·exp_mult)·``nominal_dir`` (shaped like ``out[..., 0]``)."""
+    step = out[..., 0] * torch.exp(out[..., 1] * w.exp_mult) * w.step_mult
+    if w.nominal is not None:
+        step = step + w.nominal * torch.exp(out[..., 2] * w.exp_mult) * nominal_dir
+    return step
+
+
 def lopt_step(
     feats: torch.Tensor, t_feats: torch.Tensor, w: MetaWeights, nominal_dir: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -230,11 +239,8 @@ def lopt_step(
     for start in range(0, flat.shape[0], MLP_CHUNK):
         chunk = flat[start : start + MLP_CHUNK]
         inp = torch.cat([chunk, t_feats.expand(chunk.shape[0], -1)], dim=1)  # (chunk, 39)
-        o = mlp(inp, w)
-        step = o[:, 0] * torch.exp(o[:, 1] * w.exp_mult) * w.step_mult
-        if nom is not None:
-            step = step + w.nominal * torch.exp(o[:, 2] * w.exp_mult) * nom[start : start + MLP_CHUNK]
-        out[start : start + MLP_CHUNK] = step
+        part = None if nom is None else nom[start : start + MLP_CHUNK]
+        out[start : start + MLP_CHUNK] = step_of(mlp(inp, w), w, part)
     return out.view(shape)
 
 
