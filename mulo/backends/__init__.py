@@ -123,6 +123,8 @@ def known_backends(rule: str = "mulo") -> list[str]:
 
 
 CAPABILITIES = ("passes", "population", "nominal")
+# what needs a capability that a caller can require (resolve_backend(requires=...)), for the refusal message
+_REQUIRED_BY = {"nominal": "meta-weights whose LOptConfig.nominal is set, with the nominal term's third output head"}
 
 
 def has_capability(name: str, capability: str, rule: str = "mulo") -> bool:
@@ -211,14 +213,14 @@ def check_capabilities(
     registry = _registry(rule)
     if name not in registry or requires <= registry[name].capabilities:
         return
-    missing = ", ".join(sorted(requires - registry[name].capabilities))
+    lacking = sorted(requires - registry[name].capabilities)
+    missing = ", ".join(f"{c} ({_REQUIRED_BY[c]})" if c in _REQUIRED_BY else c for c in lacking)
     if device is not None:
         able, where = available_backends(device, dtype, rule=rule, requires=requires), f" on {device.type}"
     else:
         able, where = sorted(n for n, s in registry.items() if requires <= s.capabilities), ""
     raise BackendUnavailable(
-        f"backend {name!r} does not implement {missing} (the nominal term: meta-weights whose "
-        f"LOptConfig.nominal is set); use backend='auto' or one of {able}{where}"
+        f"backend {name!r} does not implement {missing}; use backend='auto' or one of {able}{where}"
     )
 
 
